@@ -74,7 +74,7 @@ def test_running_stats_equal_concatenated_batches():
     feats = [torch.relu(torch.randn(x.shape[0], 12, generator=g) - 1.5) for x in xs]
 
     stats = M.RunningStats()
-    for x, x_hat, f in zip(xs, x_hats, feats):
+    for x, x_hat, f in zip(xs, x_hats, feats, strict=True):
         stats.update(x, x_hat, f)
     got = stats.compute()
 
