@@ -1,0 +1,274 @@
+"""The training loop. It sees an iterator of activation batches and callbacks, never the model."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from saekit.evals.metrics import explained_variance, l0
+from saekit.training.config import TrainConfig
+from saekit.training.dead import FiringStats, resample_dead_features
+from saekit.training.schedules import lr_factor, warmup_factor
+
+Batch = dict[str, Tensor]  # hook name -> activations [batch_tokens, width]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or weight."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was written before stopping."""
+
+
+@dataclass
+class SAEUnit:
+    """One SAE being trained, with everything that belongs to it alone."""
+
+    name: str
+    hook_in: str
+    hook_out: str
+    sae: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    firing: FiringStats
+    use_dead_mask: bool
+    resample: bool = False
+    scale_in: float = 1.0
+    scale_out: float = 1.0
+    last_density_F: Tensor | None = None
+
+    def inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Normalised (input, target) for this SAE from a batch of raw activations."""
+        x_BD = batch[self.hook_in] * self.scale_in
+        if self.hook_out == self.hook_in:
+            return x_BD, x_BD
+        return x_BD, batch[self.hook_out] * self.scale_out
+
+    def state_dict(self) -> dict:
+        return {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "firing": self.firing.state_dict(),
+            "scale_in": self.scale_in,
+            "scale_out": self.scale_out,
+            "last_density": self.last_density_F,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.firing.load_state_dict(state["firing"])
+        self.scale_in = float(state["scale_in"])
+        self.scale_out = float(state["scale_out"])
+        self.last_density_F = state["last_density"]
+
+
+@dataclass
+class Callbacks:
+    """Hooks the loop calls; each is optional."""
+
+    on_log: Callable[[int, int, dict[str, dict[str, float]]], None] | None = None
+    """(step, tokens_seen, {sae name: metrics}) every `log_every` steps."""
+    on_eval: Callable[[int, int], None] | None = None
+    """(step, tokens_seen) every `eval_every_tokens`."""
+    on_checkpoint: Callable[[int, int], None] | None = None
+    """(step, tokens_seen) every `checkpoint_every` tokens and on interrupt."""
+    on_progress: Callable[[int, dict[str, float]], None] | None = None
+    """(tokens in this step, headline metrics of the first SAE) every step."""
+
+
+@dataclass
+class Trainer:
+    """Trains several SAEs on one stream of activation batches, step by step."""
+
+    cfg: TrainConfig
+    units: list[SAEUnit]
+    callbacks: Callbacks = field(default_factory=Callbacks)
+    step: int = 0
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    _stop_signal: int | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.cfg.tokens // self.cfg.batch_tokens)
+
+    def _every(self, tokens: int) -> int:
+        """A token interval as a whole number of steps (0 stays 0: never)."""
+        return 0 if tokens <= 0 else max(1, round(tokens / self.cfg.batch_tokens))
+
+    def fit(self, batches: Iterator[Batch]) -> None:
+        """Train from `self.step` to the end, reading one batch per step."""
+        cfg = self.cfg
+        eval_every = self._every(cfg.eval_every_tokens)
+        ckpt_every = self._every(cfg.checkpoint_every)
+        resample_every = self._every(cfg.resample_every_tokens)
+        with self._catch_stop_signals():
+            while self.step < self.total_steps:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"the activation stream ended at step {self.step} of {self.total_steps}"
+                    ) from None
+                step_metrics = {u.name: self._train_unit(u, batch) for u in self.units}
+                if resample_every and (self.step + 1) % resample_every == 0:
+                    for unit in self.units:
+                        if unit.resample:
+                            self._resample(unit, batch)
+                self.step += 1
+                tokens_seen = self.step * cfg.batch_tokens
+                first = next(iter(step_metrics.values()))
+                if self.callbacks.on_progress:
+                    self.callbacks.on_progress(cfg.batch_tokens, first)
+                if self.callbacks.on_log and (
+                    self.step % cfg.log_every == 0 or self.step == self.total_steps
+                ):
+                    self.callbacks.on_log(self.step, tokens_seen, self._with_firing(step_metrics))
+                if self.callbacks.on_eval and eval_every and self.step % eval_every == 0:
+                    self.callbacks.on_eval(self.step, tokens_seen)
+                if self._stop_signal is not None:
+                    if self.callbacks.on_checkpoint:
+                        self.callbacks.on_checkpoint(self.step, tokens_seen)
+                    raise TrainingInterrupted(
+                        f"stopped by signal {signal.Signals(self._stop_signal).name} at step "
+                        f"{self.step}; resume with --resume"
+                    )
+                if (
+                    self.callbacks.on_checkpoint
+                    and ckpt_every
+                    and self.step % ckpt_every == 0
+                    and self.step < self.total_steps
+                ):
+                    self.callbacks.on_checkpoint(self.step, tokens_seen)
+
+    def _train_unit(self, unit: SAEUnit, batch: Batch) -> dict[str, float]:
+        """One optimizer step of one SAE; returns its batch metrics."""
+        cfg = self.cfg
+        factor = lr_factor(
+            self.step,
+            self.total_steps,
+            warmup_steps=self._every(cfg.lr_warmup_tokens),
+            schedule=cfg.lr_schedule,
+            decay_fraction=cfg.lr_decay_fraction,
+            end_factor=cfg.lr_end_factor,
+        )
+        for group in unit.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        x_BD, target_BD = unit.inputs(batch)
+        coefficient = getattr(unit.sae.cfg, "sparsity_coefficient", None)
+        if coefficient is not None:
+            coefficient = coefficient * warmup_factor(
+                self.step, self._every(cfg.sparsity_warmup_tokens)
+            )
+        dead_mask_F = unit.firing.dead_mask() if unit.use_dead_mask else None
+        device_type = x_BD.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast):
+            out = unit.sae(
+                x_BD, target_BD, dead_mask=dead_mask_F, sparsity_coefficient=coefficient
+            )
+        loss = out.loss
+        if not torch.isfinite(loss).item():
+            raise NonFiniteLossError(
+                f"step {self.step}: the loss of SAE {unit.name!r} is {loss.item()} "
+                f"(mse {out.mse_loss.item()}, sparsity {out.sparsity_loss.item()}, "
+                f"aux {out.aux_loss.item()}). Likely causes: a learning rate too high for this "
+                f"run (lr={cfg.lr}), non-finite activations from the model (a float16 model "
+                f"overflowing: try --dtype float32), or a sparsity coefficient too large. "
+                f"The last good checkpoint, if any, is kept in {cfg.out}/checkpoints."
+            )
+        loss.backward()
+        unit.sae.before_optimizer_step()
+        unit.optimizer.step()
+        unit.optimizer.zero_grad(set_to_none=True)
+        unit.sae.after_optimizer_step()
+        feats_BF = out.feature_acts.detach()
+        unit.firing.update(feats_BF)
+        if unit.firing.window_tokens >= cfg.dead_after_tokens:
+            unit.last_density_F = unit.firing.window_density()
+            unit.firing.reset_window()
+        values = torch.stack(
+            [
+                loss.detach().float(),
+                out.mse_loss.detach().float(),
+                out.sparsity_loss.detach().float(),
+                out.aux_loss.detach().float(),
+                l0(feats_BF).float(),
+                explained_variance(target_BD, out.sae_out.detach()).float(),
+            ]
+        ).tolist()  # one device sync for all metrics
+        names = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
+        return {**dict(zip(names, values)), "lr": cfg.lr * factor}
+
+    def _with_firing(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Add dead and dense fractions to each SAE's metrics."""
+        for unit in self.units:
+            density_F = self.density(unit)
+            metrics[unit.name]["dead_fraction"] = unit.firing.dead_mask().float().mean().item()
+            metrics[unit.name]["dense_fraction"] = (
+                (density_F > self.cfg.dense_threshold).float().mean().item()
+            )
+        return metrics
+
+    @staticmethod
+    def density(unit: SAEUnit) -> Tensor:
+        """Feature density over the latest window with enough tokens."""
+        if unit.last_density_F is not None and unit.firing.window_tokens < unit.firing.dead_after_tokens // 2:
+            return unit.last_density_F
+        return unit.firing.window_density()
+
+    def _resample(self, unit: SAEUnit, batch: Batch) -> None:
+        x_BD, target_BD = unit.inputs(batch)
+        n = resample_dead_features(
+            unit.sae, unit.optimizer, unit.firing.dead_mask(), x_BD, target_BD, self.generator
+        )
+        if n:
+            unit.firing.tokens_since_fired_F[unit.firing.dead_mask()] = 0
+
+    def check_weights_finite(self) -> None:
+        """Raise NonFiniteLossError if any SAE weight is NaN or infinite."""
+        for unit in self.units:
+            for pname, p in unit.sae.named_parameters():
+                if not torch.isfinite(p).all():
+                    raise NonFiniteLossError(
+                        f"step {self.step}: SAE {unit.name!r} has non-finite values in {pname}"
+                    )
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "units": {u.name: u.state_dict() for u in self.units},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        for unit in self.units:
+            unit.load_state_dict(state["units"][unit.name])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    @contextmanager
+    def _catch_stop_signals(self):
+        """Turn SIGINT/SIGTERM into a checkpoint at the end of the current step."""
+        handled = (signal.SIGINT, signal.SIGTERM)
+        try:
+            previous = {s: signal.signal(s, self._on_signal) for s in handled}
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._stop_signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self._stop_signal = signum
