@@ -1,0 +1,65 @@
+import os
+
+import pytest
+import torch
+
+from saekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.dead import FiringStats
+
+
+def test_checkpoint_round_trip_keeps_nesting_types_and_bits(tmp_path):
+    opt_state = {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 2)}}
+    state = {
+        "step": 7,
+        "units": {"a": {"scale": 0.125, "optimizer": {"state": opt_state, "groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}]}}},
+        "rng": torch.get_rng_state(),
+        "nothing": None,
+        "bf16": torch.randn(3, dtype=torch.bfloat16),
+    }
+    save_checkpoint(tmp_path, 7, state)
+    back = load_checkpoint(latest_checkpoint(tmp_path))
+    assert back["step"] == 7 and back["nothing"] is None
+    groups = back["units"]["a"]["optimizer"]["groups"]
+    assert groups == [{"lr": 1e-3, "betas": (0.9, 0.99)}]
+    restored = back["units"]["a"]["optimizer"]["state"]
+    assert list(restored) == [0]  # int keys stay ints
+    assert torch.equal(restored[0]["exp_avg"], opt_state[0]["exp_avg"])
+    assert torch.equal(back["rng"], state["rng"])
+    assert back["bf16"].dtype == torch.bfloat16 and torch.equal(back["bf16"], state["bf16"])
+
+
+def test_latest_moves_atomically_and_old_checkpoints_are_pruned(tmp_path):
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(1)})
+    save_checkpoint(tmp_path, 2, {"x": torch.ones(1)})
+    assert latest_checkpoint(tmp_path).name == "step_00000002"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000002"]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["x"].item() == 1.0
+
+
+def test_half_written_checkpoint_is_never_latest(tmp_path):
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(1)})
+    # A crash while writing step 2 leaves only a temporary folder behind.
+    os.makedirs(tmp_path / "checkpoints" / ".step_00000002.abc.tmp")
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+
+
+def test_no_checkpoint_and_unsupported_values(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(TypeError, match="set"):
+        save_checkpoint(tmp_path, 1, {"bad": {1, 2}})
+
+
+def test_firing_stats_dead_mask_and_density():
+    stats = FiringStats(d_sae=3, dead_after_tokens=4)
+    # feature 0 fires on both tokens, feature 1 once, feature 2 never
+    stats.update(torch.tensor([[1.0, 0.0, 0.0], [2.0, 3.0, 0.0]]))
+    assert stats.dead_mask().tolist() == [False, False, False]
+    stats.update(torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert stats.dead_mask().tolist() == [False, False, True]  # feature 2: 4 tokens silent
+    assert stats.window_density().tolist() == [1.0, 0.25, 0.0]
+    state = stats.state_dict()
+    other = FiringStats(d_sae=3, dead_after_tokens=4)
+    other.load_state_dict(state)
+    assert other.dead_mask().tolist() == [False, False, True]
+    stats.update(torch.tensor([[0.0, 0.0, 5.0]]))
+    assert stats.dead_mask().tolist() == [False, False, False]
