@@ -1,0 +1,22 @@
+"""Text -> tokens -> activations: dataset specs, context windows, shuffle buffer, disk cache."""
+
+from saekit.data.activations import ActivationSource
+from saekit.data.buffer import ShuffleBuffer
+from saekit.data.cache import CachedActivations, CacheError, build_cache, read_manifest
+from saekit.data.datasets import DatasetError, iter_documents, iter_texts, python_docs
+from saekit.data.tokens import TokenWindows, iter_token_batches
+
+__all__ = [
+    "ActivationSource",
+    "CacheError",
+    "CachedActivations",
+    "DatasetError",
+    "ShuffleBuffer",
+    "TokenWindows",
+    "build_cache",
+    "iter_documents",
+    "iter_texts",
+    "iter_token_batches",
+    "python_docs",
+    "read_manifest",
+]

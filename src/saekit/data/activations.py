@@ -1,0 +1,53 @@
+"""Model + hooks + token windows -> a stream of activation chunks at kept positions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from saekit.data.tokens import TokenWindows, iter_token_batches
+
+
+class ActivationSource:
+    """Iterator of ``dict[hook, Tensor[N, D]]`` (float32), one item per model forward.
+
+    Each forward runs ``rows_per_forward`` windows through ``lm.run_to_hooks``; only positions
+    where the window's ``keep_mask`` is True are kept, the same positions for every hook, in
+    stream order. Tensors stay on the model's device. ``state_dict()`` is the token position.
+    """
+
+    def __init__(
+        self, lm: Any, hooks: list[str] | str, windows: TokenWindows, rows_per_forward: int = 32
+    ) -> None:
+        self.lm = lm
+        self.hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        if not self.hooks:
+            raise ValueError("ActivationSource needs at least one hook")
+        self.windows = windows
+        self.rows_per_forward = rows_per_forward
+        self.dims: dict[str, int] = {h: int(lm.hook_dim(h)) for h in self.hooks}
+        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __iter__(self) -> ActivationSource:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._batches is None:
+            self._batches = iter_token_batches(self.windows, self.rows_per_forward)
+        input_ids_BT, keep_mask_BT = next(self._batches)
+        device = getattr(self.lm, "device", "cpu")
+        with torch.no_grad():  # not inference_mode: the trainer must be able to backprop
+            acts = self.lm.run_to_hooks(input_ids_BT.to(device), self.hooks)
+            keep_mask_BT = keep_mask_BT.to(device)
+            return {h: acts[h][keep_mask_BT].float() for h in self.hooks}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position of the token windows after the last forward."""
+        return {"windows": self.windows.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue with the forward after the one at which ``state`` was taken."""
+        self.windows.load_state_dict(state["windows"])
+        self._batches = None

@@ -1,0 +1,318 @@
+"""Activation cache on disk: safetensors shards + ``manifest.json``, resumable and verified.
+
+Layout of a cache folder::
+
+    manifest.json              settings, one entry per complete shard, data position
+    shard_00000.safetensors    one tensor per hook, [tokens_in_shard, D], in the cache dtype
+    ...
+
+A shard is written to a temporary file and renamed, then recorded in the manifest (also
+written atomically). Only shards listed in the manifest exist for readers; a rerun after a
+kill removes unlisted shard files and continues from the recorded data position, so every
+token is cached exactly once. Readers check each shard's size and sha256 before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from tqdm.auto import tqdm
+
+from saekit.data.activations import ActivationSource
+from saekit.data.datasets import iter_documents
+from saekit.data.tokens import TokenWindows
+
+MANIFEST = "manifest.json"
+FORMAT = "saekit-activation-cache/1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SHARD_FILE = re.compile(r"^shard_\d{5,}\.safetensors(\.tmp)?$")
+# Settings that must match when a cache is continued.
+_SETTINGS = (
+    "model",
+    "hooks",
+    "dims",
+    "dtype",
+    "dataset",
+    "text_column",
+    "context_size",
+    "shard_tokens",
+    "prepend_bos",
+    "exclude_special_tokens",
+)
+
+
+class CacheError(ValueError):
+    """A cache folder that is missing, incompatible, incomplete or corrupted."""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a cache folder; ``CacheError`` if there is none or it is malformed."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CacheError(f"{str(folder)!r} is not an activation cache (no {MANIFEST})") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise CacheError(f"cannot read {str(path)!r}: {err}") from err
+    if manifest.get("format") != FORMAT:
+        raise CacheError(f"{str(path)!r} is not a {FORMAT} manifest")
+    return manifest
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def _check_shard_sizes(folder: Path, manifest: dict[str, Any]) -> None:
+    for shard in manifest["shards"]:
+        path = folder / shard["file"]
+        size = path.stat().st_size if path.exists() else None
+        if size != shard["bytes"]:
+            raise CacheError(
+                f"shard {str(path)!r} is missing or truncated ({size} bytes, manifest says "
+                f"{shard['bytes']}); the cache is corrupted, rebuild it"
+            )
+
+
+def build_cache(
+    lm: Any,
+    hooks: list[str],
+    dataset: str,
+    tokens: int,
+    out: str | os.PathLike,
+    *,
+    model_name: str,
+    text_column: str = "text",
+    dtype: str = "float32",
+    context_size: int = 128,
+    shard_tokens: int = 16384,
+    rows_per_forward: int = 32,
+    prepend_bos: bool = True,
+    exclude_special_tokens: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cache at least ``tokens`` kept-token activations of ``hooks`` into ``out``.
+
+    Shards close at the end of the forward pass that brings them to ``shard_tokens`` rows, so
+    shards and the total may exceed the targets by less than one forward. If ``out`` already
+    holds a cache with the same settings, it is continued (or left alone if complete); a
+    larger ``tokens`` extends it. Returns the manifest.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": model_name,
+        "hooks": list(hooks),
+        "dims": {h: int(lm.hook_dim(h)) for h in hooks},
+        "dtype": dtype,
+        "dataset": dataset,
+        "text_column": text_column,
+        "context_size": context_size,
+        "shard_tokens": shard_tokens,
+        "prepend_bos": prepend_bos,
+        "exclude_special_tokens": exclude_special_tokens,
+    }
+    manifest = _open_for_writing(folder, settings)
+    manifest["tokens_target"] = max(tokens, manifest.get("tokens_target", 0))
+    if manifest["tokens"] >= tokens or manifest["exhausted"]:
+        return manifest
+
+    windows = TokenWindows(
+        iter_documents(dataset, text_column=text_column),
+        lm.tokenizer,
+        context_size,
+        prepend_bos=prepend_bos,
+        exclude_special_tokens=exclude_special_tokens,
+    )
+    if manifest["position"] is not None:
+        windows.load_state_dict(manifest["position"])
+    source = ActivationSource(lm, hooks, windows, rows_per_forward)
+    bar = tqdm(
+        total=tokens,
+        initial=manifest["tokens"],
+        unit="tok",
+        unit_scale=True,
+        desc="caching",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    pending: list[dict[str, torch.Tensor]] = []
+    held = 0
+    with bar:
+        while manifest["tokens"] + held < tokens:
+            chunk = next(source, None)
+            if chunk is None:
+                manifest["exhausted"] = True
+                break
+            pending.append({h: t.to("cpu", DTYPES[dtype]) for h, t in chunk.items()})
+            rows = next(iter(chunk.values())).shape[0]
+            held += rows
+            bar.update(rows)
+            if held >= shard_tokens:
+                _write_shard(folder, manifest, pending, windows.state_dict())
+                pending, held = [], 0
+        if pending:
+            _write_shard(folder, manifest, pending, windows.state_dict())
+    manifest["complete"] = True
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def _open_for_writing(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to continue (checked against ``settings``) or a new one; drop leftovers."""
+    if (folder / MANIFEST).exists():
+        manifest = read_manifest(folder)
+        diff = [k for k in _SETTINGS if manifest.get(k) != settings[k]]
+        if diff:
+            details = ", ".join(f"{k}: {manifest.get(k)!r} != {settings[k]!r}" for k in diff)
+            raise CacheError(
+                f"{str(folder)!r} holds a cache with other settings ({details}); use another --out"
+            )
+        _check_shard_sizes(folder, manifest)
+    else:
+        others = [p.name for p in folder.iterdir() if not _SHARD_FILE.match(p.name)]
+        if others:
+            raise CacheError(f"{str(folder)!r} is not empty and holds no {MANIFEST}: {others[:5]}")
+        manifest = {
+            "format": FORMAT,
+            **settings,
+            "tokens": 0,
+            "tokens_target": 0,
+            "complete": False,
+            "exhausted": False,
+            "position": None,
+            "shards": [],
+        }
+    listed = {s["file"] for s in manifest["shards"]}
+    for path in folder.iterdir():
+        if _SHARD_FILE.match(path.name) and path.name not in listed:
+            path.unlink()  # half-written or never recorded: redone from the recorded position
+    return manifest
+
+
+def _write_shard(
+    folder: Path,
+    manifest: dict[str, Any],
+    chunks: list[dict[str, torch.Tensor]],
+    position: dict[str, Any],
+) -> None:
+    tensors = {h: torch.cat([c[h] for c in chunks]).contiguous() for h in chunks[0]}
+    data = safetensors.torch.save(tensors, metadata={"format": FORMAT})
+    name = f"shard_{len(manifest['shards']):05d}.safetensors"
+    _write_atomic(folder / name, data)
+    n = next(iter(tensors.values())).shape[0]
+    manifest["shards"].append(
+        {"file": name, "tokens": n, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    )
+    manifest["tokens"] += n
+    manifest["position"] = position
+    manifest["complete"] = False
+    _write_manifest(folder, manifest)
+
+
+class CachedActivations:
+    """A cache folder as an activation source: one shard per item, ``dict[hook, Tensor[N, D]]``.
+
+    Shards come in a permuted order seeded by ``seed`` (a new permutation each epoch), as
+    float32 on ``device``; feed it to a ``ShuffleBuffer`` holding several shards to mix
+    across them. Each shard's size and sha256 are checked against the manifest before use:
+    a corrupted shard raises ``CacheError``. ``state_dict()`` is the number of shards read.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        hooks: list[str] | None = None,
+        seed: int = 0,
+        epochs: int = 1,
+        shuffle_shards: bool = True,
+        device: str | torch.device = "cpu",
+        allow_incomplete: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        if not self.manifest["complete"] and not allow_incomplete:
+            raise CacheError(
+                f"cache {str(self.folder)!r} is incomplete ({self.manifest['tokens']} of "
+                f"{self.manifest['tokens_target']} tokens); rerun `saekit cache` to finish it"
+            )
+        if not self.manifest["shards"]:
+            raise CacheError(f"cache {str(self.folder)!r} holds no shard")
+        _check_shard_sizes(self.folder, self.manifest)
+        self.hooks = list(self.manifest["hooks"]) if hooks is None else list(hooks)
+        unknown = [h for h in self.hooks if h not in self.manifest["hooks"]]
+        if unknown:
+            raise CacheError(
+                f"hooks {unknown} are not in the cache; it holds {self.manifest['hooks']}"
+            )
+        self.dims: dict[str, int] = {h: self.manifest["dims"][h] for h in self.hooks}
+        self.seed, self.epochs, self.shuffle_shards = seed, epochs, shuffle_shards
+        self.device = torch.device(device)
+        self._shards_done = 0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per epoch."""
+        return int(self.manifest["tokens"])
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """Indices of the shards in the order they are read in ``epoch``."""
+        n = len(self.manifest["shards"])
+        if not self.shuffle_shards:
+            return list(range(n))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        n = len(self.manifest["shards"])
+        if self._shards_done >= n * self.epochs:
+            raise StopIteration
+        epoch, i = divmod(self._shards_done, n)
+        tensors = self.load_shard(self.shard_order(epoch)[i])
+        self._shards_done += 1
+        return {h: tensors[h].to(self.device, torch.float32) for h in self.hooks}
+
+    def load_shard(self, index: int) -> dict[str, torch.Tensor]:
+        """Shard ``index`` as stored (cache dtype, CPU), after checking its size and sha256."""
+        shard = self.manifest["shards"][index]
+        path = self.folder / shard["file"]
+        data = path.read_bytes()
+        if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise CacheError(
+                f"shard {str(path)!r} is corrupted (size or sha256 differs from "
+                f"the manifest); rebuild the cache"
+            )
+        return safetensors.torch.load(data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shards_done": self._shards_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(
+                f"state was taken with seed {state['seed']}, this source has seed {self.seed}"
+            )
+        self._shards_done = int(state["shards_done"])
