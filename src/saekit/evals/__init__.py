@@ -1,0 +1,7 @@
+"""Evaluation: reconstruction and sparsity metrics, the spliced model, `saekit eval`."""
+
+from saekit.evals.evaluate import METRIC_KEYS, evaluate_sae, scalar_metrics
+from saekit.evals.metrics import RunningStats
+from saekit.evals.spliced import spliced_sae
+
+__all__ = ["METRIC_KEYS", "RunningStats", "evaluate_sae", "scalar_metrics", "spliced_sae"]

@@ -168,7 +168,7 @@ class RunningStats:
             raise ValueError("no batches were added")
         return feature_density(self.counts_F, self.tokens)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, dense_threshold: float = DENSE_THRESHOLD) -> dict[str, float]:
         """`l0, mse, fvu, explained_variance, cos_sim, l2_ratio, dead_fraction, dense_fraction,
         tokens` over everything added so far."""
         if self.tokens == 0 or self._x_mean_D is None:
@@ -184,6 +184,6 @@ class RunningStats:
             "cos_sim": self._cos_sum / n,
             "l2_ratio": self._ratio_sum / n,
             "dead_fraction": dead_fraction(density_F),
-            "dense_fraction": dense_fraction(density_F),
+            "dense_fraction": dense_fraction(density_F, dense_threshold),
             "tokens": n,
         }
