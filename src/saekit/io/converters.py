@@ -1,0 +1,397 @@
+"""Read and write SAEs in other libraries' formats.
+
+Every reader returns `SAEParts`: a SAELens-6-style config dict (`architecture, d_in, d_sae,
+apply_b_dec_to_input, dtype, k?, metadata{...}`, saekit architecture names) and the weights
+under saekit names (`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
+`b_dec [d_in]`, `threshold [d_sae]` for jumprelu). Every writer takes `SAEParts`.
+Conversions are exact: where a format has no switch for something (sparsify and
+dictionary_learning always subtract the decoder bias from the input), it is folded into
+the weights so that outputs stay equal.
+
+Formats:
+- `saekit` / `saelens`: folder with `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`)
+- `mats_pt`: the original mats_sae_training `.pt` file (read only, restricted unpickling)
+- `sparsify`: EleutherAI sparsify folder per hook: `cfg.json` + `sae.safetensors`
+- `dictionary_learning`: folder with `ae.pt` (restricted unpickling) + `config.json`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from saekit.io.legacy import (
+    LegacyFormatError,
+    legacy_sae_settings,
+    load_legacy_checkpoint,
+    safe_torch_load,
+)
+
+FORMATS = ("saekit", "saelens", "mats_pt", "sparsify", "dictionary_learning")
+WRITABLE_FORMATS = ("saekit", "saelens", "sparsify", "dictionary_learning")
+
+# saekit architecture name <-> SAELens 6 architecture name (where they differ).
+_TO_SAELENS_ARCH = {"relu": "standard"}
+_FROM_SAELENS_ARCH = {"standard": "relu"}
+
+
+@dataclass
+class SAEParts:
+    """An SAE as plain data: SAELens-6-style config (saekit names) and weights."""
+
+    cfg: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    sparsity: torch.Tensor | None = None
+    """log10 feature densities `[d_sae]`, when the source has them."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.cfg.setdefault("metadata", {})
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def detect_format(path: str | Path) -> str:
+    """Name the format of a local file or folder (see `FORMATS`)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix in {".pt", ".pth"}:
+            return "mats_pt"
+        if path.name == "cfg.json":
+            return detect_format(path.parent)
+        raise ValueError(f"{path}: unknown SAE file type (expected a folder or a .pt file)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if (path / "sae.safetensors").is_file() and (path / "cfg.json").is_file():
+        return "sparsify"
+    if (path / "ae.pt").is_file():
+        return "dictionary_learning"
+    if (path / "sae_weights.safetensors").is_file() and (path / "cfg.json").is_file():
+        cfg = json.loads((path / "cfg.json").read_text())
+        return "saekit" if cfg.get("metadata", {}).get("saekit_version") or _is_saekit_cfg(cfg) else "saelens"
+    raise ValueError(
+        f"{path}: not an SAE folder (expected cfg.json + sae_weights.safetensors, "
+        "cfg.json + sae.safetensors (sparsify), or ae.pt (dictionary_learning))"
+    )
+
+
+def _is_saekit_cfg(cfg: dict[str, Any]) -> bool:
+    return cfg.get("architecture") in {"relu", "batchtopk", "matryoshka"} or "decoder_norm" in cfg
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def read_parts(path: str | Path, fmt: str | None = None) -> SAEParts:
+    """Read an SAE from a local file or folder in any known format."""
+    fmt = fmt or detect_format(path)
+    readers: dict[str, Callable[[Path], SAEParts]] = {
+        "saekit": read_saelens,
+        "saelens": read_saelens,
+        "mats_pt": read_mats_pt,
+        "sparsify": read_sparsify,
+        "dictionary_learning": read_dictionary_learning,
+    }
+    if fmt not in readers:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    parts = readers[fmt](Path(path))
+    parts.metadata.setdefault("source_format", fmt)
+    return parts
+
+
+def read_mats_pt(path: Path) -> SAEParts:
+    """The original `final_sparse_autoencoder_*.pt` (restricted unpickling)."""
+    ckpt = load_legacy_checkpoint(path)
+    cfg = legacy_sae_settings(ckpt)
+    tensors = {k: ckpt.state_dict[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    sparsity_path = path.with_name(path.stem + "_log_feature_sparsity.pt")
+    sparsity = load_legacy_sparsity(sparsity_path) if sparsity_path.is_file() else None
+    return SAEParts(cfg, tensors, sparsity)
+
+
+def load_legacy_sparsity(path: str | Path) -> torch.Tensor:
+    """A `..._log_feature_sparsity.pt` file: one pickled tensor of log10 densities."""
+    obj = safe_torch_load(path)
+    if not isinstance(obj, torch.Tensor):
+        raise LegacyFormatError(f"{path}: expected one tensor, found {type(obj).__name__}")
+    return obj.reshape(-1) if obj.dim() > 1 and obj.shape[0] == 1 else obj
+
+
+def read_saelens(folder: Path) -> SAEParts:
+    """A SAELens (any version) or saekit folder."""
+    cfg = json.loads((folder / "cfg.json").read_text())
+    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    cfg = _normalize_saelens_cfg(cfg)
+    sparsity_file = folder / "sparsity.safetensors"
+    sparsity = _single_tensor(load_file(str(sparsity_file))) if sparsity_file.is_file() else None
+    return SAEParts(cfg, dict(tensors), sparsity)
+
+
+def _single_tensor(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    for key in ("sparsity", "log_feature_sparsity"):
+        if key in tensors:
+            return tensors[key]
+    if len(tensors) != 1:
+        raise ValueError(f"sparsity file holds {sorted(tensors)}; expected one tensor")
+    return next(iter(tensors.values()))
+
+
+# Keys of pre-6 SAELens configs (flat) that belong in `metadata`.
+_OLD_SAELENS_METADATA = (
+    "model_name", "hook_name", "hook_layer", "hook_head_index", "dataset_path",
+    "context_size", "prepend_bos", "model_from_pretrained_kwargs", "dataset_trust_remote_code",
+    "sae_lens_training_version", "neuronpedia_id", "model_class_name", "seqpos_slice",
+)
+
+
+def _normalize_saelens_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Any SAELens cfg.json (flat pre-6 or 6.x) -> saekit config dict."""
+    cfg = dict(cfg)
+    metadata = dict(cfg.pop("metadata", None) or {})
+    if "hook_point" in cfg and "hook_name" not in cfg:  # the oldest reformatted configs
+        cfg["hook_name"] = cfg.pop("hook_point")
+        if "hook_point_layer" in cfg:
+            cfg["hook_layer"] = cfg.pop("hook_point_layer")
+    for key in _OLD_SAELENS_METADATA:
+        if key in cfg:
+            metadata.setdefault(key, cfg.pop(key))
+    arch = cfg.get("architecture", "standard")
+    if arch == "standard" and cfg.get("activation_fn_str") == "topk":
+        arch = "topk"
+        cfg["k"] = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
+    cfg["architecture"] = _FROM_SAELENS_ARCH.get(arch, arch)
+    if cfg.get("finetuning_scaling_factor"):
+        raise ValueError("SAEs with finetuning_scaling_factor=True are not supported")
+    for key in ("activation_fn_str", "activation_fn_kwargs", "finetuning_scaling_factor"):
+        cfg.pop(key, None)
+    if isinstance(cfg.get("dtype"), str):
+        cfg["dtype"] = cfg["dtype"].removeprefix("torch.")
+    cfg.setdefault("apply_b_dec_to_input", True)
+    cfg["metadata"] = metadata
+    return cfg
+
+
+def read_sparsify(folder: Path) -> SAEParts:
+    """An EleutherAI sparsify folder (one hook): TopK, encoder stored as `[d_sae, d_in]`."""
+    scfg = json.loads((folder / "cfg.json").read_text())
+    if scfg.get("activation", "topk") != "topk":
+        raise ValueError(f"{folder}: sparsify activation {scfg['activation']!r} is not supported (only topk)")
+    for flag in ("transcode", "skip_connection"):
+        if scfg.get(flag):
+            raise ValueError(f"{folder}: sparsify coders with {flag}=True are not supported")
+    t = load_file(str(folder / "sae.safetensors"))
+    d_sae, d_in = t["encoder.weight"].shape
+    tensors = {
+        "W_enc": t["encoder.weight"].T.contiguous(),
+        "b_enc": t["encoder.bias"],
+        "W_dec": t["W_dec"],
+        "b_dec": t["b_dec"],
+    }
+    metadata: dict[str, Any] = {"hook_name": folder.name}
+    run_cfg = folder.parent / "config.json"  # sparsify writes the run's config beside the hooks
+    if run_cfg.is_file():
+        run = json.loads(run_cfg.read_text())
+        if isinstance(run.get("model"), str):
+            metadata["model_name"] = run["model"]
+        if isinstance(run.get("dataset"), str):
+            metadata["dataset_path"] = run["dataset"]
+    cfg = {
+        "architecture": "topk",
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "k": int(scfg["k"]),
+        "apply_b_dec_to_input": True,
+        "dtype": str(t["encoder.weight"].dtype).removeprefix("torch."),
+        "metadata": metadata,
+    }
+    return SAEParts(cfg, tensors)
+
+
+def read_dictionary_learning(folder: Path) -> SAEParts:
+    """A dictionary_learning folder: `ae.pt` state dict + `config.json` (`trainer` section)."""
+    state = safe_torch_load(folder / "ae.pt")
+    trainer: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        trainer = json.loads((folder / "config.json").read_text()).get("trainer", {})
+    dict_class = trainer.get("dict_class") or ("AutoEncoderTopK" if "k" in state else "AutoEncoder")
+    W_enc = state["encoder.weight"].T.contiguous()
+    d_in, d_sae = W_enc.shape
+    tensors = {"W_enc": W_enc, "b_enc": state["encoder.bias"], "W_dec": state["decoder.weight"].T.contiguous()}
+    cfg: dict[str, Any] = {"d_in": int(d_in), "d_sae": int(d_sae), "apply_b_dec_to_input": True}
+    if dict_class == "AutoEncoder":
+        cfg["architecture"] = "relu"
+        tensors["b_dec"] = state["bias"]
+    elif dict_class == "AutoEncoderTopK":
+        cfg.update(architecture="topk", k=int(state["k"]) if "k" in state else int(trainer["k"]))
+        tensors["b_dec"] = state["b_dec"]
+    elif dict_class == "BatchTopKSAE":
+        # At inference BatchTopK keeps relu(pre) where it exceeds one learned threshold:
+        # a JumpReLU whose per-feature thresholds all equal that value.
+        threshold = float(state["threshold"])
+        if threshold < 0:
+            raise ValueError(f"{folder}: BatchTopKSAE threshold was never set (is {threshold})")
+        cfg["architecture"] = "jumprelu"
+        tensors["b_dec"] = state["b_dec"]
+        tensors["threshold"] = torch.full((d_sae,), threshold, dtype=W_enc.dtype)
+    else:
+        raise ValueError(
+            f"{folder}: dictionary_learning class {dict_class!r} is not supported "
+            "(AutoEncoder, AutoEncoderTopK, BatchTopKSAE are)"
+        )
+    cfg["dtype"] = str(W_enc.dtype).removeprefix("torch.")
+    metadata = {"model_name": trainer.get("lm_name"), "hook_layer": trainer.get("layer"),
+                "hook_name": trainer.get("submodule_name")}
+    cfg["metadata"] = {k: v for k, v in metadata.items() if v is not None}
+    return SAEParts(cfg, tensors)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def write_parts(parts: SAEParts, dst: str | Path, fmt: str) -> Path:
+    """Write `parts` to the folder `dst` in format `fmt` (see `WRITABLE_FORMATS`)."""
+    writers: dict[str, Callable[[SAEParts, Path], None]] = {
+        "saelens": write_saelens,
+        "sparsify": write_sparsify,
+        "dictionary_learning": write_dictionary_learning,
+    }
+    if fmt not in writers:
+        raise ValueError(f"cannot write format {fmt!r} here; writable: {', '.join(writers)}")
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    writers[fmt](parts, dst)
+    return dst
+
+
+def write_saelens(parts: SAEParts, dst: Path) -> None:
+    """A SAELens 6 folder (architecture names mapped, saekit-only keys dropped)."""
+    cfg = parts.cfg
+    arch = cfg["architecture"]
+    if arch not in {"relu", "topk", "jumprelu", "gated"}:
+        raise ValueError(f"SAELens has no inference architecture for saekit's {arch!r}")
+    out: dict[str, Any] = {
+        "architecture": _TO_SAELENS_ARCH.get(arch, arch),
+        "d_in": cfg["d_in"],
+        "d_sae": cfg["d_sae"],
+        "dtype": cfg.get("dtype", "float32"),
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+        "normalize_activations": cfg.get("normalize_activations", "none"),
+        "reshape_activations": cfg.get("reshape_activations", "none"),
+        "metadata": {k: v for k, v in parts.metadata.items() if k != "saekit_version"},
+    }
+    if arch == "topk":
+        out["k"] = cfg["k"]
+    tensors = {k: v.contiguous() for k, v in parts.tensors.items()}
+    _atomic_write(dst / "sae_weights.safetensors", lambda p: save_file(tensors, p))
+    if parts.sparsity is not None:
+        _atomic_write(dst / "sparsity.safetensors", lambda p: save_file({"sparsity": parts.sparsity.contiguous()}, p))
+    _atomic_write_text(dst / "cfg.json", json.dumps(out, indent=2))
+
+
+def _b_enc_with_b_dec_subtracted(parts: SAEParts) -> torch.Tensor:
+    """`b_enc` for a format that always encodes `x - b_dec`: fold b_dec in when the SAE doesn't."""
+    t = parts.tensors
+    if parts.cfg.get("apply_b_dec_to_input", True):
+        return t["b_enc"]
+    return t["b_enc"] + t["b_dec"] @ t["W_enc"]
+
+
+def write_sparsify(parts: SAEParts, dst: Path) -> None:
+    """An EleutherAI sparsify folder (TopK SAEs only)."""
+    cfg, t = parts.cfg, parts.tensors
+    if cfg["architecture"] != "topk":
+        raise ValueError(f"sparsify holds TopK coders only, not {cfg['architecture']!r}")
+    _check_plain(parts, "sparsify")
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    tensors = {
+        "encoder.weight": t["W_enc"].T.contiguous(),
+        "encoder.bias": _b_enc_with_b_dec_subtracted(parts).contiguous(),
+        "W_dec": t["W_dec"].contiguous(),
+        "b_dec": t["b_dec"].contiguous(),
+    }
+    scfg = {
+        "activation": "topk",
+        "expansion_factor": max(d_sae // d_in, 1),
+        "normalize_decoder": True,
+        "num_latents": d_sae,
+        "k": int(cfg["k"]),
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": d_in,
+    }
+    _atomic_write(dst / "sae.safetensors", lambda p: save_file(tensors, p))
+    _atomic_write_text(dst / "cfg.json", json.dumps(scfg, indent=2))
+
+
+def write_dictionary_learning(parts: SAEParts, dst: Path) -> None:
+    """A dictionary_learning folder: `ae.pt` (a state dict of tensors) + `config.json`."""
+    cfg, t = parts.cfg, parts.tensors
+    _check_plain(parts, "dictionary_learning")
+    arch = cfg["architecture"]
+    common = {
+        "encoder.weight": t["W_enc"].T.contiguous(),
+        "encoder.bias": _b_enc_with_b_dec_subtracted(parts).contiguous(),
+        "decoder.weight": t["W_dec"].T.contiguous(),
+    }
+    if arch == "relu":
+        state, dict_class = {"bias": t["b_dec"].contiguous(), **common}, "AutoEncoder"
+    elif arch == "topk":
+        state = {**common, "b_dec": t["b_dec"].contiguous(),
+                 "k": torch.tensor(int(cfg["k"]), dtype=torch.int), "threshold": torch.tensor(-1.0)}
+        dict_class = "AutoEncoderTopK"
+    else:
+        raise ValueError(f"dictionary_learning export supports relu and topk, not {arch!r}")
+    meta = parts.metadata
+    trainer = {
+        "dict_class": dict_class,
+        "trainer_class": "saekit",
+        "activation_dim": cfg["d_in"],
+        "dict_size": cfg["d_sae"],
+        "lm_name": meta.get("model_name"),
+        "layer": meta.get("hook_layer"),
+        "submodule_name": meta.get("hook_name"),
+    }
+    if arch == "topk":
+        trainer["k"] = int(cfg["k"])
+    _atomic_write(dst / "ae.pt", lambda p: torch.save(state, p))
+    _atomic_write_text(dst / "config.json", json.dumps({"trainer": trainer}, indent=2))
+
+
+def _check_plain(parts: SAEParts, fmt: str) -> None:
+    """Formats without input normalization or a separate output width."""
+    cfg = parts.cfg
+    if cfg.get("normalize_activations", "none") not in (None, "none"):
+        raise ValueError(f"{fmt} has no activation normalization; fold it into the weights first")
+    if cfg.get("d_out") not in (None, cfg["d_in"]):
+        raise ValueError(f"{fmt} export does not support transcoders (d_out != d_in)")
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same folder, then rename into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
