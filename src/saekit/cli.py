@@ -8,6 +8,7 @@ import sys
 
 # Each module defines `register(subparsers)`; the sub-command stores its handler in `func`.
 COMMAND_MODULES: list[str] = [
+    "saekit.training.cli",
     "saekit.data.cli",
 ]
 

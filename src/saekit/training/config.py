@@ -143,9 +143,9 @@ class TrainConfig:
         for name in ("tokens", "batch_tokens", "context", "buffer_tokens", "forward_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.batch_tokens > self.buffer_tokens:
+        if 2 * self.batch_tokens > self.buffer_tokens:
             raise ValueError(
-                f"batch_tokens={self.batch_tokens} exceeds buffer_tokens={self.buffer_tokens}"
+                f"buffer_tokens={self.buffer_tokens} must be at least twice batch_tokens={self.batch_tokens}"
             )
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ValueError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")

@@ -1,0 +1,85 @@
+"""End-of-run outputs: PNG plots of the training curves and density, and a text summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
+    """Loss, L0 and explained variance against training tokens, one line per SAE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, title in zip(
+        axes,
+        ("loss", "l0", "explained_variance"),
+        ("loss", "L0 (active features per token)", "explained variance"),
+    ):
+        for name in dict.fromkeys(r["sae"] for r in train):
+            rows = [r for r in train if r["sae"] == name]
+            ax.plot([r["tokens"] for r in rows], [r[key] for r in rows], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("training tokens")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    if len({r["sae"] for r in train}) > 1:
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_density_histogram(log10_density_by_sae: dict[str, torch.Tensor], path: Path) -> None:
+    """Histogram of log10 feature density per SAE (dead features drawn at the left edge)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in log10_density_by_sae.items():
+        ax.hist(values.cpu().numpy(), bins=60, alpha=0.6, label=name)
+    ax.set_xlabel("log10 feature density (fraction of tokens on which a feature fires)")
+    ax.set_ylabel("features")
+    ax.set_title("feature density")
+    if len(log10_density_by_sae) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_text(
+    run_dir: Path,
+    tokens: int,
+    seconds: float,
+    final: dict[str, dict[str, float]],
+    folders: dict[str, Path],
+) -> str:
+    """A short human summary of the run."""
+    lines = [
+        f"saekit run {run_dir}: {tokens:,} tokens in {seconds:.0f} s "
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
+    ]
+    keys = (
+        ("l0", "L0", "{:.1f}"),
+        ("explained_variance", "expl.var", "{:.3f}"),
+        ("ce_loss_recovered", "CE rec.", "{:.3f}"),
+        ("kl_div", "KL", "{:.3f}"),
+        ("dead_fraction", "dead", "{:.1%}"),
+        ("dense_fraction", "dense", "{:.1%}"),
+    )
+    for name, metrics in final.items():
+        shown = [
+            f"{label} {fmt.format(metrics[key])}" for key, label, fmt in keys if key in metrics
+        ]
+        lines.append(f"  {name}: " + ", ".join(shown))
+        lines.append(f"    SAE folder: {folders[name]}")
+    return "\n".join(lines)

@@ -1,0 +1,353 @@
+"""`train(cfg)`: wire model, data, SAEs, trainer, logging and checkpoints into one run."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_text_atomic,
+)
+from saekit.training.config import ARCHITECTURES_WITH_K, TrainConfig
+from saekit.training.dead import FiringStats
+from saekit.training.init import initialize_unit
+from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
+from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
+from saekit.training.trainer import Callbacks, SAEUnit, Trainer
+
+HOLDOUT_EVERY = 20  # every 20th document of the dataset is held back for evaluation
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    run_dir: Path
+    sae_folders: dict[str, Path]
+    final_metrics: dict[str, dict[str, float]]
+    summary: str
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One SAE of a (possibly swept) run."""
+
+    name: str
+    hook_in: str
+    hook_out: str
+    arch: str
+    d_sae: int
+    settings: tuple[tuple[str, Any], ...]
+
+
+class RepeatedDocuments:
+    """The training documents of a dataset, epoch after epoch (so small datasets repeat)."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+
+    def __iter__(self) -> Iterator:
+        for _epoch in itertools.count():
+            yield from _training_documents(self.spec)
+
+
+def _training_documents(spec: str):
+    from saekit.data import iter_documents
+
+    return iter_documents(spec, holdout_every=HOLDOUT_EVERY, holdout=False)
+
+
+def held_back_token_batches(cfg: TrainConfig, dataset: str, tokenizer, rows: int):
+    """Token batches of the held-back documents (never trained on), same masking as training."""
+    from saekit.data import TokenWindows, iter_documents, iter_token_batches
+
+    docs = iter_documents(dataset, holdout_every=HOLDOUT_EVERY, holdout=True)
+    windows = TokenWindows(
+        docs, tokenizer, cfg.context,
+        prepend_bos=cfg.prepend_bos, exclude_special_tokens=cfg.exclude_special_tokens,
+    )  # fmt: skip
+    return iter_token_batches(windows, rows)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
+    """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
+    from saekit.saes import default_sparsity_coefficient
+
+    specs = []
+    for hook, arch in itertools.product(hooks, cfg.archs):
+        d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
+        if arch in ARCHITECTURES_WITH_K:
+            sparsity = [("k", k) for k in cfg.ks]
+        else:
+            coefficients = cfg.l1s or (default_sparsity_coefficient(arch),)
+            sparsity = [("sparsity_coefficient", c) for c in coefficients]
+        for d_sae, (key, value) in itertools.product(d_saes, sparsity):
+            label = f"k{value}" if key == "k" else f"c{value:g}"
+            name = "-".join([hook, arch, label] + ([f"d{d_sae}"] if len(d_saes) > 1 else []))
+            settings = ((key, value), *cfg.sae_settings)
+            specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
+    if len(specs) == 1:  # a single SAE is named after its hook, like its folder
+        return [dataclasses.replace(specs[0], name=specs[0].hook_in)]
+    return specs
+
+
+def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -> SAEUnit:
+    """A fresh SAE, its Adam optimizer and firing statistics."""
+    from saekit.saes import SAE
+
+    sae = SAE.create(
+        spec.arch,
+        d_in=dims[spec.hook_in],
+        d_sae=spec.d_sae,
+        d_out=dims[spec.hook_out],
+        **dict(spec.settings),
+    ).to(device)
+    method = cfg.dead_feature_method
+    if method == "auto":
+        method = "auxk" if spec.arch in ARCHITECTURES_WITH_K else "none"
+    if method == "auxk" and spec.arch not in ARCHITECTURES_WITH_K:
+        raise ValueError(f"dead_feature_method=auxk needs a TopK-family SAE, not {spec.arch}")
+    if method == "ghost_grads" and spec.arch != "relu":
+        raise ValueError(f"dead_feature_method=ghost_grads needs a relu SAE, not {spec.arch}")
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    return SAEUnit(
+        name=spec.name,
+        hook_in=spec.hook_in,
+        hook_out=spec.hook_out,
+        sae=sae,
+        optimizer=optimizer,
+        firing=FiringStats(spec.d_sae, cfg.dead_after_tokens, device),
+        use_dead_mask=method in ("auxk", "ghost_grads"),
+        resample=method == "resample",
+    )
+
+
+def raw_activation_sae(unit: SAEUnit) -> torch.nn.Module:
+    """A copy of the unit's SAE that works on raw (unnormalised) activations."""
+    sae = copy.deepcopy(unit.sae)
+    sae.fold_activation_scale(unit.scale_in, unit.scale_out)
+    sae.eval()
+    return sae
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (or continue, with `resume`) the training described by `cfg`."""
+    run_dir = Path(cfg.out)
+    config_file = run_dir / "train_config.json"
+    if not resume and (config_file.exists() or (run_dir / "checkpoints").exists()):
+        raise ValueError(
+            f"run folder {run_dir} already holds a run; continue it with --resume "
+            "or choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    lm, buffer, hooks, dims, model_spec, dataset = _open_data(cfg, device)
+    units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, hooks, dims)]
+    trainer = Trainer(cfg, units)
+    trainer.generator.manual_seed(cfg.seed)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+
+    if resume:
+        folder = latest_checkpoint(run_dir)
+        if folder is None:
+            raise FileNotFoundError(f"nothing to resume: {run_dir}/checkpoints holds no checkpoint")
+        state = load_checkpoint(folder)
+        trainer.load_state_dict(state["trainer"])
+        buffer.load_state_dict(state["data"])
+        log.truncate_after(trainer.step)
+    else:
+        log.path.unlink(missing_ok=True)
+        sample = buffer.peek(cfg.init_tokens)
+        for unit in units:
+            initialize_unit(unit, sample, cfg)
+        write_text_atomic(config_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    wandb_logger = (
+        WandbLogger(cfg.wandb_project, run_dir.name, cfg.to_dict(), run_dir) if cfg.wandb else None
+    )
+    bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress)
+    eval_batches = _eval_batches_factory(cfg, lm, model_spec, dataset, device)
+
+    def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
+        for name, metrics in per_sae.items():
+            log.write({"kind": "train", "step": step, "tokens": tokens, "sae": name, **metrics})
+        if wandb_logger:
+            wandb_logger.log(step, per_sae)
+
+    def evaluate(step: int, tokens: int) -> dict[str, dict[str, float]]:
+        results = {}
+        for unit in units:
+            result = _evaluate_unit(unit, cfg, eval_batches)
+            if result is None:
+                continue
+            density = result.pop("log10_feature_density")
+            results[unit.name] = result
+            log.write({"kind": "eval", "step": step, "tokens": tokens, "sae": unit.name, **result})
+            if wandb_logger:
+                wandb_logger.log_density(step, unit.name, density)
+        if wandb_logger and results:
+            wandb_logger.log(step, results, prefix="eval/")
+        return results
+
+    def checkpoint(step: int, tokens: int) -> None:
+        trainer.check_weights_finite()
+        state = {"trainer": trainer.state_dict(), "data": buffer.state_dict()}
+        save_checkpoint(run_dir, step, state)
+
+    trainer.callbacks = Callbacks(
+        on_log=on_log,
+        on_eval=evaluate,
+        on_checkpoint=checkpoint,
+        on_progress=bar.update,
+    )
+    started = time.perf_counter()
+    tokens_before = trainer.step * cfg.batch_tokens
+    try:
+        trainer.fit(iter(buffer))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    trainer.check_weights_finite()
+
+    final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
+    folders = _save_saes(units, trainer, cfg, run_dir, model_spec, dataset)
+    final_metrics = _final_metrics(units, trainer, log, final)
+    _write_reports(run_dir, log, units, trainer)
+    summary = summary_text(
+        run_dir, cfg.tokens - tokens_before, seconds, final_metrics, folders
+    )
+    write_text_atomic(run_dir / "summary.txt", summary + "\n")
+    if wandb_logger:
+        wandb_logger.finish()
+    return TrainResult(run_dir, folders, final_metrics, summary)
+
+
+def _open_data(cfg: TrainConfig, device):
+    """The model (None when training from a cache), the shuffle buffer, hooks and widths."""
+    from saekit.data import ActivationSource, CachedActivations, ShuffleBuffer, TokenWindows
+
+    if cfg.activations:
+        source = CachedActivations(cfg.activations, seed=cfg.seed, epochs=10**9, device=device)
+        manifest = source.manifest
+        hooks = list(cfg.hooks) or list(manifest["hooks"])
+        needed = hooks + ([cfg.hook_out] if cfg.hook_out else [])
+        missing = [h for h in needed if h not in manifest["hooks"]]
+        if missing:
+            raise ValueError(f"hooks {missing} are not in the cache; it holds {manifest['hooks']}")
+        source.hooks = list(dict.fromkeys(needed))
+        dims = {h: int(manifest["dims"][h]) for h in source.hooks}
+        buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
+        return None, buffer, hooks, dims, manifest["model"], manifest["dataset"]
+
+    from saekit.models import load_model
+
+    lm = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
+    hooks = list(cfg.hooks) or [f"blocks.{lm.n_layers // 2}.hook_resid_pre"]
+    needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
+    dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
+    windows = TokenWindows(
+        RepeatedDocuments(cfg.dataset), lm.tokenizer, cfg.context,
+        prepend_bos=cfg.prepend_bos, exclude_special_tokens=cfg.exclude_special_tokens,
+    )  # fmt: skip
+    source = ActivationSource(lm, needed, windows, cfg.forward_rows)
+    buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
+    return lm, buffer, hooks, dims, cfg.model, cfg.dataset
+
+
+def _eval_batches_factory(cfg: TrainConfig, lm, model_spec: str, dataset: str, device):
+    """A function returning fresh held-back token batches, or None if evaluation is off."""
+    if cfg.eval_tokens <= 0:
+        return None
+    state: dict[str, Any] = {"lm": lm}
+
+    def batches():
+        if state["lm"] is None:  # training from a cache: load the model only to evaluate
+            from saekit.models import load_model
+
+            state["lm"] = load_model(model_spec, device=device, dtype=DTYPES[cfg.dtype])
+        return state["lm"], held_back_token_batches(cfg, dataset, state["lm"].tokenizer, 16)
+
+    return batches
+
+
+def _evaluate_unit(unit: SAEUnit, cfg: TrainConfig, eval_batches) -> dict[str, Any] | None:
+    if eval_batches is None:
+        return None
+    from saekit.evals import evaluate_sae
+
+    lm, batches = eval_batches()
+    result = evaluate_sae(
+        raw_activation_sae(unit), lm, batches, max_tokens=cfg.eval_tokens,
+        hook_name=unit.hook_in, hook_name_out=unit.hook_out,
+        dense_threshold=cfg.dense_threshold,
+    )  # fmt: skip
+    return {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
+
+
+def _save_saes(units, trainer: Trainer, cfg: TrainConfig, run_dir: Path, model_spec, dataset):
+    from saekit.evals.metrics import log10_feature_density
+
+    folders = {}
+    for unit in units:
+        sae = raw_activation_sae(unit)
+        meta = sae.cfg.metadata
+        meta.model_name = model_spec
+        meta.hook_name = unit.hook_in
+        meta.hook_name_out = unit.hook_out if unit.hook_out != unit.hook_in else None
+        meta.context_size = cfg.context
+        meta.dataset_path = dataset
+        meta.prepend_bos = cfg.prepend_bos
+        meta.exclude_special_tokens = cfg.exclude_special_tokens
+        folder = run_dir / unit.name
+        sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
+        folders[unit.name] = folder
+    return folders
+
+
+def _final_metrics(units, trainer: Trainer, log: MetricsLog, final: dict) -> dict:
+    """Per SAE: the last training metrics, overridden by the final evaluation's."""
+    last_train: dict[str, dict] = {}
+    for record in log.read():
+        if record.get("kind") == "train":
+            last_train[record["sae"]] = record
+    out = {}
+    for unit in units:
+        merged = {k: v for k, v in last_train.get(unit.name, {}).items() if isinstance(v, float)}
+        merged.update(final.get(unit.name, {}))
+        out[unit.name] = merged
+    return out
+
+
+def _write_reports(run_dir: Path, log: MetricsLog, units, trainer: Trainer) -> None:
+    from saekit.evals.metrics import log10_feature_density
+
+    records = log.read()
+    if records:
+        plot_training_curves(records, run_dir / "training_curves.png")
+    plot_density_histogram(
+        {u.name: log10_feature_density(trainer.density(u)) for u in units},
+        run_dir / "feature_density.png",
+    )

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+
+from saekit.cli import build_parser
+from saekit.training.cli import config_from_args, parse_count
+from saekit.training.config import TrainConfig
+
+
+def parse(argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_no_flags_gives_the_embedded_default():
+    cfg = parse([])
+    assert cfg == TrainConfig()
+    assert (cfg.model, cfg.dataset, cfg.archs, cfg.ks) == (
+        "smollm2-135m", "builtin:python-docs", ("topk",), (32,),
+    )
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.001\nbatch-tokens: 2048\nhooks: [blocks.3.hook_resid_pre]\n")
+    cfg = parse(["--config", str(path), "--lr", "0.002", "--tokens", "100k", "--k", "16,64"])
+    assert cfg.lr == 0.002 and cfg.batch_tokens == 2048 and cfg.tokens == 100_000
+    assert cfg.hooks == ("blocks.3.hook_resid_pre",) and cfg.ks == (16, 64)
+
+
+def test_json_config_and_sae_settings(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"archs": ["relu"], "l1s": [2.0], "sae_settings": {"decoder_norm": "weighted"}}))
+    cfg = parse(["--config", str(path), "--sae-setting", "bandwidth=0.01"])
+    assert cfg.archs == ("relu",) and cfg.l1s == (2.0,)
+    assert cfg.sae_settings == (("bandwidth", 0.01),)  # the flag replaces the file's value
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.001\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown training setting.*learning_rate"):
+        parse(["--config", str(path)])
+
+
+def test_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--learning-rate", "1"])
+    assert "--learning-rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr-schedule", "step"], "lr_schedule='step' is not one of"),
+        (["--d-sae", "100", "--expansion-factor", "4"], "either d_saes or expansion_factor"),
+        (["--l1", "5"], "l1s is only used by"),
+        (["--arch", "relu", "--k", "8"], "ks is only used by"),
+        (["--batch-tokens", "4096", "--buffer-tokens", "4096"], "buffer_tokens"),
+        (["--tokens", "0"], "tokens must be positive"),
+        (["--resample-every-tokens", "1000"], "only used with dead_feature_method=resample"),
+    ],
+)
+def test_contradictory_settings_are_errors(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse(argv)
+
+
+def test_resume_reads_saved_settings_and_refuses_changes(tmp_path):
+    saved = TrainConfig(lr=0.01, out=str(tmp_path))
+    (tmp_path / "train_config.json").write_text(json.dumps(saved.to_dict()))
+    assert parse(["--resume", "--out", str(tmp_path)]) == saved
+    with pytest.raises(ValueError, match="remove --lr"):
+        parse(["--resume", "--out", str(tmp_path), "--lr", "0.1"])
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        parse(["--resume", "--out", str(tmp_path / "elsewhere")])
+
+
+def test_parse_count():
+    assert parse_count("409600") == 409_600
+    assert parse_count("400k") == 400_000
+    assert parse_count("1.5M") == 1_500_000
+
+
+def test_every_setting_has_help():
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag in ("--model", "--hook", "--dataset", "--arch", "--d-sae", "--expansion-factor", "--k",
+                 "--l1", "--tokens", "--batch-tokens", "--context", "--lr", "--seed", "--out",
+                 "--device", "--dtype", "--wandb", "--activations", "--checkpoint-every", "--resume"):
+        assert flag in help_text
+    assert "(default: " in help_text
