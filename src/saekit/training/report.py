@@ -21,6 +21,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
         axes,
         ("loss", "l0", "explained_variance"),
         ("loss", "L0 (active features per token)", "explained variance"),
+        strict=True,
     ):
         for name in dict.fromkeys(r["sae"] for r in train):
             rows = [r for r in train if r["sae"] == name]

@@ -202,7 +202,7 @@ class Trainer:
             ]
         ).tolist()  # one device sync for all metrics
         names = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
-        return {**dict(zip(names, values)), "lr": cfg.lr * factor}
+        return {**dict(zip(names, values, strict=True)), "lr": cfg.lr * factor}
 
     def _with_firing(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """Add dead and dense fractions to each SAE's metrics."""
