@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "saekit.training.cli",
     "saekit.data.cli",
+    "saekit.evals.cli",
 ]
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saekit.data import TokenWindows, iter_documents, iter_token_batches
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
 from saekit.evals.spliced import (
     ablation_ce,
@@ -17,6 +18,9 @@ from saekit.evals.spliced import (
     sae_hooks,
     spliced_batch,
 )
+
+HOLDOUT_EVERY = 10
+"""Every 10th document of a dataset (the 10th, 20th, ...) is held back for evaluation."""
 
 METRIC_KEYS = (
     "l0",
@@ -49,6 +53,8 @@ def evaluate_sae(
     mean_act_D: Tensor | None = None,
     hook_name: str | None = None,
     hook_name_out: str | None = None,
+    scale_in: float = 1.0,
+    scale_out: float = 1.0,
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -58,7 +64,9 @@ def evaluate_sae(
     (kept, not last; see `saekit.evals.spliced`). Batches are taken whole until `max_tokens`
     kept tokens are reached. Mean ablation uses `mean_act_D` if given, else the mean of the
     spliced hook's activation over the evaluated kept tokens (a second pass over the stored
-    token ids). The SAE is evaluated in eval mode and its previous mode restored; no
+    token ids). `scale_in`/`scale_out` evaluate an SAE that still trains on scaled
+    activations (see `saekit.evals.spliced.reconstruct`); metrics stay in the model's raw
+    units, so they match the same SAE saved with its scale folded in. The SAE is evaluated in eval mode and its previous mode restored; no
     gradient, optimizer or RNG state is touched, so the trainer may call this at any step.
 
     Returns the floats named in `METRIC_KEYS` plus `log10_feature_density` (a float64
@@ -85,6 +93,8 @@ def evaluate_sae(
                 mean_act_D=mean_act_D,
                 hook_name=hook_in,
                 hook_name_out=hook_out,
+                scale_in=scale_in,
+                scale_out=scale_out,
             )
             stats.update(batch.target_ND, batch.x_hat_ND, batch.feats_NF)
             bar.update(batch.x_ND.shape[0])
@@ -127,3 +137,29 @@ def evaluate_sae(
 def scalar_metrics(result: dict[str, Any]) -> dict[str, float | int]:
     """The JSON-friendly part of an `evaluate_sae` result, in `METRIC_KEYS` order."""
     return {key: result[key] for key in METRIC_KEYS}
+
+
+def heldout_token_batches(
+    dataset: str,
+    tokenizer,
+    context_size: int,
+    rows: int,
+    *,
+    prepend_bos: bool = True,
+    exclude_special_tokens: bool = True,
+    holdout_every: int = HOLDOUT_EVERY,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """`(input_ids_BT, keep_mask_BT)` batches of the held-back documents of `dataset`.
+
+    Training leaves these documents out with `iter_documents(..., holdout_every=N)`;
+    `holdout_every=0` evaluates on every document instead.
+    """
+    docs = iter_documents(dataset, holdout_every=holdout_every, holdout=holdout_every > 0)
+    windows = TokenWindows(
+        docs,
+        tokenizer,
+        context_size,
+        prepend_bos=prepend_bos,
+        exclude_special_tokens=exclude_special_tokens,
+    )
+    return iter_token_batches(windows, rows)

@@ -69,11 +69,19 @@ def next_token_kl(clean_logits_BTV: Tensor, logits_BTV: Tensor, positions_BT: Te
     return (clean_logp_NV.exp() * (clean_logp_NV - logp_NV)).sum(dim=-1)
 
 
-def reconstruct(sae, x_ND: Tensor) -> tuple[Tensor, Tensor]:
-    """`(x_hat, feats)` of the SAE on `x` (any leading shape), computed in the SAE's dtype."""
+def reconstruct(
+    sae, x_ND: Tensor, scale_in: float = 1.0, scale_out: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """`(x_hat, feats)` of the SAE on `x` (any leading shape), computed in the SAE's dtype.
+
+    An SAE still training on scaled activations (`x * scale_in`, target `* scale_out`) gets
+    `x_hat = decode(encode(x * scale_in)) / scale_out`, in the raw units of the model.
+    """
     param = sae.W_enc
-    feats = sae.encode(x_ND.to(device=param.device, dtype=param.dtype))
-    return sae.decode(feats), feats
+    x_ND = x_ND.to(device=param.device, dtype=param.dtype)
+    feats = sae.encode(x_ND * scale_in if scale_in != 1.0 else x_ND)
+    x_hat_ND = sae.decode(feats)
+    return (x_hat_ND / scale_out if scale_out != 1.0 else x_hat_ND), feats
 
 
 def _where_kept(keep_mask_BT: Tensor | None, new_BTD: Tensor, act_BTD: Tensor) -> Tensor:
@@ -202,9 +210,12 @@ def spliced_batch(
     mean_act_D: Tensor | None = None,
     hook_name: str | None = None,
     hook_name_out: str | None = None,
+    scale_in: float = 1.0,
+    scale_out: float = 1.0,
 ) -> SplicedBatch:
     """Evaluate the SAE on one batch: a clean forward (which also reads the activations), a
-    spliced forward, a zero-ablated forward and, given `mean_act_D`, a mean-ablated one."""
+    spliced forward, a zero-ablated forward and, given `mean_act_D`, a mean-ablated one.
+    `scale_in`/`scale_out`: see `reconstruct`."""
     hook_in, hook_out = sae_hooks(sae, hook_name, hook_name_out)
     check_sae_fits(sae, lm, hook_in, hook_out)
     input_ids_BT = input_ids_BT.to(lm.device)
@@ -214,7 +225,7 @@ def spliced_batch(
     clean_logits_BTV, acts = _capture_logits(lm, input_ids_BT, [hook_in, hook_out])
     # nothing upstream of the hooks changes in the spliced forward, so the clean input is the
     # spliced forward's input too: reconstruct once and reuse
-    x_hat_BTD, feats_BTF = reconstruct(sae, acts[hook_in])
+    x_hat_BTD, feats_BTF = reconstruct(sae, acts[hook_in], scale_in, scale_out)
 
     def replace(act_BTD: Tensor) -> Tensor:
         new_BTD = x_hat_BTD.to(act_BTD.dtype)
