@@ -96,6 +96,11 @@ def _load_smollm2():
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers has de-quantized every weight to float32; only a "gguf" marker is left,
+    # and it blocks save_pretrained. Drop it: the model is a plain float model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     try:
         _save_atomically(cached, model, tokenizer, source)
     except OSError as err:
@@ -108,6 +113,7 @@ def _save_atomically(folder: Path, model, tokenizer, source: dict) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _CACHE_MARKER).write_text(json.dumps(source))
