@@ -49,7 +49,8 @@ def test_old_fields_map_to_saekit_settings(tmp_path):
     assert meta["hook_layer"] == 3
     assert meta["dataset_path"] == "builtin:python-docs"
     assert meta["context_size"] == 64
-    assert meta["sparsity_coefficient"] == 1e-3
+    assert settings["l1_coefficient"] == 1e-3
+    assert settings["decoder_norm"] == "unit"  # the original kept decoder rows at unit norm
     assert meta["legacy_config"]["expansion_factor"] == 2
 
 

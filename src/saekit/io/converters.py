@@ -17,13 +17,14 @@ Formats:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,11 +36,15 @@ from saekit.io.legacy import (
     safe_torch_load,
 )
 
+if TYPE_CHECKING:
+    from saekit.saes import SAE
+
 FORMATS = ("saekit", "saelens", "mats_pt", "sparsify", "dictionary_learning")
 WRITABLE_FORMATS = ("saekit", "saelens", "sparsify", "dictionary_learning")
 
 # saekit architecture name <-> SAELens 6 architecture name (where they differ).
-_TO_SAELENS_ARCH = {"relu": "standard"}
+# batchtopk / matryoshka are a JumpReLU at inference (learned threshold per feature).
+_TO_SAELENS_ARCH = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
 _FROM_SAELENS_ARCH = {"standard": "relu"}
 
 
@@ -165,7 +170,7 @@ def _normalize_saelens_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in _OLD_SAELENS_METADATA:
         if key in cfg:
             metadata.setdefault(key, cfg.pop(key))
-    arch = cfg.get("architecture", "standard")
+    arch = cfg.pop("saekit_architecture", None) or cfg.get("architecture", "standard")
     if arch == "standard" and cfg.get("activation_fn_str") == "topk":
         arch = "topk"
         cfg["k"] = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
@@ -277,8 +282,10 @@ def write_saelens(parts: SAEParts, dst: Path) -> None:
     """A SAELens 6 folder (architecture names mapped, saekit-only keys dropped)."""
     cfg = parts.cfg
     arch = cfg["architecture"]
-    if arch not in {"relu", "topk", "jumprelu", "gated"}:
+    if arch not in {"relu", "topk", "jumprelu", "gated", "batchtopk", "matryoshka"}:
         raise ValueError(f"SAELens has no inference architecture for saekit's {arch!r}")
+    if _TO_SAELENS_ARCH.get(arch, arch) == "jumprelu" and "threshold" not in parts.tensors:
+        raise ValueError(f"a {arch!r} SAE needs a 'threshold' tensor to be written as jumprelu")
     out: dict[str, Any] = {
         "architecture": _TO_SAELENS_ARCH.get(arch, arch),
         "d_in": cfg["d_in"],
@@ -292,6 +299,7 @@ def write_saelens(parts: SAEParts, dst: Path) -> None:
     }
     if arch == "topk":
         out["k"] = cfg["k"]
+        out["rescale_acts_by_decoder_norm"] = bool(cfg.get("rescale_acts_by_decoder_norm", False))
     tensors = {k: v.contiguous() for k, v in parts.tensors.items()}
     _atomic_write(dst / "sae_weights.safetensors", lambda p: save_file(tensors, p))
     if parts.sparsity is not None:
@@ -376,6 +384,64 @@ def _check_plain(parts: SAEParts, fmt: str) -> None:
         raise ValueError(f"{fmt} has no activation normalization; fold it into the weights first")
     if cfg.get("d_out") not in (None, cfg["d_in"]):
         raise ValueError(f"{fmt} export does not support transcoders (d_out != d_in)")
+
+
+# ----------------------------------------------------------------------------- saekit SAEs
+
+
+def parts_to_sae(parts: SAEParts, device: str = "cpu") -> SAE:
+    """A saekit SAE holding exactly `parts`' weights (in eval mode)."""
+    from saekit.saes import SAE
+    from saekit.saes.config import SAEConfig
+
+    cfg = {k: v for k, v in parts.cfg.items() if v is not None}
+    arch = cfg.pop("architecture")
+    known = {f.name for f in dataclasses.fields(SAEConfig)} - {"architecture", "device"}
+    metadata = dict(cfg.pop("metadata", {}))
+    for key in sorted(set(cfg) - known):  # keys saekit has no field for stay as metadata
+        metadata.setdefault(key, cfg.pop(key))
+    cfg = {k: v for k, v in cfg.items() if k in known}
+    sae = SAE.create(arch, metadata=metadata, **cfg)
+    expected = set(sae.state_dict())
+    if set(parts.tensors) != expected:
+        raise ValueError(
+            f"{arch} SAE needs tensors {sorted(expected)}, the source has {sorted(parts.tensors)}"
+        )
+    dtype = next(iter(sae.state_dict().values())).dtype
+    sae.load_state_dict({k: v.to(dtype) for k, v in parts.tensors.items()})
+    return sae.to(device).eval()
+
+
+def sae_to_parts(sae: SAE, sparsity: torch.Tensor | None = None) -> SAEParts:
+    """The plain-data form of a saekit SAE (saekit architecture names)."""
+    cfg = sae.cfg.to_dict()
+    cfg["architecture"] = cfg.pop("saekit_architecture", None) or sae.cfg.architecture
+    tensors = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
+    return SAEParts(cfg, tensors, sparsity)
+
+
+def read_sae(path: str | Path, fmt: str | None = None, device: str = "cpu") -> SAE:
+    """A saekit SAE from a local file or folder in any known format."""
+    fmt = fmt or detect_format(path)
+    if fmt == "saekit":
+        from saekit.saes import SAE
+
+        return SAE.load(path, device=device)
+    return parts_to_sae(read_parts(path, fmt), device=device)
+
+
+def convert(src: str | Path, dst: str | Path, to: str = "saekit", src_format: str | None = None) -> Path:
+    """Convert the SAE at `src` (any known format) into a `to`-format folder at `dst`."""
+    if to not in WRITABLE_FORMATS:
+        raise ValueError(f"cannot convert to {to!r}; targets: {', '.join(WRITABLE_FORMATS)}")
+    parts = read_parts(src, src_format)
+    if to == "saekit":
+        sae = parts_to_sae(parts)
+        sae.save(dst, sparsity=parts.sparsity)
+        return Path(dst)
+    # Through a saekit SAE, so every setting and tensor shape is checked once.
+    parts = sae_to_parts(parts_to_sae(parts), parts.sparsity)
+    return write_parts(parts, dst, to)
 
 
 # ----------------------------------------------------------------------------- file helpers

@@ -156,21 +156,23 @@ def legacy_sae_settings(ckpt: LegacyCheckpoint) -> dict[str, Any]:
         "dataset_path": "dataset_path",
         "context_size": "context_size",
         "prepend_bos": "prepend_bos",
-        "l1_coefficient": "sparsity_coefficient",
     }
     for old, new in fields.items():
         if cfg.get(old) is not None:
             metadata[new] = cfg[old]
-    metadata["source_format"] = "mats_sae_training"
     metadata["legacy_config"] = {k: v for k, v in cfg.items() if _is_json_scalar(v)}
-    return {
+    settings: dict[str, Any] = {
         "architecture": "relu",
         "d_in": int(d_in),
         "d_sae": int(d_sae),
         "apply_b_dec_to_input": True,
+        "decoder_norm": "unit",
         "dtype": str(sd["W_enc"].dtype).removeprefix("torch."),
         "metadata": metadata,
     }
+    if cfg.get("l1_coefficient") is not None:
+        settings["l1_coefficient"] = float(cfg["l1_coefficient"])
+    return settings
 
 
 def _is_json_scalar(value: Any) -> bool:

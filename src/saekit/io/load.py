@@ -1,0 +1,65 @@
+"""`load_sae(spec)`: one entry point for every place an SAE can live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saekit.io import hub
+from saekit.io.converters import detect_format, read_sae
+
+if TYPE_CHECKING:
+    from saekit.saes import SAE
+
+
+def load_sae(
+    spec: str | Path,
+    sae_id: str | None = None,
+    *,
+    device: str = "cpu",
+    revision: str | None = None,
+) -> SAE:
+    """Load an SAE, in eval mode, from any of:
+
+    - a local SAE folder (saekit, SAELens, EleutherAI sparsify, dictionary_learning);
+    - a legacy mats_sae_training `.pt` file (restricted unpickling, GPU files load on CPU);
+    - `hf://OWNER/REPO/PATH`: a folder or file inside a hub repo;
+    - `OWNER/REPO` with `sae_id` the path inside it (for registered repos, the SAE id);
+    - a release name from the registry with `sae_id`, e.g.
+      `load_sae("gpt2-small-res-jb", "blocks.8.hook_resid_pre")`.
+
+    Hub files come through `huggingface_hub`, so the HF cache and `HF_HUB_OFFLINE=1` work.
+    """
+    spec_str = str(spec)
+    if spec_str.startswith(hub.HUB_PREFIX):
+        repo_id, path = hub.parse_hub_spec(spec_str)
+        if sae_id is not None:
+            path = f"{path}/{sae_id}" if path else sae_id
+        return _load_local(hub.fetch(repo_id, path, revision=revision), device)
+    local = Path(spec_str).expanduser()
+    if local.exists():
+        if sae_id is not None and local.is_dir():
+            local = local / sae_id
+        return _load_local(local, device)
+    registry = hub.load_registry()
+    release = spec_str if spec_str in registry else hub.find_release_by_repo(spec_str)
+    if release is not None:
+        entry = hub.resolve_pretrained(release, sae_id)
+        path = hub.fetch(entry.repo_id, entry.path, revision=revision)
+        return _load_local(path, device, entry.format)
+    if hub.looks_like_repo_id(spec_str):
+        return _load_local(hub.fetch(spec_str, sae_id, revision=revision), device)
+    raise FileNotFoundError(
+        f"{spec_str!r} is not a local path, an hf:// path, a hub repo id or a registered "
+        f"release (releases: {', '.join(hub.list_releases())})"
+    )
+
+
+def _load_local(path: Path, device: str, fmt: str | None = None) -> SAE:
+    fmt = fmt or detect_format(path)
+    if fmt in ("saekit", "saelens") and path.is_dir():
+        try:  # saekit and SAELens 6 folders load as they are
+            return read_sae(path, "saekit", device=device)
+        except ValueError:  # an older SAELens layout: map its keys first
+            fmt = "saelens"
+    return read_sae(path, fmt, device=device)
