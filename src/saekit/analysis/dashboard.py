@@ -1,0 +1,348 @@
+"""Static HTML feature dashboards: an index page plus one page per feature.
+
+Every page is self-contained (inline CSS, inline SVG, a few lines of inline JS to sort the index
+table) and refers to nothing outside the output folder, so it opens from disk with no network.
+All token text is HTML-escaped; spaces, tabs and newlines are drawn as visible glyphs.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from saekit.analysis.features import Examples, FeatureStats, collect_feature_stats
+from saekit.analysis.logit_lens import LogitEffects, logit_effects, token_strings
+
+N_QUANTILE_GROUPS = 4
+PER_GROUP = 5
+
+
+def feature_page_name(feature: int) -> str:
+    """File name of a feature's page inside the dashboard folder."""
+    return f"feature_{feature}.html"
+
+
+def build_dashboard(
+    sae,
+    lm,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    feature_ids: Sequence[int],
+    out_dir: str | Path,
+    *,
+    max_tokens: int | None = None,
+    n_logits: int = 10,
+    title: str = "SAE features",
+    progress: bool = False,
+    **collector_kwargs,
+) -> Path:
+    """One pass over ``batches`` for all ``feature_ids``, then write the dashboard.
+
+    ``collector_kwargs`` go to :class:`~saekit.analysis.features.FeatureStatsCollector`
+    (``top_k``, ``n_samples``, ``context_left``, ...). Returns the path of ``index.html``.
+    """
+    stats = collect_feature_stats(
+        sae, lm, batches, feature_ids, max_tokens=max_tokens, progress=progress, **collector_kwargs
+    )
+    effects = logit_effects(sae, lm, feature_ids, k=n_logits)
+    meta = sae.cfg.metadata
+    subtitle = f"{getattr(meta, 'model_name', '?')} · {getattr(meta, 'hook_name', '?')}"
+    return write_dashboard(out_dir, stats, effects, lm.tokenizer, title=title, subtitle=subtitle)
+
+
+def write_dashboard(
+    out_dir: str | Path,
+    stats: FeatureStats,
+    effects: Sequence[LogitEffects],
+    tokenizer,
+    *,
+    title: str = "SAE features",
+    subtitle: str = "",
+) -> Path:
+    """Write ``index.html``, one ``feature_<id>.html`` per feature and ``features.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    effects_by_id = {e.feature: e for e in effects}
+    ids = sorted(
+        set(stats.top.tokens_FKW.flatten().tolist())
+        | set(stats.samples.tokens_FKW.flatten().tolist())
+    )
+    ids = [i for i in ids if i >= 0]
+    text = dict(zip(ids, token_strings(tokenizer, ids), strict=False))
+    summary = []
+    for n, feature in enumerate(stats.feature_ids):
+        page = _feature_page(n, stats, effects_by_id.get(feature), text, title, subtitle)
+        _write_atomic(out / feature_page_name(feature), page)
+        summary.append(_summary(n, stats, effects_by_id.get(feature), text))
+    _write_atomic(out / "index.html", _index_page(summary, stats, title, subtitle))
+    _write_atomic(out / "features.json", json.dumps(summary, indent=1))
+    return out / "index.html"
+
+
+def _summary(
+    n: int, stats: FeatureStats, effects: LogitEffects | None, text: dict[int, str]
+) -> dict:
+    """The numbers shown for one feature on the index page (also saved as JSON)."""
+    top, centre = stats.top, stats.context_left
+    seen: dict[str, None] = {}
+    for k in torch.nonzero(top.valid_FK[n]).flatten().tolist():
+        seen.setdefault(text.get(int(top.tokens_FKW[n, k, centre]), ""), None)
+    mean = float(stats.mean_act_F[n])
+    return {
+        "feature": stats.feature_ids[n],
+        "density": float(stats.density_F[n]),
+        "fire_count": int(stats.fire_count_F[n]),
+        "mean_activation": None if mean != mean else mean,
+        "max_activation": float(stats.act_max_F[n]),
+        "top_activating_tokens": list(seen)[:6],
+        "top_boosted_tokens": [t for _, t, _ in effects.positive[:6]] if effects else [],
+        "top_suppressed_tokens": [t for _, t, _ in effects.negative[:6]] if effects else [],
+    }
+
+
+# ---------------------------------------------------------------------------- HTML pieces
+
+
+def _tok(s: str) -> str:
+    """Escaped token text with whitespace drawn visibly."""
+    out = html.escape(s)
+    for raw, glyph in ((" ", "·"), ("\t", "⇥"), ("\n", "↵")):
+        out = out.replace(raw, f'<span class="ws">{glyph}</span>')
+    return out
+
+
+def _attr(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    js = f"<script>{script}</script>" if script else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
+        f"<body>{body}{js}</body></html>\n"
+    )
+
+
+def _token_list(tokens: list[str], limit: int = 6) -> str:
+    return " ".join(f'<code class="t">{_tok(t)}</code>' for t in tokens[:limit])
+
+
+def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: str) -> str:
+    rows = []
+    for s in summary:
+        f, dead = s["feature"], s["fire_count"] == 0
+        mean = "–" if s["mean_activation"] is None else f"{s['mean_activation']:.3g}"
+        rows.append(
+            f'<tr class="{"dead" if dead else ""}" id="f{f}">'
+            f'<td data-v="{f}"><a href="{feature_page_name(f)}">{f}</a></td>'
+            f'<td data-v="{s["density"]:.6g}">{s["density"]:.3e}</td>'
+            f'<td data-v="{s["mean_activation"] or 0:.6g}">{mean}</td>'
+            f'<td data-v="{s["max_activation"]:.6g}">{s["max_activation"]:.3g}</td>'
+            f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}</td>"
+            f"<td>{_token_list(s['top_boosted_tokens'])}</td></tr>"
+        )
+    body = (
+        f'<h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)} · '
+        f"{stats.n_tokens:,} tokens · {len(summary)} features</p>"
+        '<table id="features" class="index"><thead><tr>'
+        "<th>feature</th><th>density</th><th>mean act</th><th>max act</th>"
+        "<th>top activating tokens</th><th>top boosted logits</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<p class="sub">Click a column header to sort.</p>'
+    )
+    return _page(title, body, SORT_JS)
+
+
+def _feature_page(
+    n: int,
+    stats: FeatureStats,
+    effects: LogitEffects | None,
+    text: dict[int, str],
+    title: str,
+    subtitle: str,
+) -> str:
+    feature = stats.feature_ids[n]
+    max_act = float(stats.act_max_F[n])
+    prev_next = []
+    if n > 0:
+        prev_next.append(f'<a href="{feature_page_name(stats.feature_ids[n - 1])}">← prev</a>')
+    prev_next.append('<a href="index.html">index</a>')
+    if n + 1 < len(stats.feature_ids):
+        prev_next.append(f'<a href="{feature_page_name(stats.feature_ids[n + 1])}">next →</a>')
+    mean = float(stats.mean_act_F[n])
+    facts = (
+        f"<tr><th>density</th><td>{float(stats.density_F[n]):.3e} "
+        f"({int(stats.fire_count_F[n]):,} of {stats.n_tokens:,} tokens)</td></tr>"
+        f"<tr><th>mean activation (when firing)</th><td>{'–' if mean != mean else f'{mean:.4g}'}</td></tr>"
+        f"<tr><th>max activation</th><td>{max_act:.4g}</td></tr>"
+    )
+    body = (
+        f"<nav>{' · '.join(prev_next)}</nav><h1>Feature {feature}</h1>"
+        f'<p class="sub">{html.escape(subtitle)}</p>'
+        f'<div class="cols"><div><table class="facts">{facts}</table>'
+        f"<h2>Activation histogram (nonzero)</h2>{_histogram_svg(n, stats)}</div>"
+        f"<div><h2>Logit effects</h2>{_logit_tables(effects)}</div></div>"
+        f'<h2>Top activations</h2><div class="examples" id="top">'
+        f"{_example_rows(n, stats.top, stats.context_left, max_act, text)}</div>"
+        f'<h2>Samples from lower quantiles</h2><div id="quantiles">'
+        f"{_quantile_groups(n, stats, max_act, text)}</div>"
+    )
+    return _page(f"Feature {feature} · {title}", body)
+
+
+def _example_rows(
+    n: int,
+    ex: Examples,
+    centre: int,
+    max_act: float,
+    text: dict[int, str],
+    ks: Iterable[int] | None = None,
+) -> str:
+    ks = torch.nonzero(ex.valid_FK[n]).flatten().tolist() if ks is None else ks
+    rows = []
+    for k in ks:
+        cells = []
+        for w, (tok, act) in enumerate(
+            zip(ex.tokens_FKW[n, k].tolist(), ex.acts_FKW[n, k].tolist(), strict=False)
+        ):
+            if tok < 0:
+                continue
+            alpha = max(0.0, min(1.0, act / max_act)) if max_act > 0 else 0.0
+            cls = "tok cur" if w == centre else "tok"
+            tip = _attr(f"{text.get(tok, '')!r}  activation {act:.4g}")
+            cells.append(
+                f'<span class="{cls}" style="background:rgba(255,102,0,{alpha:.3f})" '
+                f'title="{tip}">{_tok(text.get(tok, ""))}</span>'
+            )
+        loc = f"row {int(ex.rows_FK[n, k])}, pos {int(ex.positions_FK[n, k])}"
+        rows.append(
+            f'<div class="ex"><span class="val" title="{loc}">{float(ex.values_FK[n, k]):.3f}</span>'
+            f'<span class="ctx">{"".join(cells)}</span></div>'
+        )
+    return "".join(rows) or '<p class="sub">This feature never fired on these tokens.</p>'
+
+
+def _quantile_groups(n: int, stats: FeatureStats, max_act: float, text: dict[int, str]) -> str:
+    """The random sample of firing positions, split into activation quantile groups."""
+    sample = stats.samples
+    valid = torch.nonzero(sample.valid_FK[n]).flatten().tolist()  # sorted by value, descending
+    if not valid:
+        return '<p class="sub">No samples.</p>'
+    out = []
+    chunks = [
+        valid[
+            round(i * len(valid) / N_QUANTILE_GROUPS) : round(
+                (i + 1) * len(valid) / N_QUANTILE_GROUPS
+            )
+        ]
+        for i in range(N_QUANTILE_GROUPS)
+    ]
+    for g, chunk in enumerate(chunks):
+        if not chunk:
+            continue
+        hi_q = 100 - g * 100 // N_QUANTILE_GROUPS
+        lo_q = 100 - (g + 1) * 100 // N_QUANTILE_GROUPS
+        lo, hi = float(sample.values_FK[n, chunk[-1]]), float(sample.values_FK[n, chunk[0]])
+        pick = chunk[:: max(1, len(chunk) // PER_GROUP)][:PER_GROUP]
+        out.append(
+            f"<h3>quantile {lo_q}–{hi_q}% of firing activations ({lo:.3g} – {hi:.3g})</h3>"
+            f'<div class="examples">{_example_rows(n, sample, stats.context_left, max_act, text, pick)}</div>'
+        )
+    return "".join(out)
+
+
+def _histogram_svg(n: int, stats: FeatureStats, width: int = 420, height: int = 140) -> str:
+    counts = stats.hist_counts_FH[n].tolist()
+    used = max((i + 1 for i, c in enumerate(counts) if c), default=0)
+    if not used:
+        return '<p class="sub">No nonzero activations.</p>'
+    edges = stats.hist_edges(n).tolist()
+    peak, bar_w, plot_h = max(counts), width / used, height - 20
+    bars = []
+    for i in range(used):
+        h = plot_h * counts[i] / peak
+        bars.append(
+            f'<rect class="bar" x="{i * bar_w:.2f}" y="{plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}" '
+            f'height="{h:.2f}"><title>{edges[i]:.4g} – {edges[i + 1]:.4g}: {counts[i]}</title></rect>'
+        )
+    return (
+        f'<svg class="hist" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{"".join(bars)}'
+        f'<text x="0" y="{height - 4}">0</text>'
+        f'<text x="{width}" y="{height - 4}" text-anchor="end">{edges[used]:.3g}</text>'
+        f'<text x="{width}" y="12" text-anchor="end">max count {peak}</text></svg>'
+    )
+
+
+def _logit_tables(effects: LogitEffects | None) -> str:
+    if effects is None:
+        return '<p class="sub">Not computed.</p>'
+
+    def table(rows: list[tuple[int, str, float]], cls: str, head: str) -> str:
+        body = "".join(
+            f'<tr><td><code class="t" title="id {i}">{_tok(t)}</code></td><td class="{cls}">{v:+.3f}</td></tr>'
+            for i, t, v in rows
+        )
+        return f'<table class="logits"><thead><tr><th colspan="2">{head}</th></tr></thead>{body}</table>'
+
+    return (
+        '<div class="cols">'
+        + table(effects.positive, "pos", "boosted")
+        + table(effects.negative, "neg", "suppressed")
+        + "</div>"
+    )
+
+
+def _write_atomic(path: Path, content: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222;max-width:1200px}
+h1{margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}h3{font-size:.95em;margin:.8em 0 .3em;color:#555}
+.sub{color:#666;font-size:.9em}nav{font-size:.9em}a{color:#0645ad}
+table{border-collapse:collapse}th,td{padding:.2em .6em;text-align:left;vertical-align:top}
+table.index{width:100%}table.index th{cursor:pointer;border-bottom:2px solid #ccc;user-select:none}
+table.index tr:nth-child(even){background:#f6f6f6}tr.dead{color:#aaa}
+table.facts th{font-weight:normal;color:#555}
+.cols{display:flex;gap:2em;flex-wrap:wrap}
+code.t{background:#eef;border-radius:3px;padding:0 .2em;white-space:pre}
+.ws{color:#aaa}
+.examples{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
+.ex{display:flex;gap:.8em;padding:.15em 0;border-bottom:1px solid #eee}
+.val{min-width:4.5em;text-align:right;color:#555}
+.ctx{white-space:pre-wrap;word-break:break-all}
+.tok{border-radius:2px;padding:0 1px}.tok.cur{outline:1px solid #333}
+svg.hist rect.bar{fill:#f60}svg.hist text{font-size:11px;fill:#555}
+td.pos{color:#06c}td.neg{color:#c30}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.index th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
+    var desc = th.dataset.desc !== '1'; th.dataset.desc = desc ? '1' : '0';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+      if (x === undefined) { x = a.cells[col].textContent; y = b.cells[col].textContent;
+        return desc ? y.localeCompare(x) : x.localeCompare(y); }
+      return desc ? y - x : x - y;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
