@@ -108,3 +108,31 @@ def reference_relu_sae(state_dict: dict[str, torch.Tensor], x_BD: torch.Tensor):
     """The original SAE's forward, written out: features and reconstruction."""
     feats_BF = torch.relu((x_BD - state_dict["b_dec"]) @ state_dict["W_enc"] + state_dict["b_enc"])
     return feats_BF, feats_BF @ state_dict["W_dec"] + state_dict["b_dec"]
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def populate_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> None:
+    """Lay files out as `huggingface_hub` caches a downloaded model repo (main = COMMIT)."""
+    import shutil
+
+    repo_dir = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(COMMIT)
+    for name, src in files.items():
+        dst = repo_dir / "snapshots" / COMMIT / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if Path(src).is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy(src, dst)
+
+
+def offline_hub(monkeypatch, cache_dir: Path) -> None:
+    """Point huggingface_hub at `cache_dir` with HF_HUB_OFFLINE=1 (no network at all)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
