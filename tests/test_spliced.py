@@ -1,0 +1,289 @@
+"""The spliced model against a hand-written splice: plain PyTorch hooks, CE and KL by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from saekit.evals import evaluate_sae, spliced_sae
+from saekit.evals.spliced import spliced_batch
+from saekit.saes import SAE
+
+HOOK = "blocks.2.hook_resid_pre"  # = output of decoder layer 1 of the tiny Llama
+SPECIALS = (0, 1, 2)  # eos, bos, pad of the tiny tokenizer
+
+
+def make_sae(d_in: int = 64, seed: int = 0, **meta) -> SAE:
+    torch.manual_seed(seed)
+    sae = SAE.create("relu", d_in=d_in, d_sae=256, metadata={"hook_name": HOOK, **meta})
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.05)  # some features off, so L0 and density are not trivial
+    return sae
+
+
+def make_tokens(vocab: int, rows: int = 3, T: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (rows, T), generator=g)
+    ids[:, 0] = 1  # BOS
+    ids[0, 5] = 0  # an EOS in the middle of a window
+    keep = ~torch.isin(ids, torch.tensor(SPECIALS))
+    return ids, keep
+
+
+def _layer_output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_output(out, new):
+    return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+def hand_logits(model, ids, module, replace=None, grab=None):
+    """Full forward; `replace(act)` swaps the output of `module`, `grab` stores it."""
+
+    def hook(_m, _args, out):
+        act = _layer_output(out)
+        if grab is not None:
+            grab.append(act.detach().clone())
+        return _with_output(out, replace(act)) if replace else None
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+    finally:
+        handle.remove()
+
+
+def hand_ce(logits, ids, keep):
+    """Next-token CE at positions t with keep[t] and t < T-1, by explicit loops."""
+    logp = logits.double().log_softmax(-1)
+    out = []
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if keep[b, t]:
+                out.append(-logp[b, t, ids[b, t + 1]])
+    return torch.stack(out)
+
+
+def hand_kl(clean, other, keep):
+    p_logp, q_logp = clean.double().log_softmax(-1), other.double().log_softmax(-1)
+    out = []
+    for b in range(keep.shape[0]):
+        for t in range(keep.shape[1] - 1):
+            if keep[b, t]:
+                out.append((p_logp[b, t].exp() * (p_logp[b, t] - q_logp[b, t])).sum())
+    return torch.stack(out)
+
+
+def kept_replacement(keep, value_fn):
+    def replace(act):
+        return torch.where(keep.unsqueeze(-1), value_fn(act), act)
+
+    return replace
+
+
+def relu_sae_by_hand(sae, x):
+    """The ReLU SAE's forward from its weights (b_dec subtracted from the input)."""
+    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    return f @ sae.W_dec + sae.b_dec, f
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_lm):
+    model = tiny_lm.model
+    return tiny_lm, model, model.model.layers[1], make_sae()
+
+
+def test_spliced_batch_matches_hand_splice(setup):
+    lm, model, layer1, sae = setup
+    ids, keep = make_tokens(len(lm.tokenizer))
+    mean_D = torch.linspace(-1, 1, 64)
+    got = spliced_batch(sae, lm, ids, keep, mean_act_D=mean_D)
+
+    grabbed: list[torch.Tensor] = []
+    clean = hand_logits(model, ids, layer1, grab=grabbed)
+    x = grabbed[0]
+    with torch.no_grad():
+        x_hat, f = relu_sae_by_hand(sae, x)
+        spliced = hand_logits(model, ids, layer1, kept_replacement(keep, lambda a: x_hat))
+        zero = hand_logits(model, ids, layer1, kept_replacement(keep, torch.zeros_like))
+        mean = hand_logits(
+            model, ids, layer1, kept_replacement(keep, lambda a: mean_D.expand_as(a))
+        )
+
+    n_counted = int(keep[:, :-1].sum())
+    assert got.ce_clean_M.shape == (n_counted,)
+    torch.testing.assert_close(got.x_ND, x[keep])
+    torch.testing.assert_close(got.target_ND, x[keep])
+    torch.testing.assert_close(got.x_hat_ND, x_hat[keep])
+    torch.testing.assert_close(got.feats_NF, f[keep])
+    for ours, logits in (
+        (got.ce_clean_M, clean),
+        (got.ce_spliced_M, spliced),
+        (got.ce_zero_M, zero),
+        (got.ce_mean_M, mean),
+    ):
+        torch.testing.assert_close(ours.double(), hand_ce(logits, ids, keep), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got.kl_M.double(), hand_kl(clean, spliced, keep), atol=1e-6, rtol=1e-4
+    )
+    assert got.kl_M.min() > 0  # the splice changes something
+
+
+def test_keep_error_gives_the_clean_model(setup):
+    lm, model, layer1, sae = setup
+    ids, keep = make_tokens(len(lm.tokenizer), seed=1)
+    got = spliced_batch(sae, lm, ids, keep, keep_error=True)
+    torch.testing.assert_close(got.ce_spliced_M, got.ce_clean_M, atol=1e-5, rtol=0)
+    assert got.kl_M.abs().max() < 1e-6
+    assert (got.ce_zero_M - got.ce_clean_M).abs().max() > 1e-3  # ablation does change it
+
+    clean = lm.logits(ids)
+    with spliced_sae(lm, sae, keep_error=True):
+        kept = lm.logits(ids)
+    torch.testing.assert_close(kept, clean, atol=1e-5, rtol=1e-5)
+
+
+def test_spliced_sae_context_matches_hand_splice(setup):
+    lm, model, layer1, sae = setup
+    ids, keep = make_tokens(len(lm.tokenizer), seed=2)
+    with torch.no_grad():
+        everywhere = hand_logits(model, ids, layer1, lambda a: relu_sae_by_hand(sae, a)[0])
+        only_kept = hand_logits(
+            model, ids, layer1, kept_replacement(keep, lambda a: relu_sae_by_hand(sae, a)[0])
+        )
+        with spliced_sae(lm, sae):
+            ours_everywhere = lm.logits(ids)
+        with spliced_sae(lm, sae, keep_mask_BT=keep):
+            ours_kept = lm.logits(ids)
+    torch.testing.assert_close(ours_everywhere, everywhere, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_kept, only_kept, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(everywhere, only_kept)
+
+
+def test_transcoder_splices_the_output_hook(tiny_lm):
+    lm, model = tiny_lm, tiny_lm.model
+    torch.manual_seed(3)
+    tc = SAE.create(
+        "relu",
+        d_in=64,
+        d_sae=128,
+        d_out=64,
+        metadata={"hook_name": "blocks.1.hook_resid_mid", "hook_name_out": "blocks.1.hook_mlp_out"},
+    )
+    ids, keep = make_tokens(len(lm.tokenizer), seed=3)
+    got = spliced_batch(tc, lm, ids, keep)
+
+    layer = model.model.layers[1]
+    inputs: list[torch.Tensor] = []
+    h = layer.post_attention_layernorm.register_forward_pre_hook(
+        lambda _m, args: inputs.append(args[0].detach().clone())
+    )
+    mlp_out: list[torch.Tensor] = []
+    clean = hand_logits(model, ids, layer.mlp, grab=mlp_out)
+    h.remove()
+    with torch.no_grad():
+        f = torch.relu(inputs[0] @ tc.W_enc + tc.b_enc)  # transcoders: no b_dec on the input
+        y_hat = f @ tc.W_dec + tc.b_dec
+        spliced = hand_logits(model, ids, layer.mlp, kept_replacement(keep, lambda a: y_hat))
+    torch.testing.assert_close(got.x_ND, inputs[0][keep])
+    torch.testing.assert_close(got.target_ND, mlp_out[0][keep])
+    torch.testing.assert_close(got.x_hat_ND, y_hat[keep])
+    torch.testing.assert_close(
+        got.ce_clean_M.double(), hand_ce(clean, ids, keep), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        got.ce_spliced_M.double(), hand_ce(spliced, ids, keep), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_evaluate_sae_against_hand_computation(setup):
+    lm, model, layer1, sae = setup
+    batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (4, 5)]
+    sae.train()
+    result = evaluate_sae(sae, lm, batches)
+    assert sae.training  # mode restored
+
+    xs, x_hats, fs, clean, spliced, zero, ids_all, keep_all = [], [], [], [], [], [], [], []
+    for ids, keep in batches:
+        grabbed: list[torch.Tensor] = []
+        c = hand_logits(model, ids, layer1, grab=grabbed)
+        with torch.no_grad():
+            x_hat, f = relu_sae_by_hand(sae, grabbed[0])
+            s = hand_logits(
+                model, ids, layer1, kept_replacement(keep, lambda a, x_hat=x_hat: x_hat)
+            )
+            z = hand_logits(model, ids, layer1, kept_replacement(keep, torch.zeros_like))
+        xs.append(grabbed[0][keep])
+        x_hats.append(x_hat[keep])
+        fs.append(f[keep])
+        clean.append(hand_ce(c, ids, keep))
+        spliced.append(hand_ce(s, ids, keep))
+        zero.append(hand_ce(z, ids, keep))
+        ids_all.append(ids)
+        keep_all.append(keep)
+    x, x_hat, f = torch.cat(xs).double(), torch.cat(x_hats).double(), torch.cat(fs)
+    mean_D = x.mean(0).float()
+    mean = []
+    for ids, keep in zip(ids_all, keep_all, strict=True):
+        m = hand_logits(model, ids, layer1, kept_replacement(keep, lambda a: mean_D.expand_as(a)))
+        mean.append(hand_ce(m, ids, keep))
+    ce = {k: torch.cat(v).mean().item() for k, v in
+          dict(clean=clean, spliced=spliced, zero=zero, mean=mean).items()}  # fmt: skip
+
+    fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    density = (f != 0).double().mean(0)
+    expected = {
+        "tokens": x.shape[0],
+        "ce_tokens": torch.cat(clean).numel(),
+        "l0": (f != 0).sum(1).double().mean().item(),
+        "mse": ((x - x_hat) ** 2).mean().item(),
+        "fvu": fvu.item(),
+        "explained_variance": 1 - fvu.item(),
+        "cos_sim": torch.nn.functional.cosine_similarity(x, x_hat, dim=1).mean().item(),
+        "l2_ratio": (x_hat.norm(dim=1) / x.norm(dim=1)).mean().item(),
+        "dead_fraction": (density == 0).double().mean().item(),
+        "dense_fraction": (density > 0.1).double().mean().item(),
+        "ce_loss_clean": ce["clean"],
+        "ce_loss_spliced": ce["spliced"],
+        "ce_loss_zero_ablation": ce["zero"],
+        "ce_loss_mean_ablation": ce["mean"],
+        "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]),
+        "ce_loss_recovered_mean_ablation": (ce["mean"] - ce["spliced"])
+        / (ce["mean"] - ce["clean"]),
+    }
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert 0 < result["l0"] < 256 and 0 < result["dead_fraction"] < 1  # non-trivial example
+    torch.testing.assert_close(result["log10_feature_density"], torch.log10(density + 1e-10))
+
+    first_only = evaluate_sae(sae, lm, batches, max_tokens=1)
+    assert first_only["tokens"] == int(batches[0][1].sum())
+
+
+def test_scaled_sae_matches_folded_sae(setup):
+    lm, _, _, sae = setup
+    ids, keep = make_tokens(len(lm.tokenizer), seed=6)
+    scaled = copy.deepcopy(sae)
+    folded = copy.deepcopy(sae)
+    folded.fold_activation_scale(2.5)
+    a = spliced_batch(scaled, lm, ids, keep, scale_in=2.5, scale_out=2.5)
+    b = spliced_batch(folded, lm, ids, keep)
+    torch.testing.assert_close(a.x_hat_ND, b.x_hat_ND, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.ce_spliced_M, b.ce_spliced_M, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs(tiny_lm):
+    ids, keep = make_tokens(len(tiny_lm.tokenizer))
+    with pytest.raises(ValueError, match=r"d_in=32 .*blocks\.2\.hook_resid_pre.*width is 64"):
+        evaluate_sae(make_sae(d_in=32), tiny_lm, [(ids, keep)])
+    no_hook = SAE.create("relu", d_in=64, d_sae=16)
+    with pytest.raises(ValueError, match="names no hook"):
+        evaluate_sae(no_hook, tiny_lm, [(ids, keep)])
+    with pytest.raises(ValueError, match="blocks.9.hook_resid_pre.*out of range"):
+        evaluate_sae(make_sae(), tiny_lm, [(ids, keep)], hook_name="blocks.9.hook_resid_pre")
+    with pytest.raises(ValueError, match="no tokens"):
+        evaluate_sae(make_sae(), tiny_lm, [])
