@@ -1,0 +1,276 @@
+"""The SAE base class: one `nn.Module` per architecture, for training and inference.
+
+Shapes: B batch, D input width (d_in), O output width (d_out, = D unless transcoder),
+F dictionary size (d_sae).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saekit.saes.config import SAEConfig, SAEMetadata
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+class SAEOutput(NamedTuple):
+    """What `SAE.forward` returns. Loss parts are scalars and `loss` is their sum."""
+
+    sae_out: Tensor
+    """Reconstruction of the target, [B, O]."""
+    feature_acts: Tensor
+    """Feature activations, [B, F]."""
+    loss: Tensor
+    """mse_loss + sparsity_loss + aux_loss: the quantity to minimise."""
+    mse_loss: Tensor
+    """Fraction of variance unexplained: sum_d (target - sae_out)^2 averaged over the batch,
+    divided by the batch's total variance of the target (matryoshka: summed over prefixes)."""
+    sparsity_loss: Tensor
+    """Coefficient times the penalty (L1 for relu/gated, L0 for jumprelu; 0 for k-sparse)."""
+    aux_loss: Tensor
+    """AuxK (topk, batchtopk, matryoshka) or ghost grads (relu) when `dead_mask` is given;
+    gated's frozen-decoder reconstruction loss; otherwise 0."""
+
+
+def fvu(pred_BO: Tensor, target_BO: Tensor) -> Tensor:
+    """Fraction of variance unexplained: the MSE part of every loss in saekit.
+
+    Squared error summed over features and averaged over the batch, divided by the
+    target's total variance over the batch (sum over dims of each dim's variance).
+    """
+    err = (pred_BO - target_BO).pow(2).sum(-1).mean()
+    var = (target_BO - target_BO.mean(0)).pow(2).sum(-1).mean()
+    return err / var.clamp_min(torch.finfo(var.dtype).tiny)
+
+
+class SAE(nn.Module):
+    """Sparse autoencoder. Create with `SAE.create(arch, ...)`, load with `SAE.load(folder)`.
+
+    Parameters: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`,
+    `b_dec [d_out]` (+ `threshold [d_sae]` for jumprelu/batchtopk/matryoshka; gated has
+    `b_gate, b_mag, r_mag` instead of `b_enc`). `state_dict()` keys are the tensor names of
+    `sae_weights.safetensors`.
+    """
+
+    architecture: ClassVar[str] = ""
+    dead_feature_loss: ClassVar[str | None] = None
+    """What `dead_mask` switches on: "auxk", "ghost_grads" or None (no such loss)."""
+
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} cannot take architecture {cfg.architecture!r}")
+        self.cfg = cfg
+        kw: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "device": cfg.device}
+        W_dec_FO = torch.randn(cfg.d_sae, cfg.d_out, **kw)
+        W_dec_FO /= W_dec_FO.norm(dim=1, keepdim=True)
+        if cfg.d_out == cfg.d_in:
+            W_enc_DF = W_dec_FO.T.clone()
+        else:
+            W_enc_DF = torch.randn(cfg.d_in, cfg.d_sae, **kw)
+            W_enc_DF /= W_enc_DF.norm(dim=0, keepdim=True)
+        self.W_enc = nn.Parameter(W_enc_DF.contiguous())
+        self.W_dec = nn.Parameter(W_dec_FO)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out, **kw))
+        self.init_extra(kw)
+
+    # ---- construction and files -------------------------------------------------------
+
+    @staticmethod
+    def create(
+        arch: str,
+        *,
+        d_in: int,
+        d_sae: int,
+        d_out: int | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        metadata: SAEMetadata | dict[str, Any] | None = None,
+        apply_b_dec_to_input: bool | None = None,
+        **settings: Any,
+    ) -> SAE:
+        """A freshly initialised SAE of architecture `arch` (e.g. `k=32` for topk)."""
+        from saekit.saes.registry import get_sae_class
+
+        cls = get_sae_class(arch)
+        cfg = SAEConfig(
+            architecture=arch, d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype,
+            device=str(device), apply_b_dec_to_input=apply_b_dec_to_input,
+            metadata=SAEMetadata() if metadata is None else metadata, **settings,
+        )  # fmt: skip
+        return cls(cfg)
+
+    @staticmethod
+    def from_config(cfg: SAEConfig) -> SAE:
+        """A freshly initialised SAE for an existing config."""
+        from saekit.saes.registry import get_sae_class
+
+        return get_sae_class(cfg.architecture)(cfg)
+
+    def save(self, folder: str | os.PathLike[str], sparsity: Tensor | None = None) -> None:
+        """Write `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`)."""
+        from saekit.io.folder import save_sae_folder
+
+        save_sae_folder(self, folder, sparsity=sparsity)
+
+    @staticmethod
+    def load(folder: str | os.PathLike[str], device: str | None = None) -> SAE:
+        """Load an SAE folder (saekit's or SAELens 6's), in eval mode."""
+        from saekit.io.folder import load_sae_folder
+
+        return load_sae_folder(folder, device=device)
+
+    # ---- per-architecture hooks ------------------------------------------------------
+
+    def init_extra(self, kw: dict[str, Any]) -> None:
+        """Create the parameters beyond W_enc, W_dec, b_dec (default: `b_enc`)."""
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, **kw))
+
+    def encode_parts(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """(pre-activations [B, F], feature activations [B, F])."""
+        raise NotImplementedError
+
+    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor | None:
+        """Penalty before its coefficient, or None for architectures without one."""
+        return None
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        """The configured coefficient of the sparsity penalty (0 if none)."""
+        return 0.0
+
+    def aux_loss(
+        self, x_BD: Tensor, target_BO: Tensor, pre_BF: Tensor, f_BF: Tensor,
+        sae_out_BO: Tensor, mse: Tensor, dead_mask_F: Tensor | None,
+    ) -> Tensor | None:  # fmt: skip
+        """Auxiliary loss (dead features, gated's frozen decoder), or None."""
+        return None
+
+    def reconstruction_loss(self, f_BF: Tensor, sae_out_BO: Tensor, target_BO: Tensor) -> Tensor:
+        return fvu(sae_out_BO, target_BO)
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        """Whether decoder rows are kept at unit norm during training."""
+        return True
+
+    # ---- the public computation --------------------------------------------------------
+
+    def sae_in(self, x_BD: Tensor) -> Tensor:
+        """The encoder's input: x, minus b_dec when `apply_b_dec_to_input`."""
+        return x_BD - self.b_dec if self.cfg.apply_b_dec_to_input else x_BD
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        """Feature activations [B, F] for inputs [B, D] (any leading dims)."""
+        return self.encode_parts(x_BD)[1]
+
+    def decode(self, f_BF: Tensor) -> Tensor:
+        """Reconstruction [B, O] from feature activations [B, F]."""
+        return f_BF @ self.W_dec + self.b_dec
+
+    def forward(
+        self,
+        x_BD: Tensor,
+        target_BO: Tensor | None = None,
+        *,
+        dead_mask: Tensor | None = None,
+        sparsity_coefficient: float | None = None,
+    ) -> SAEOutput:
+        """Encode, decode and compute the loss parts.
+
+        `target_BO` defaults to `x_BD` (transcoders pass the output hook's activations).
+        `dead_mask` (bool [F]) turns on the dead-feature loss (see `dead_feature_loss`).
+        `sparsity_coefficient` overrides the configured L1/L0 coefficient (warm-up).
+        """
+        target_BO = x_BD if target_BO is None else target_BO
+        if x_BD.shape[-1] != self.cfg.d_in or target_BO.shape[-1] != self.cfg.d_out:
+            raise ValueError(
+                f"expected inputs [..., {self.cfg.d_in}] and targets [..., {self.cfg.d_out}], "
+                f"got {tuple(x_BD.shape)} and {tuple(target_BO.shape)}"
+            )
+        lead = x_BD.shape[:-1]
+        x_BD, target_BO = x_BD.reshape(-1, self.cfg.d_in), target_BO.reshape(-1, self.cfg.d_out)
+        pre_BF, f_BF = self.encode_parts(x_BD)
+        sae_out_BO = self.decode(f_BF)
+        zero = sae_out_BO.new_zeros(())
+        mse = self.reconstruction_loss(f_BF, sae_out_BO, target_BO)
+        coef = self.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
+        penalty = self.sparsity_penalty(pre_BF, f_BF)
+        sparsity = zero if penalty is None else coef * penalty
+        if dead_mask is not None:
+            dead_mask = dead_mask.to(device=f_BF.device, dtype=torch.bool)
+        aux = self.aux_loss(x_BD, target_BO, pre_BF, f_BF, sae_out_BO, mse, dead_mask)
+        aux = zero if aux is None else aux
+        return SAEOutput(
+            sae_out_BO.reshape(*lead, -1), f_BF.reshape(*lead, -1), mse + sparsity + aux,
+            mse, sparsity, aux,
+        )  # fmt: skip
+
+    # ---- training helpers ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Remove the part of W_dec's gradient parallel to each (unit-norm) decoder row."""
+        grad = self.W_dec.grad
+        if not self.unit_norm_decoder or grad is None:
+            return
+        rows_FO = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        grad -= (grad * rows_FO).sum(dim=1, keepdim=True) * rows_FO
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Re-impose constraints after the update (unit-norm decoder rows, ...)."""
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float, scale_out: float | None = None) -> None:
+        """Rewrite weights so an SAE trained on `x * scale` works on raw `x`.
+
+        Feature activations stay identical; `sae_out` comes out in raw units (divided by
+        `scale_out`, which defaults to `scale`; transcoders may have a different one).
+        Decoder rows are no longer unit-norm afterwards: do this once training is over.
+        """
+        scale_out = scale if scale_out is None else scale_out
+        if self.cfg.apply_b_dec_to_input and scale_out != scale:
+            raise ValueError("scale_out must equal scale when apply_b_dec_to_input is True")
+        self.W_enc *= scale
+        self.W_dec /= scale_out
+        self.b_dec /= scale_out
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        size = f"d_in={c.d_in}, d_sae={c.d_sae}" + (f", d_out={c.d_out}" if c.is_transcoder else "")
+        settings = ", ".join(f"{k}={v}" for k, v in c.settings().items())
+        return f"architecture={c.architecture!r}, {size}, {settings}"
+
+
+def auxk_loss(
+    sae: SAE, pre_BF: Tensor, target_BO: Tensor, sae_out_BO: Tensor, dead_mask_F: Tensor | None
+) -> Tensor | None:
+    """AuxK (Gao et al. 2024): reconstruct the residual from the top `aux_k` dead features.
+
+    aux_k defaults to d_in // 2; the result is `aux_coefficient` times the FVU of the
+    residual (target - sae_out, detached) by the dead features' decoded activations.
+    """
+    if dead_mask_F is None or not bool(dead_mask_F.any()):
+        return None
+    k_aux = min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
+    dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), torch.zeros_like(pre_BF))
+    vals, idx = dead_pre_BF.topk(k_aux, dim=-1, sorted=False)
+    aux_f_BF = torch.zeros_like(pre_BF).scatter(-1, idx, vals)
+    residual_BO = (target_BO - sae_out_BO).detach()
+    return sae.cfg.aux_coefficient * fvu(aux_f_BF @ sae.W_dec, residual_BO)

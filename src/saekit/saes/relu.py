@@ -1,0 +1,53 @@
+"""`relu`: the standard ReLU SAE with an L1 penalty (Bricken et al. 2023).
+
+`decoder_norm="unit"`: the original form, decoder rows kept at unit norm, penalty
+`sum_i f_i`. `decoder_norm="weighted"`: Anthropic's April 2024 form, unconstrained decoder,
+penalty `sum_i f_i * ||W_dec[i]||`. Both average the penalty over the batch. Dead features
+are revived with ghost grads (Anthropic, Jan 2024) when the trainer passes `dead_mask`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from saekit.saes.base import SAE, fvu
+from saekit.saes.registry import register
+
+
+@register
+class ReLUSAE(SAE):
+    architecture = "relu"
+    dead_feature_loss = "ghost_grads"
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.cfg.decoder_norm == "unit"
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        return self.cfg.l1_coefficient
+
+    def encode_parts(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
+        pre_BF = self.sae_in(x_BD) @ self.W_enc + self.b_enc
+        return pre_BF, pre_BF.relu()
+
+    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor:
+        if self.cfg.decoder_norm == "weighted":
+            f_BF = f_BF * self.W_dec.norm(dim=1)
+        return f_BF.sum(-1).mean()
+
+    def aux_loss(self, x_BD, target_BO, pre_BF, f_BF, sae_out_BO, mse, dead_mask_F):
+        """Ghost grads: dead features, activated by exp(pre), fit the residual.
+
+        Their output is rescaled (scale detached) to half the residual's norm; the
+        resulting FVU is rescaled to equal `mse` in value, so only its gradient matters.
+        """
+        if dead_mask_F is None or not bool(dead_mask_F.any()):
+            return None
+        residual_BO = (target_BO - sae_out_BO).detach()
+        ghost_BO = pre_BF[:, dead_mask_F].exp() @ self.W_dec[dead_mask_F]
+        norm_ratio_B1 = residual_BO.norm(dim=-1, keepdim=True) / (
+            2 * ghost_BO.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        )
+        ghost_mse = fvu(ghost_BO * norm_ratio_B1.detach(), residual_BO)
+        return ghost_mse * (mse / ghost_mse.clamp_min(1e-12)).detach()
