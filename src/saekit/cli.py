@@ -11,6 +11,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.training.cli",
     "saekit.data.cli",
     "saekit.evals.cli",
+    "saekit.analysis.cli",
 ]
 
 
