@@ -1,0 +1,121 @@
+"""Dataset specs -> documents: every spec kind, the holdout split, and the errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import datasets
+import pytest
+
+from saekit.data import DatasetError, iter_documents, python_docs
+
+ROWS = ["first document", "second document", "third one", "fourth", "fifth text"]
+
+
+def _write_jsonl(path, rows, key="text"):
+    path.write_text("".join(json.dumps({key: r}) + "\n" for r in rows))
+
+
+def test_txt_is_split_into_blank_line_paragraphs(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("para one line 1\npara one line 2\n\npara two\n\n\npara three\n")
+    docs = list(iter_documents(str(f)))
+    assert [d.strip() for d in docs] == [
+        "para one line 1\npara one line 2",
+        "para two",
+        "para three",
+    ]
+
+
+def test_jsonl_json_parquet_give_rows_in_order(tmp_path):
+    _write_jsonl(tmp_path / "a.jsonl", ROWS)
+    (tmp_path / "b.json").write_text(json.dumps([{"text": r} for r in ROWS]))
+    datasets.Dataset.from_dict({"text": ROWS}).to_parquet(str(tmp_path / "c.parquet"))
+    for name in ["a.jsonl", "b.json", "c.parquet"]:
+        assert list(iter_documents(str(tmp_path / name))) == ROWS, name
+
+
+def test_text_column_and_missing_column(tmp_path):
+    _write_jsonl(tmp_path / "a.jsonl", ROWS, key="content")
+    assert list(iter_documents(str(tmp_path / "a.jsonl"), text_column="content")) == ROWS
+    with pytest.raises(DatasetError, match=r"no 'text' or 'input_ids' column.*content"):
+        list(iter_documents(str(tmp_path / "a.jsonl")))
+
+
+def test_folder_reads_supported_files_in_sorted_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _write_jsonl(tmp_path / "sub" / "b.jsonl", ["from b"])
+    (tmp_path / "a.txt").write_text("from a")
+    (tmp_path / "notes.md").write_text("ignored")
+    assert [d.strip() for d in iter_documents(str(tmp_path))] == ["from a", "from b"]
+
+
+def test_saved_dataset_and_dataset_dict(tmp_path):
+    datasets.Dataset.from_dict({"text": ROWS}).save_to_disk(str(tmp_path / "ds"))
+    assert list(iter_documents(str(tmp_path / "ds"))) == ROWS
+    dd = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"text": ROWS[:2]}),
+        validation=datasets.Dataset.from_dict({"text": ROWS[2:]}),
+    )
+    dd.save_to_disk(str(tmp_path / "dd"))
+    assert list(iter_documents(str(tmp_path / "dd"), split="validation")) == ROWS[2:]
+    with pytest.raises(DatasetError, match="no split 'test'"):
+        iter_documents(str(tmp_path / "dd"), split="test")
+
+
+def test_pretokenized_input_ids_are_yielded_as_lists(tmp_path):
+    ids = [[5, 6, 7], [8], [9, 10]]
+    datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp_path / "tok"))
+    assert list(iter_documents(str(tmp_path / "tok"))) == ids
+    datasets.Dataset.from_dict({"input_ids": ids}).to_parquet(str(tmp_path / "tok.parquet"))
+    assert list(iter_documents(str(tmp_path / "tok.parquet"))) == ids
+
+
+def test_hub_path_streams_through_load_dataset(tmp_path):
+    # The hub is offline: `hf:` sends a local data folder through the same
+    # `datasets.load_dataset(..., streaming=True)` call a hub id takes.
+    (tmp_path / "data").mkdir()
+    _write_jsonl(tmp_path / "data" / "train.jsonl", ROWS)
+    _write_jsonl(tmp_path / "data" / "test.jsonl", ["held out"])
+    assert list(iter_documents(f"hf:{tmp_path}")) == ROWS
+    assert list(iter_documents(f"hf:{tmp_path}", split="test")) == ["held out"]
+
+
+def test_holdout_every_nth_document(tmp_path):
+    _write_jsonl(tmp_path / "a.jsonl", ROWS)
+    train = list(iter_documents(str(tmp_path / "a.jsonl"), holdout_every=2))
+    held = list(iter_documents(str(tmp_path / "a.jsonl"), holdout_every=2, holdout=True))
+    assert train == [ROWS[0], ROWS[2], ROWS[4]]
+    assert held == [ROWS[1], ROWS[3]]
+    with pytest.raises(ValueError, match="holdout_every"):
+        iter_documents(str(tmp_path / "a.jsonl"), holdout=True)
+
+
+def test_python_docs_is_real_text_and_deterministic():
+    from pydoc_data.topics import topics
+
+    first = list(itertools.islice(python_docs(), len(topics) + 30))
+    assert first[: len(topics)] == [topics[k] for k in sorted(topics)]
+    docstrings = first[len(topics) :]
+    assert all(isinstance(d, str) and len(d) > 200 for d in docstrings)
+    assert first == list(itertools.islice(iter_documents("builtin:python-docs"), len(first)))
+
+
+def test_empty_and_unreadable_data_name_the_path(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    blank = tmp_path / "blank.jsonl"
+    _write_jsonl(blank, ["", "  "])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    for path in [empty, blank, bad]:
+        with pytest.raises(DatasetError, match=str(path)):
+            list(iter_documents(str(path)))
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DatasetError, match="nothing"):
+        iter_documents(str(tmp_path / "nothing"))
+    with pytest.raises(DatasetError, match="does not exist"):
+        iter_documents(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DatasetError, match="unknown builtin"):
+        iter_documents("builtin:nope")
