@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the requested features, and write index.html + one page per feature to --out. Model, "
         "hook, dataset and context size default to the SAE folder's cfg.json metadata.",
     )
-    p.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")
+    p.add_argument("sae", help="SAE folder, .pt file or hub path (anything saekit.load_sae takes)")
     p.add_argument("--features", default="0:20", help="'0:100' (range) or '3,17,42' (default 0:20)")
     p.add_argument("--tokens", type=int, default=50_000, help="tokens to scan (default 50000)")
     p.add_argument("--out", required=True, help="output folder")
@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=20, help="top examples per feature (default 20)")
     p.add_argument("--logits", type=int, default=10, help="tokens per logit table (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the quantile sampling")
+    p.add_argument(
+        "--keep-special-tokens",
+        action="store_true",
+        help="also count positions holding BOS/EOS/pad (excluded by default: BOS often has "
+        "outsized activations that would crowd the top examples)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_dashboard)
 
@@ -41,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(W_dec[f] @ W_U, final norm not applied). With --token-sets, rank every feature by "
         "how much it boosts token sets (digits, capitalised words, ...).",
     )
-    p.add_argument("sae", help="SAE folder")
+    p.add_argument("sae", help="SAE folder, .pt file or hub path")
     p.add_argument("--feature", help="feature id or spec ('3', '0:10', '3,17')")
     p.add_argument("--k", type=int, default=20, help="tokens per direction (default 20)")
     p.add_argument(
@@ -59,10 +65,10 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """The SAE and its model, the model spec defaulting to the SAE's metadata."""
-    from saekit.io import load_sae
+    from saekit.io.load import load_sae
     from saekit.models import load_model
 
-    sae = load_sae(args.sae).to(args.device)
+    sae = load_sae(args.sae, device=args.device)
     model = args.model or sae.cfg.metadata.model_name
     if not model:
         raise ValueError(f"{args.sae}: cfg.json names no metadata.model_name; pass --model")
@@ -70,9 +76,14 @@ def _load(args: argparse.Namespace):
 
 
 def token_batches(
-    sae, lm, dataset: str | None, context_size: int | None, rows: int
+    sae,
+    lm,
+    dataset: str | None,
+    context_size: int | None,
+    rows: int,
+    exclude_special_tokens: bool = True,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """`(input_ids_BT, keep_mask_BT)` batches packed the way the SAE's metadata says."""
+    """`(input_ids_BT, keep_mask_BT)` batches; dataset, context and BOS from the SAE's metadata."""
     from saekit.data import TokenWindows, iter_documents, iter_token_batches
 
     meta = sae.cfg.metadata
@@ -81,7 +92,7 @@ def token_batches(
         lm.tokenizer,
         context_size or meta.context_size or 128,
         prepend_bos=meta.prepend_bos,
-        exclude_special_tokens=bool(meta.exclude_special_tokens),
+        exclude_special_tokens=exclude_special_tokens,
     )
     return iter_token_batches(windows, rows)
 
@@ -93,7 +104,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     sae, lm = _load(args)
     ids = parse_feature_spec(args.features, sae.cfg.d_sae)
-    batches = token_batches(sae, lm, args.dataset, args.context_size, args.batch_rows)
+    batches = token_batches(
+        sae, lm, args.dataset, args.context_size, args.batch_rows, not args.keep_special_tokens
+    )
     index = build_dashboard(
         sae,
         lm,
