@@ -1,0 +1,112 @@
+"""`saekit eval` on a tiny model and a tiny SAE folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from saekit.cli import main
+from saekit.evals import METRIC_KEYS, evaluate_sae
+from saekit.evals.evaluate import heldout_token_batches
+from saekit.saes import SAE
+
+HOOK = "blocks.2.hook_resid_pre"
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """30 paragraphs of real English text: documents 10, 20, 30 are held back."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("data") / "docs.txt"
+    paragraphs = [topics[key].replace("\n\n", "\n") for key in sorted(topics)[:30]]
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+def save_sae(folder, d_in=64, **meta):
+    torch.manual_seed(0)
+    sae = SAE.create("relu", d_in=d_in, d_sae=128, metadata={"hook_name": HOOK, **meta})
+    sae.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sae_folder(tmp_path_factory, tiny_model_dir, text_file):
+    folder = tmp_path_factory.mktemp("sae") / "sae"
+    return save_sae(
+        folder, model_name=str(tiny_model_dir), dataset_path=str(text_file), context_size=32
+    )
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_matches_evaluate_sae(sae_folder, tiny_lm, text_file, capsys):
+    code, out, err = run(
+        ["eval", str(sae_folder), "--json", "--tokens", "64", "--batch-rows", "2"], capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert set(METRIC_KEYS) <= set(report)
+    assert report["hook_name"] == HOOK and report["dataset"] == str(text_file)
+    assert report["tokens"] >= 64
+    assert not (sae_folder / "feature_density.png").exists()  # --json without --out: no files
+
+    # the same numbers as the Python API on the held-back documents (every 10th), with the
+    # cfg's exclude_special_tokens (SAELens's default False; the helper's default is True)
+    batches = heldout_token_batches(
+        str(text_file), tiny_lm.tokenizer, 32, 2, exclude_special_tokens=False
+    )
+    expected = evaluate_sae(SAE.load(sae_folder), tiny_lm, batches, max_tokens=64)
+    for key in METRIC_KEYS:
+        assert report[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+
+
+def test_table_and_histogram(sae_folder, tmp_path, capsys):
+    out_dir = tmp_path / "report"
+    code, out, err = run(
+        ["eval", str(sae_folder), "--tokens", "32", "--batch-rows", "1", "--out", str(out_dir)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "CE loss recovered" in out and "explained variance" in out
+    png = (out_dir / "feature_density.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    saved = json.loads((out_dir / "eval.json").read_text())
+    assert saved["tokens"] >= 32 and "kl_div" in saved
+
+
+def test_missing_model(tmp_path, text_file, capsys):
+    folder = save_sae(tmp_path / "no_model", dataset_path=str(text_file), context_size=32)
+    code, _, err = run(["eval", str(folder), "--json"], capsys)
+    assert code == 2 and "names no model" in err and "--model" in err
+
+
+def test_model_that_cannot_load(tmp_path, sae_folder, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = tmp_path / "no-such-model"
+    code, _, err = run(["eval", str(sae_folder), "--json", "--model", str(missing)], capsys)
+    assert code == 2 and "cannot load model" in err and "no-such-model" in err
+
+
+def test_width_mismatch(tmp_path, tiny_model_dir, text_file, capsys):
+    folder = save_sae(
+        tmp_path / "wide",
+        d_in=48,
+        model_name=str(tiny_model_dir),
+        dataset_path=str(text_file),
+        context_size=32,
+    )
+    code, _, err = run(["eval", str(folder), "--json", "--tokens", "16"], capsys)
+    assert code == 2 and "d_in=48" in err and HOOK in err
+
+
+def test_not_an_sae_folder(tmp_path, capsys):
+    code, _, err = run(["eval", str(tmp_path)], capsys)
+    assert code == 2 and "no cfg.json" in err
