@@ -89,12 +89,12 @@ def test_resid_hooks_equal_hidden_states(family_lm):
         hidden = lm.model(ids, output_hidden_states=True, use_cache=False).hidden_states
     names = [f"blocks.{i}.hook_resid_pre" for i in range(n)]
     names += [f"blocks.{i}.hook_resid_post" for i in range(n - 1)]
-    acts = lm.run_to_hooks(ids, names + ["ln_final.hook_normalized"])
+    acts = lm.run_to_hooks(ids, [*names, lm.layout.final_norm])
     for i in range(n):  # hidden_states[i] is the input of layer i
         torch.testing.assert_close(acts[f"blocks.{i}.hook_resid_pre"], hidden[i])
     for i in range(n - 1):
         torch.testing.assert_close(acts[f"blocks.{i}.hook_resid_post"], hidden[i + 1])
-    torch.testing.assert_close(acts["ln_final.hook_normalized"], hidden[n])  # after final norm
+    torch.testing.assert_close(acts[lm.layout.final_norm], hidden[n])  # after the final norm
     # The last layer's output is the final norm's input; the norm of it is hidden_states[n].
     last = lm.run_to_hooks(ids, [f"blocks.{n - 1}.hook_resid_post", f"blocks.{n}.hook_resid_pre"])
     torch.testing.assert_close(
@@ -330,10 +330,7 @@ def test_hook_names_and_errors(tiny_lm):
         "blocks.0.hook_attn_out",
         "blocks.0.hook_mlp_out",
     ]
-    assert len(names) == 4 * 5 + 2 and names[-2:] == [
-        "blocks.4.hook_resid_pre",
-        "ln_final.hook_normalized",
-    ]
+    assert len(names) == 4 * 5 + 1 and names[-1] == "blocks.4.hook_resid_pre"
     for bad, why in [
         ("blocks.4.hook_resid_post", "layer 4 out of range, the model has 4 layers"),
         ("blocks.9.hook_resid_pre", "layer 9 out of range"),
@@ -346,7 +343,7 @@ def test_hook_names_and_errors(tiny_lm):
         msg = str(err.value)
         assert why in msg and repr(bad) in msg
         assert "blocks.{0..3}.hook_resid_pre" in msg and "blocks.{0..3}.hook_mlp_out" in msg
-        assert "e.g. model.layers.0.mlp" in msg
+        assert "e.g. model.layers.0.mlp" in msg and "model.norm (the final norm's output)" in msg
 
 
 def test_parallel_residual_has_no_resid_mid():

@@ -64,7 +64,7 @@ def hook_names(lm: LanguageModel) -> list[str]:
         return _tl_names(lm)
     names = [f"blocks.{i}.{s}" for i in range(lm.n_layers) for s in _hf_block_suffixes(lm)]
     if lm.layout.final_norm:
-        names += [f"blocks.{lm.n_layers}.hook_resid_pre", "ln_final.hook_normalized"]
+        names.append(f"blocks.{lm.n_layers}.hook_resid_pre")
     return names
 
 
@@ -78,7 +78,9 @@ def describe_hooks(lm: LanguageModel) -> str:
         other = [n for n in lm.model.hook_dict if not n.startswith("blocks.")]
     else:
         suffixes = _hf_block_suffixes(lm)
-        other = ["ln_final.hook_normalized"] if lm.layout.final_norm else []
+        other = (
+            [f"{lm.layout.final_norm} (the final norm's output)"] if lm.layout.final_norm else []
+        )
     parts = [f"blocks.{{0..{last}}}.{s}" for s in suffixes]
     if lm.backend == "tl" or lm.layout.final_norm:
         parts.append(f"blocks.{lm.n_layers}.hook_resid_pre (input of the final norm)")
@@ -127,8 +129,6 @@ def resolve_hook(lm: LanguageModel, name: str) -> HookPoint:
             path = f"{lm.layout.layers}.{layer}" + (f".{sub}" if sub else "")
             return HookPoint(name, path, read, layer)
         raise _invalid(lm, name, f"{type(lm.model).__name__} has no {match.group(2)}")
-    if name == "ln_final.hook_normalized" and lm.layout.final_norm:
-        return HookPoint(name, lm.layout.final_norm, "output", lm.n_layers)
     if name in modules and name:
         return HookPoint(name, name, "output", _layer_of(lm, name))
     raise _invalid(lm, name, "no such hook or module")

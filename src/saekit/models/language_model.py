@@ -91,7 +91,7 @@ class LanguageModel:
     def hook_dim(self, name: str) -> int:
         """Width of the activation at `name` (last dimension)."""
         hooks.resolve_hook(self, name)  # ValueError for unknown names
-        if self.backend == "hf" and name.startswith(("blocks.", "ln_final.")):
+        if self.backend == "hf" and name.startswith("blocks."):
             return self.d_model
         if name not in self._dims:  # a raw module path or TL hook: run one token to see
             ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)

@@ -133,10 +133,19 @@ def _save_atomically(folder: Path, model, tokenizer, source: dict) -> None:
 def _load_transformer_lens(spec: str, device, dtype: torch.dtype) -> LanguageModel:
     name = spec.removeprefix("tl:")
     try:
-        from transformer_lens import HookedTransformer
+        import transformer_lens
     except ImportError as err:
         raise ModuleNotFoundError(
             f"{spec!r} needs TransformerLens: pip install 'saekit[tl]' ({err})"
+        ) from err
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError as err:  # TransformerLens 4 removed HookedTransformer
+        version = getattr(transformer_lens, "__version__", "4+")
+        raise ModuleNotFoundError(
+            f"{spec!r} needs TransformerLens 2.x or 3.x (HookedTransformer); the installed "
+            f"{version} has none: pip install 'transformer-lens>=2,<4'. Or load the HF model "
+            f"itself ({name!r}): saekit gives it the same hook names."
         ) from err
     model = HookedTransformer.from_pretrained(name, device=str(device), dtype=dtype)
     return LanguageModel(model, model.tokenizer, spec=spec)
