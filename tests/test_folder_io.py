@@ -12,6 +12,18 @@ from saekit.saes import SAE
 ARCHS = {
     "relu": {},
     "topk": {"k": 3},
+    "batchtopk": {"k": 3},
+    "matryoshka": {"k": 3, "prefixes": [2, 5]},
+    "jumprelu": {"sparsity_mode": "tanh"},
+    "gated": {},
+}
+SAELENS_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
 }
 
 
@@ -38,6 +50,8 @@ def test_round_trip_bit_for_bit(tmp_path, arch):
     sae = make(arch)
     sae.cfg.metadata.hook_name = "blocks.3.hook_resid_pre"
     sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["architecture"] == SAELENS_ARCH[arch]
     loaded = SAE.load(tmp_path)
     assert type(loaded) is type(sae) and not loaded.training
     assert_same(sae, loaded)

@@ -1,0 +1,92 @@
+"""`jumprelu`: JumpReLU SAE (Rajamanoharan et al. 2024; Gemma Scope).
+
+`f = pre * H(pre - threshold)` with a learned per-feature `threshold` (a parameter in
+linear units, clamped at >= 0 after each step; stored directly so folders round-trip
+bit-for-bit with SAELens). H has no useful gradient, so training uses straight-through
+estimators with a rectangle kernel K(u) = 1[|u| < 1/2] and width `bandwidth` (eps):
+
+- JumpReLU: d f / d pre = H(pre - t);  d f / d t = -(t / eps) K((pre - t) / eps)
+- step H:   d H / d pre = 0;            d H / d t = -(1 / eps) K((pre - t) / eps)
+
+Sparsity penalty (times `l0_coefficient`), averaged over the batch:
+- `sparsity_mode="step"` (Gemma Scope): L0 = sum_i H(pre_i - t_i); decoder rows unit-norm.
+- `sparsity_mode="tanh"` (Anthropic, early 2025): sum_i tanh(tanh_scale * f_i * ||W_dec[i]||);
+  decoder unconstrained. The gradient reaches t through the JumpReLU estimator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saekit.saes.base import SAE
+from saekit.saes.registry import register
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """pre * H(pre - t) with the straight-through estimator above."""
+
+    @staticmethod
+    def forward(ctx, pre_BF: Tensor, t_F: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre_BF, t_F)
+        ctx.eps = eps
+        return pre_BF * (pre_BF > t_F)
+
+    @staticmethod
+    def backward(ctx, grad_BF: Tensor):
+        pre_BF, t_F = ctx.saved_tensors
+        grad_t = -(t_F / ctx.eps) * _rectangle((pre_BF - t_F) / ctx.eps) * grad_BF
+        return (pre_BF > t_F) * grad_BF, grad_t.sum(0), None
+
+
+class StepFn(torch.autograd.Function):
+    """H(pre - t) with the straight-through estimator above."""
+
+    @staticmethod
+    def forward(ctx, pre_BF: Tensor, t_F: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre_BF, t_F)
+        ctx.eps = eps
+        return (pre_BF > t_F).to(pre_BF.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_BF: Tensor):
+        pre_BF, t_F = ctx.saved_tensors
+        grad_t = -(1.0 / ctx.eps) * _rectangle((pre_BF - t_F) / ctx.eps) * grad_BF
+        return torch.zeros_like(pre_BF), grad_t.sum(0), None
+
+
+@register
+class JumpReLUSAE(SAE):
+    architecture = "jumprelu"
+    threshold: nn.Parameter
+
+    def init_extra(self, kw) -> None:
+        super().init_extra(kw)
+        self.threshold = nn.Parameter(torch.full((self.cfg.d_sae,), self.cfg.init_threshold, **kw))
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.cfg.sparsity_mode == "step"
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        return self.cfg.l0_coefficient
+
+    def encode_parts(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
+        pre_BF = self.sae_in(x_BD) @ self.W_enc + self.b_enc
+        return pre_BF, JumpReLUFn.apply(pre_BF, self.threshold, self.cfg.bandwidth)
+
+    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor:
+        if self.cfg.sparsity_mode == "step":
+            return StepFn.apply(pre_BF, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        scaled_BF = self.cfg.tanh_scale * f_BF * self.W_dec.norm(dim=1)
+        return torch.tanh(scaled_BF).sum(-1).mean()
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
+        self.threshold.clamp_(min=0.0)
