@@ -12,6 +12,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.data.cli",
     "saekit.evals.cli",
     "saekit.analysis.cli",
+    "saekit.io.cli",
 ]
 
 

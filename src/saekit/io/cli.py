@@ -1,0 +1,77 @@
+"""`saekit convert`, `saekit info`, `saekit push`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from saekit.io.converters import FORMATS, WRITABLE_FORMATS, convert, detect_format
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the io sub-commands to the `saekit` parser."""
+    p = subparsers.add_parser("convert", help="convert an SAE between formats",
+                              description="Convert an SAE (saekit, SAELens, sparsify, "
+                              "dictionary_learning folder, or an original mats .pt file).")
+    p.add_argument("src", help="SAE folder or legacy .pt file")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--to", choices=WRITABLE_FORMATS, default="saekit", help="output format")
+    p.add_argument("--from", dest="src_format", choices=FORMATS, default=None,
+                   help="input format (default: detected)")
+    p.set_defaults(func=_convert)
+
+    p = subparsers.add_parser("info", help="describe an SAE: architecture, sizes, model, hook")
+    p.add_argument("spec", help="SAE folder, .pt file, hf://OWNER/REPO/PATH or release name")
+    p.add_argument("--sae-id", default=None, help="SAE id within a release or hub repo")
+    p.set_defaults(func=_info)
+
+    p = subparsers.add_parser("push", help="upload an SAE folder to the HF hub with a model card")
+    p.add_argument("folder", help="saekit SAE folder")
+    p.add_argument("repo", help="hub repo id, OWNER/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--dry-run", metavar="DIR", default=None,
+                   help="write the files that would be uploaded (with README.md) to DIR instead")
+    p.set_defaults(func=_push)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    dst = convert(args.src, args.dst, to=args.to, src_format=args.src_format)
+    print(f"wrote {args.to} folder {dst}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from saekit.io.load import load_sae
+
+    sae = load_sae(args.spec, args.sae_id)
+    cfg, meta = sae.cfg, sae.cfg.metadata
+    local = Path(args.spec)
+    source = detect_format(local) if local.exists() else f"hub: {args.spec}"
+    origin = meta.extra.get("source_format")
+    if origin and origin != source:
+        source = f"{source} (converted from {origin})"
+    rows = [
+        ("architecture", cfg.architecture),
+        ("d_in", cfg.d_in),
+        ("d_sae", cfg.d_sae),
+        *([("d_out", cfg.d_out)] if cfg.d_out != cfg.d_in else []),
+        *[(name, value) for name, value in cfg.settings().items()],
+        ("dtype", cfg.dtype),
+        ("model", meta.model_name),
+        ("hook", meta.hook_name),
+        ("dataset", meta.dataset_path),
+        ("context_size", meta.context_size),
+        ("source format", source),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value if value is not None else '-'}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from saekit.io.push import push_to_hub
+
+    result = push_to_hub(args.folder, args.repo, private=args.private, dry_run_dir=args.dry_run)
+    print(f"staged upload in {result}" if args.dry_run else f"uploaded: {result}")
+    return 0

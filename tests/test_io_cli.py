@@ -1,0 +1,82 @@
+"""`saekit convert`, `saekit info`, `saekit push --dry-run` through the real CLI parser."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+import yaml
+
+from legacy_files import reference_relu_sae, write_legacy_pt, write_legacy_sparsity
+from saekit.cli import main
+from saekit.saes import SAE
+
+
+def test_convert_legacy_then_info(tmp_path, capsys):
+    src = tmp_path / "final_sparse_autoencoder_gpt2-small_blocks.8.hook_resid_pre_64.pt"
+    sd = write_legacy_pt(src, d_in=16, expansion_factor=4)
+    write_legacy_sparsity(tmp_path / (src.stem + "_log_feature_sparsity.pt"), 64)
+
+    assert main(["convert", str(src), str(tmp_path / "kit")]) == 0
+    x = torch.randn(4, 16)
+    sae = SAE.load(tmp_path / "kit")
+    torch.testing.assert_close(sae.encode(x), reference_relu_sae(sd, x)[0])
+    assert (tmp_path / "kit" / "sparsity.safetensors").is_file()
+
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "kit")]) == 0
+    info = _table(capsys.readouterr().out)
+    assert info["architecture"] == "relu" and info["decoder_norm"] == "unit"
+    assert (info["d_in"], info["d_sae"]) == ("16", "64")
+    assert info["model"] == "gpt2-small" and info["hook"] == "blocks.8.hook_resid_pre"
+    assert info["source format"] == "saekit (converted from mats_pt)"
+
+    assert main(["info", str(src)]) == 0
+    assert _table(capsys.readouterr().out)["source format"] == "mats_pt"
+
+
+def _table(out: str) -> dict[str, str]:
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines() if line.strip())
+
+
+def test_convert_to_sparsify_and_back(tmp_path):
+    sae = SAE.create("topk", d_in=8, d_sae=24, k=3, metadata={"hook_name": "layers.2"})
+    sae.save(tmp_path / "kit")
+    assert main(["convert", str(tmp_path / "kit"), str(tmp_path / "sp" / "layers.2"), "--to", "sparsify"]) == 0
+    assert json.loads((tmp_path / "sp" / "layers.2" / "cfg.json").read_text())["k"] == 3
+    assert main(["convert", str(tmp_path / "sp" / "layers.2"), str(tmp_path / "kit2")]) == 0
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(SAE.load(tmp_path / "kit2").encode(x), sae.encode(x))
+
+
+def test_convert_errors_are_reported(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    assert "not an SAE folder" in capsys.readouterr().err
+
+
+def test_push_dry_run_stages_folder_and_card(tmp_path, capsys):
+    sae = SAE.create("topk", d_in=8, d_sae=24, k=3,
+                     metadata={"model_name": "smollm2-135m", "hook_name": "blocks.3.hook_resid_pre"})
+    sae.save(tmp_path / "run", sparsity=-torch.rand(24))
+    (tmp_path / "run" / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "l0": 9.0}) + "\n" + json.dumps({"step": 2, "l0": 3.0, "fvu": 0.25}) + "\n")
+    (tmp_path / "run" / "checkpoints").mkdir()
+
+    stage = tmp_path / "stage"
+    assert main(["push", str(tmp_path / "run"), "me/my-sae", "--dry-run", str(stage)]) == 0
+    assert sorted(p.name for p in stage.iterdir()) == [
+        "README.md", "cfg.json", "metrics.jsonl", "sae_weights.safetensors", "sparsity.safetensors"]
+
+    card = (stage / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["library_name"] == "saekit"
+    assert header["base_model"] == "smollm2-135m"
+    assert header["sae"]["hook_name"] == "blocks.3.hook_resid_pre"
+    assert header["sae"]["architecture"] == "topk" and header["sae"]["k"] == 3
+    assert header["sae"]["metrics"] == {"step": 2, "l0": 3.0, "fvu": 0.25}  # the last line
+    assert 'saekit.load_sae("hf://me/my-sae")' in card
+    # the staged folder is itself a loadable SAE
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(SAE.load(stage).encode(x), sae.encode(x))
