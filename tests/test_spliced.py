@@ -287,3 +287,38 @@ def test_bad_inputs(tiny_lm):
         evaluate_sae(make_sae(), tiny_lm, [(ids, keep)], hook_name="blocks.9.hook_resid_pre")
     with pytest.raises(ValueError, match="no tokens"):
         evaluate_sae(make_sae(), tiny_lm, [])
+
+
+@pytest.mark.integration
+def test_smollm2_spliced_against_hand_splice(default_lm):
+    """Real model, real text: CE is sane, keep-error is clean, the splice matches a hand hook."""
+    from saekit.evals.evaluate import heldout_token_batches
+
+    lm = default_lm
+    ids, keep = next(heldout_token_batches("builtin:python-docs", lm.tokenizer, 64, 2))
+    torch.manual_seed(0)
+    sae = SAE.create(
+        "topk", d_in=576, d_sae=1024, k=16, metadata={"hook_name": "blocks.3.hook_resid_pre"}
+    )
+
+    got = spliced_batch(sae, lm, ids, keep)
+    layer2 = lm.model.model.layers[2]  # hook_resid_pre of layer 3 = output of layer 2
+    grabbed: list[torch.Tensor] = []
+    clean = hand_logits(lm.model, ids, layer2, grab=grabbed)
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(grabbed[0]))
+        spliced = hand_logits(lm.model, ids, layer2, kept_replacement(keep, lambda a: x_hat))
+    torch.testing.assert_close(
+        got.ce_clean_M.double(), hand_ce(clean, ids, keep), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        got.ce_spliced_M.double(), hand_ce(spliced, ids, keep), atol=1e-4, rtol=1e-4
+    )
+    assert 0.5 < got.ce_clean_M.mean() < 5  # a trained model on English text
+    assert got.ce_zero_M.mean() > got.ce_clean_M.mean() + 0.5
+
+    result = evaluate_sae(sae, lm, [(ids, keep)])
+    assert result["tokens"] == int(keep.sum())
+    assert result["l0"] == pytest.approx(16)
+    kept = spliced_batch(sae, lm, ids, keep, keep_error=True)
+    torch.testing.assert_close(kept.ce_spliced_M, kept.ce_clean_M, atol=1e-4, rtol=0)
