@@ -96,6 +96,23 @@ def test_saekit_saelens_round_trip(tmp_path, arch, settings):
     _assert_same_outputs(sae, SAE.load(tmp_path / "kit2"))
 
 
+@pytest.mark.parametrize("arch, settings", [("jumprelu", {}), ("batchtopk", {"k": K})])
+def test_threshold_architectures_export_to_saelens_as_jumprelu(tmp_path, arch, settings):
+    sae = _randomize(SAE.create(arch, d_in=D, d_sae=F, **settings)).eval()
+    with torch.no_grad():
+        sae.threshold.copy_(torch.rand(F) * 0.5)
+    sae.save(tmp_path / "kit")
+    convert(tmp_path / "kit", tmp_path / "lens", to="saelens")
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu"
+    t = load_file(str(tmp_path / "lens" / "sae_weights.safetensors"))
+    x = _x()
+    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]  # SAELens JumpReLU, written out
+    f_ref = pre.relu() * (pre > t["threshold"])
+    torch.testing.assert_close(sae.encode(x), f_ref)
+    torch.testing.assert_close(read_sae(tmp_path / "lens").encode(x), f_ref)
+
+
 def test_old_flat_saelens_folder_loads(tmp_path):
     # The layout of jbloom/GPT2-Small-SAEs-Reformatted: flat keys, `hook_point`, torch dtype.
     g = torch.Generator().manual_seed(0)
