@@ -122,6 +122,11 @@ def test_transcoder_needs_apply_b_dec_off(arch):
         **SETTINGS[arch],
     )  # fmt: skip
     assert same_width.cfg.is_transcoder and not same_width.cfg.apply_b_dec_to_input
+    # a same-width transcoder may still centre its input on b_dec if asked to (SAELens can)
+    SAE.create(
+        arch, d_in=6, d_sae=16, apply_b_dec_to_input=True,
+        metadata={"hook_name_out": "blocks.0.hook_mlp_out"}, **SETTINGS[arch],
+    )  # fmt: skip
 
 
 def test_create_errors():

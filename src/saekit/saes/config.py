@@ -162,10 +162,10 @@ class SAEConfig:
             self.metadata = SAEMetadata.from_dict(self.metadata)
         if self.apply_b_dec_to_input is None:
             self.apply_b_dec_to_input = not self.is_transcoder
-        if self.apply_b_dec_to_input and self.is_transcoder:
+        if self.apply_b_dec_to_input and self.d_out != self.d_in:
             raise ValueError(
-                "apply_b_dec_to_input=True is impossible for a transcoder (d_out != d_in or "
-                "metadata.hook_name_out set): b_dec lives in the output space"
+                f"apply_b_dec_to_input=True is impossible when d_out ({self.d_out}) != d_in "
+                f"({self.d_in}): b_dec lives in the output space"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
