@@ -28,6 +28,7 @@ from saekit.training.report import plot_density_histogram, plot_training_curves,
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer
 
 HOLDOUT_EVERY = 20  # every 20th document of the dataset is held back for evaluation
+COEFFICIENT_SETTING = {"relu": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -90,20 +91,20 @@ def resolve_device(name: str) -> torch.device:
 
 def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
     """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
-    from saekit.saes import default_sparsity_coefficient
-
     specs = []
     for hook, arch in itertools.product(hooks, cfg.archs):
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
         if arch in ARCHITECTURES_WITH_K:
-            sparsity = [("k", k) for k in cfg.ks]
+            sparsity = [(("k", k),) for k in cfg.ks]
+        elif cfg.l1s:
+            sparsity = [((COEFFICIENT_SETTING[arch], c),) for c in cfg.l1s]
         else:
-            coefficients = cfg.l1s or (default_sparsity_coefficient(arch),)
-            sparsity = [("sparsity_coefficient", c) for c in coefficients]
-        for d_sae, (key, value) in itertools.product(d_saes, sparsity):
-            label = f"k{value}" if key == "k" else f"c{value:g}"
-            name = "-".join([hook, arch, label] + ([f"d{d_sae}"] if len(d_saes) > 1 else []))
-            settings = ((key, value), *cfg.sae_settings)
+            sparsity = [()]  # the architecture's default coefficient
+        for d_sae, setting in itertools.product(d_saes, sparsity):
+            label = [f"{'k' if key == 'k' else 'c'}{value:g}" for key, value in setting]
+            size = [f"d{d_sae}"] if len(d_saes) > 1 else []
+            name = "-".join([hook, arch, *label, *size])
+            settings = (*setting, *cfg.sae_settings)
             specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
     if len(specs) == 1:  # a single SAE is named after its hook, like its folder
         return [dataclasses.replace(specs[0], name=specs[0].hook_in)]
@@ -119,6 +120,7 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         d_in=dims[spec.hook_in],
         d_sae=spec.d_sae,
         d_out=dims[spec.hook_out],
+        apply_b_dec_to_input=spec.hook_in == spec.hook_out,  # transcoders: input and output differ
         **dict(spec.settings),
     ).to(device)
     method = cfg.dead_feature_method

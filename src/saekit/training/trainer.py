@@ -160,11 +160,9 @@ class Trainer:
         for group in unit.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         x_BD, target_BD = unit.inputs(batch)
-        coefficient = getattr(unit.sae.cfg, "sparsity_coefficient", None)
-        if coefficient is not None:
-            coefficient = coefficient * warmup_factor(
-                self.step, self._every(cfg.sparsity_warmup_tokens)
-            )
+        coefficient = unit.sae.sparsity_coefficient * warmup_factor(
+            self.step, self._every(cfg.sparsity_warmup_tokens)
+        )
         dead_mask_F = unit.firing.dead_mask() if unit.use_dead_mask else None
         device_type = x_BD.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast):

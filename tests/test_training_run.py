@@ -1,0 +1,191 @@
+"""End-to-end training on the tiny random Llama: outputs, resume after SIGKILL, sweeps, cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saekit.saes import SAE
+from saekit.training.config import TrainConfig
+from saekit.training.run import train
+
+SMALL = dict(
+    hooks=("blocks.2.hook_resid_pre",),
+    context=32,
+    tokens=16_384,
+    batch_tokens=512,
+    buffer_tokens=2048,
+    forward_rows=8,
+    init_tokens=1024,
+    expansion_factor=4,
+    ks=(8,),
+    eval_tokens=1024,
+    dead_after_tokens=2048,
+    log_every=2,
+    progress=False,
+    threads=1,
+)
+
+
+def small_cfg(model_dir: Path, out: Path, **changes) -> TrainConfig:
+    return TrainConfig(model=str(model_dir), out=str(out), **{**SMALL, **changes})
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """The `saekit train` flags that reproduce `cfg` (for subprocess runs)."""
+    args = ["--model", cfg.model, "--out", cfg.out, "--hook", ",".join(cfg.hooks)]
+    for name in ("context", "tokens", "batch_tokens", "buffer_tokens", "forward_rows",
+                 "init_tokens", "expansion_factor", "eval_tokens", "dead_after_tokens",
+                 "log_every", "checkpoint_every", "threads", "seed"):
+        args += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
+    args += ["--k", ",".join(map(str, cfg.ks)), "--no-progress"]
+    return args
+
+
+def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
+    result = train(small_cfg(tiny_model_dir, tmp_path / "run"))
+    run = tmp_path / "run"
+    folder = result.sae_folders["blocks.2.hook_resid_pre"]
+    assert folder == run / "blocks.2.hook_resid_pre"
+    for name in ("train_config.json", "metrics.jsonl", "summary.txt", "training_curves.png",
+                 "feature_density.png"):
+        assert (run / name).is_file(), name
+    sae = SAE.load(folder)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (64, 256, 8)
+    assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_pre"
+    assert sae.cfg.metadata.model_name == str(tiny_model_dir)
+    sparsity = load_file(str(folder / "sparsity.safetensors"))["sparsity"]
+    assert sparsity.shape == (256,) and (sparsity <= 0).all()
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(2, 33, 2))
+    assert train_rows[-1]["explained_variance"] > train_rows[0]["explained_variance"]
+    assert all(r["l0"] == pytest.approx(8.0) for r in train_rows)
+    final_eval = [r for r in records if r["kind"] == "eval"][-1]
+    assert final_eval["tokens"] >= 1024 and 0 <= final_eval["dead_fraction"] <= 1
+    # The saved SAE works on raw activations: its explained variance on held-back tokens,
+    # computed here by hand, matches the run's final evaluation.
+    from saekit.models import load_model
+    from saekit.training.run import held_back_token_batches
+
+    lm = load_model(str(tiny_model_dir))
+    cfg = small_cfg(tiny_model_dir, run)
+    xs = []
+    for ids, keep in held_back_token_batches(cfg, cfg.dataset, lm.tokenizer, 16):
+        xs.append(lm.run_to_hooks(ids, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"][keep])
+        if sum(len(x) for x in xs) >= 1024:
+            break
+    x = torch.cat(xs)
+    with torch.no_grad():
+        x_hat = sae(x).sae_out
+    ev = 1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert ev.item() == pytest.approx(final_eval["explained_variance"], abs=1e-4)
+    assert "blocks.2.hook_resid_pre" in result.summary
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_model_dir, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(small_cfg(tiny_model_dir, tmp_path / "run"))
+
+
+def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "sae_weights.safetensors"))
+
+
+def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, tmp_path):
+    changes = dict(tokens=40_960, checkpoint_every=2048, eval_tokens=0)
+    reference = train(small_cfg(tiny_model_dir, tmp_path / "whole", **changes))
+
+    cfg = small_cfg(tiny_model_dir, tmp_path / "killed", **changes)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saekit", "train", *cli_args(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (tmp_path / "killed" / "summary.txt").exists()  # it really died midway
+
+    resumed = train(cfg, resume=True)
+    name = "blocks.2.hook_resid_pre"
+    whole, again = _final_weights(reference.sae_folders[name]), _final_weights(resumed.sae_folders[name])
+    assert whole.keys() == again.keys()
+    for key in whole:
+        assert torch.equal(whole[key], again[key]), key
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step logged twice across the kill
+
+
+def test_sigterm_writes_a_checkpoint_and_exits(tiny_model_dir, tmp_path):
+    cfg = small_cfg(tiny_model_dir, tmp_path / "run", tokens=400_000, eval_tokens=0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saekit", "train", *cli_args(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    assert "resume with --resume" in proc.stderr.read().decode()
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def test_sweep_trains_every_combination_from_one_stream(tiny_model_dir, tmp_path):
+    cfg = small_cfg(
+        tiny_model_dir, tmp_path / "run", hooks=("blocks.1.hook_resid_pre", "blocks.2.hook_resid_post"),
+        archs=("topk", "relu"), ks=(4, 8), tokens=2048, eval_tokens=0,
+    )
+    result = train(cfg)
+    assert sorted(result.sae_folders) == sorted([
+        "blocks.1.hook_resid_pre-topk-k4", "blocks.1.hook_resid_pre-topk-k8",
+        "blocks.1.hook_resid_pre-relu", "blocks.2.hook_resid_post-topk-k4",
+        "blocks.2.hook_resid_post-topk-k8", "blocks.2.hook_resid_post-relu",
+    ])
+    sae = SAE.load(result.sae_folders["blocks.2.hook_resid_post-topk-k4"])
+    assert sae.cfg.k == 4 and sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+    assert SAE.load(result.sae_folders["blocks.1.hook_resid_pre-relu"]).cfg.architecture == "relu"
+
+
+def test_transcoder_reads_one_hook_and_reconstructs_another(tiny_model_dir, tmp_path):
+    cfg = small_cfg(
+        tiny_model_dir, tmp_path / "run", hooks=("blocks.1.hook_resid_mid",),
+        hook_out="blocks.1.hook_mlp_out", tokens=2048, eval_tokens=512,
+    )
+    result = train(cfg)
+    sae = SAE.load(result.sae_folders["blocks.1.hook_resid_mid"])
+    assert sae.cfg.metadata.hook_name_out == "blocks.1.hook_mlp_out"
+    assert sae.cfg.apply_b_dec_to_input is False
+
+
+def test_training_from_a_cache(tiny_model_dir, tmp_path):
+    from saekit.data import build_cache
+    from saekit.models import load_model
+
+    lm = load_model(str(tiny_model_dir))
+    build_cache(lm, ["blocks.2.hook_resid_pre"], "builtin:python-docs", 8192, tmp_path / "cache",
+                model_name=str(tiny_model_dir), context_size=32, shard_tokens=1024, progress=False)
+    cfg = small_cfg(tiny_model_dir, tmp_path / "run", hooks=(), activations=str(tmp_path / "cache"),
+                    tokens=8192, eval_tokens=512)
+    result = train(cfg)
+    sae = SAE.load(result.sae_folders["blocks.2.hook_resid_pre"])
+    assert sae.cfg.metadata.model_name == str(tiny_model_dir)
+    assert result.final_metrics["blocks.2.hook_resid_pre"]["explained_variance"] > 0
