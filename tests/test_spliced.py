@@ -322,3 +322,54 @@ def test_smollm2_spliced_against_hand_splice(default_lm):
     assert result["l0"] == pytest.approx(16)
     kept = spliced_batch(sae, lm, ids, keep, keep_error=True)
     torch.testing.assert_close(kept.ce_spliced_M, kept.ce_clean_M, atol=1e-4, rtol=0)
+
+
+def test_transformer_lens_backend_matches_hf_and_run_with_hooks():
+    """Same weights on both backends: the same metrics; and TL's own hooks agree."""
+    tl_module = pytest.importorskip("transformer_lens")
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from saekit.models import LanguageModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=101, n_embd=32, n_layer=3, n_head=4, n_positions=16))
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    cfg = tl_module.HookedTransformerConfig(
+        n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=128, d_vocab=101, n_ctx=16,
+        act_fn="gelu_new", normalization_type="LN", default_prepend_bos=False,
+    )  # fmt: skip
+    tl = tl_module.HookedTransformer(cfg)
+    tl.load_and_process_state_dict(
+        convert_gpt2_weights(hf, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
+    hf_lm = LanguageModel(hf.eval(), None, spec="tiny-gpt2")
+    tl_lm = LanguageModel(tl.eval(), None, spec="tl:tiny")
+    hook = "blocks.1.hook_resid_pre"
+    torch.manual_seed(1)
+    sae = SAE.create("relu", d_in=32, d_sae=64, metadata={"hook_name": hook})
+    ids = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(2))
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    keep[:, 0] = False
+
+    got = spliced_batch(sae, tl_lm, ids, keep)
+    with torch.no_grad():
+        x = tl.run_with_cache(ids, names_filter=hook)[1][hook]
+        x_hat = relu_sae_by_hand(sae, x)[0]
+        spliced = tl.run_with_hooks(
+            ids, fwd_hooks=[(hook, lambda act, hook: kept_replacement(keep, lambda a: x_hat)(act))]
+        )
+    torch.testing.assert_close(
+        got.ce_spliced_M.double(), hand_ce(spliced, ids, keep), atol=1e-5, rtol=1e-5
+    )
+
+    on_hf = evaluate_sae(sae, hf_lm, [(ids, keep)])
+    on_tl = evaluate_sae(sae, tl_lm, [(ids, keep)])
+    for key in ("l0", "fvu", "ce_loss_clean", "ce_loss_spliced", "ce_loss_mean_ablation", "kl_div"):
+        assert on_tl[key] == pytest.approx(on_hf[key], rel=1e-4, abs=1e-6), key
