@@ -17,11 +17,11 @@ HOOK = "blocks.2.hook_resid_pre"
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    """30 paragraphs of real English text: documents 10, 20, 30 are held back."""
+    """60 paragraphs of real English text: documents 20, 40, 60 are held back."""
     from pydoc_data.topics import topics
 
     path = tmp_path_factory.mktemp("data") / "docs.txt"
-    paragraphs = [topics[key].replace("\n\n", "\n") for key in sorted(topics)[:30]]
+    paragraphs = [topics[key].replace("\n\n", "\n") for key in sorted(topics)[:60]]
     path.write_text("\n\n".join(paragraphs))
     return path
 
@@ -58,7 +58,7 @@ def test_json_matches_evaluate_sae(sae_folder, tiny_lm, text_file, capsys):
     assert report["tokens"] >= 64
     assert not (sae_folder / "feature_density.png").exists()  # --json without --out: no files
 
-    # the same numbers as the Python API on the held-back documents (every 10th), with the
+    # the same numbers as the Python API on the held-back documents (every 20th), with the
     # cfg's exclude_special_tokens (SAELens's default False; the helper's default is True)
     batches = heldout_token_batches(
         str(text_file), tiny_lm.tokenizer, 32, 2, exclude_special_tokens=False

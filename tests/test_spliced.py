@@ -260,8 +260,21 @@ def test_evaluate_sae_against_hand_computation(setup):
     assert 0 < result["l0"] < 256 and 0 < result["dead_fraction"] < 1  # non-trivial example
     torch.testing.assert_close(result["log10_feature_density"], torch.log10(density + 1e-10))
 
-    first_only = evaluate_sae(sae, lm, batches, max_tokens=1)
-    assert first_only["tokens"] == int(batches[0][1].sum())
+    first_row = evaluate_sae(sae, lm, batches, max_tokens=1)
+    assert first_row["tokens"] == int(batches[0][1][0].sum())
+
+
+def test_max_tokens_does_not_depend_on_batching(setup):
+    lm, _, _, sae = setup
+    ids, keep = make_tokens(len(lm.tokenizer), rows=5, seed=7)
+    limit = int(keep[:2].sum()) + 1  # reached inside the third window
+    by_one = evaluate_sae(
+        sae, lm, [(ids[i : i + 1], keep[i : i + 1]) for i in range(5)], max_tokens=limit
+    )
+    by_five = evaluate_sae(sae, lm, [(ids, keep)], max_tokens=limit)
+    assert by_one["tokens"] == by_five["tokens"] == int(keep[:3].sum())
+    for key in ("l0", "fvu", "ce_loss_spliced", "ce_loss_mean_ablation", "kl_div"):
+        assert by_one[key] == pytest.approx(by_five[key], rel=1e-5), key
 
 
 def test_scaled_sae_matches_folded_sae(setup):

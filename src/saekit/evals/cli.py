@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokens", type=int, default=16_384, help="evaluation tokens (default: 16384)"
     )
     parser.add_argument(
-        "--batch-rows", type=int, default=8, help="windows per forward (default: 8)"
+        "--batch-rows", type=int, default=16, help="windows per forward (default: 16)"
     )
     parser.add_argument(
         "--holdout-every",

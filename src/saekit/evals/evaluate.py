@@ -19,8 +19,8 @@ from saekit.evals.spliced import (
     spliced_batch,
 )
 
-HOLDOUT_EVERY = 10
-"""Every 10th document of a dataset (the 10th, 20th, ...) is held back for evaluation."""
+HOLDOUT_EVERY = 20
+"""Every 20th document of a dataset (the 20th, 40th, ...) is held back for evaluation."""
 
 METRIC_KEYS = (
     "l0",
@@ -61,8 +61,9 @@ def evaluate_sae(
     """Evaluate `sae` spliced into `lm` on `(input_ids_BT, keep_mask_BT)` batches.
 
     Reconstruction metrics use the kept positions; CE and KL use the counted positions
-    (kept, not last; see `saekit.evals.spliced`). Batches are taken whole until `max_tokens`
-    kept tokens are reached. Mean ablation uses `mean_act_D` if given, else the mean of the
+    (kept, not last; see `saekit.evals.spliced`). Windows (rows) are taken whole until
+    `max_tokens` kept tokens are reached, so the tokens evaluated do not depend on how the
+    windows are batched. Mean ablation uses `mean_act_D` if given, else the mean of the
     spliced hook's activation over the evaluated kept tokens (a second pass over the stored
     token ids). `scale_in`/`scale_out` evaluate an SAE that still trains on scaled
     activations (see `saekit.evals.spliced.reconstruct`); metrics stay in the model's raw
@@ -83,8 +84,12 @@ def evaluate_sae(
     bar = tqdm(total=max_tokens, unit="tok", desc="eval", disable=not progress)
     try:
         for input_ids_BT, keep_mask_BT in token_batches:
-            if max_tokens is not None and stats.tokens >= max_tokens:
-                break
+            if max_tokens is not None:
+                if stats.tokens >= max_tokens:
+                    break
+                input_ids_BT, keep_mask_BT = _rows_until(
+                    input_ids_BT, keep_mask_BT, max_tokens - stats.tokens
+                )
             batch = spliced_batch(
                 sae,
                 lm,
@@ -132,6 +137,13 @@ def evaluate_sae(
         log10_feature_density=log10_feature_density(stats.density_F()),
     )
     return result
+
+
+def _rows_until(input_ids_BT: Tensor, keep_mask_BT: Tensor, tokens: int) -> tuple[Tensor, Tensor]:
+    """The first rows of the batch, up to the one whose kept tokens reach `tokens`."""
+    cumulative_B = keep_mask_BT.sum(dim=1).cumsum(dim=0)
+    rows = int((cumulative_B < tokens).sum()) + 1
+    return input_ids_BT[:rows], keep_mask_BT[:rows]
 
 
 def scalar_metrics(result: dict[str, Any]) -> dict[str, float | int]:
