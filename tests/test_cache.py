@@ -27,13 +27,22 @@ from saekit.data import (
 )
 
 HOOKS = ["blocks.1.hook_resid_pre", "blocks.2.hook_mlp_out"]
-SETTINGS = dict(context_size=32, shard_tokens=300, rows_per_forward=4, progress=False)
+SETTINGS = dict(
+    context_size=32, shard_tokens=300, rows_per_forward=4, holdout_every=3, progress=False
+)
 
 
-def _cache(lm, out, tokens=1500, name="tiny", **kw):
-    return build_cache(
-        lm, HOOKS, "builtin:python-docs", tokens, out, model_name=name, **{**SETTINGS, **kw}
-    )
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    """A jsonl file of 300 short real documents (so the holdout matters within a few shards)."""
+    path = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    texts = itertools.islice(iter_documents("builtin:python-docs"), 300)
+    path.write_text("".join(json.dumps({"text": t[:400]}) + "\n" for t in texts))
+    return str(path)
+
+
+def _cache(lm, out, docs, tokens=1500, name="tiny", **kw):
+    return build_cache(lm, HOOKS, docs, tokens, out, model_name=name, **{**SETTINGS, **kw})
 
 
 def _all_rows(folder):
@@ -43,33 +52,36 @@ def _all_rows(folder):
 
 
 @pytest.fixture(scope="module")
-def fresh(tiny_lm, tmp_path_factory):
+def fresh(tiny_lm, docs, tmp_path_factory):
     """An uninterrupted cache of the tiny model."""
     out = tmp_path_factory.mktemp("fresh")
-    _cache(tiny_lm, out)
+    _cache(tiny_lm, out, docs)
     return out
 
 
-def test_cache_holds_the_live_stream_in_shards(tiny_lm, fresh):
+def test_cache_holds_the_live_stream_in_shards(docs, tiny_lm, fresh):
     manifest = read_manifest(fresh)
     assert manifest["complete"] and manifest["model"] == "tiny" and manifest["hooks"] == HOOKS
     assert manifest["dims"] == {h: 64 for h in HOOKS} and manifest["dtype"] == "float32"
     assert manifest["tokens"] >= 1500
     assert sum(s["tokens"] for s in manifest["shards"]) == manifest["tokens"]
     assert all(s["tokens"] >= 300 for s in manifest["shards"][:-1])
-    windows = TokenWindows(iter_documents("builtin:python-docs"), tiny_lm.tokenizer, 32)
-    live = list(itertools.islice(ActivationSource(tiny_lm, HOOKS, windows, 4), 200))
+    held_out = iter_documents(docs, holdout_every=3)  # documents 2, 5, 8, ... are not cached
+    windows = TokenWindows(held_out, tiny_lm.tokenizer, 32)
+    live = ActivationSource(tiny_lm, HOOKS, windows, 4)
+    chunks = []
+    while sum(len(c[HOOKS[0]]) for c in chunks) < manifest["tokens"]:
+        chunks.append(next(live))
     rows = _all_rows(fresh)
     for h in HOOKS:
-        expected = torch.cat([c[h] for c in live])[: manifest["tokens"]]
-        torch.testing.assert_close(rows[h], expected)
+        torch.testing.assert_close(rows[h], torch.cat([c[h] for c in chunks]))
     assert sorted(os.listdir(fresh)) == sorted(
         ["manifest.json"] + [s["file"] for s in manifest["shards"]]
     )
 
 
-def test_half_precision_is_stored_and_read_back_as_float32(tiny_lm, fresh, tmp_path):
-    _cache(tiny_lm, tmp_path, tokens=400, dtype="bfloat16")
+def test_half_precision_is_stored_and_read_back_as_float32(docs, tiny_lm, fresh, tmp_path):
+    _cache(tiny_lm, tmp_path, docs, tokens=400, dtype="bfloat16")
     assert load_file(tmp_path / "shard_00000.safetensors")[HOOKS[0]].dtype == torch.bfloat16
     chunk = next(CachedActivations(tmp_path, shuffle_shards=False))
     assert chunk[HOOKS[0]].dtype == torch.float32
@@ -91,15 +103,17 @@ class CrashingLM:
         return self.lm.run_to_hooks(ids_BT, hooks)
 
 
-def test_rerun_after_a_crash_continues_without_redoing_or_duplicating(tiny_lm, fresh, tmp_path):
+def test_rerun_after_a_crash_continues_without_redoing_or_duplicating(
+    docs, tiny_lm, fresh, tmp_path
+):
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _cache(CrashingLM(tiny_lm, 5), tmp_path)
+        _cache(CrashingLM(tiny_lm, 5), tmp_path, docs)
     before = read_manifest(tmp_path)
     assert not before["complete"] and 1 <= len(before["shards"]) < 4
     (tmp_path / "shard_00099.safetensors.tmp").write_bytes(b"half written")
     # the shards already written are kept as they are, not redone
     mtimes = {s["file"]: (tmp_path / s["file"]).stat().st_mtime_ns for s in before["shards"]}
-    _cache(tiny_lm, tmp_path)
+    _cache(tiny_lm, tmp_path, docs)
     after = read_manifest(tmp_path)
     assert after["shards"][: len(before["shards"])] == before["shards"]
     assert all((tmp_path / f).stat().st_mtime_ns == t for f, t in mtimes.items())
@@ -110,24 +124,24 @@ def test_rerun_after_a_crash_continues_without_redoing_or_duplicating(tiny_lm, f
         assert torch.equal(got[h], want[h])
 
 
-def test_rerun_of_a_complete_cache_does_nothing_and_more_tokens_extend_it(tiny_lm, tmp_path):
-    first = _cache(tiny_lm, tmp_path, tokens=600)
-    assert _cache(tiny_lm, tmp_path, tokens=600)["shards"] == first["shards"]
-    longer = _cache(tiny_lm, tmp_path, tokens=1500)
+def test_rerun_of_a_complete_cache_does_nothing_and_more_tokens_extend_it(docs, tiny_lm, tmp_path):
+    first = _cache(tiny_lm, tmp_path, docs, tokens=600)
+    assert _cache(tiny_lm, tmp_path, docs, tokens=600)["shards"] == first["shards"]
+    longer = _cache(tiny_lm, tmp_path, docs, tokens=1500)
     assert longer["shards"][: len(first["shards"])] == first["shards"]
     assert longer["tokens"] >= 1500
 
 
-def test_other_settings_or_foreign_folder_are_refused(tiny_lm, tmp_path):
-    _cache(tiny_lm, tmp_path / "c", tokens=300)
+def test_other_settings_or_foreign_folder_are_refused(docs, tiny_lm, tmp_path):
+    _cache(tiny_lm, tmp_path / "c", docs, tokens=300)
     with pytest.raises(CacheError, match=r"other settings \(dtype"):
-        _cache(tiny_lm, tmp_path / "c", tokens=300, dtype="float16")
+        _cache(tiny_lm, tmp_path / "c", docs, tokens=300, dtype="float16")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(CacheError, match="not empty"):
-        _cache(tiny_lm, tmp_path / "other", tokens=300)
+        _cache(tiny_lm, tmp_path / "other", docs, tokens=300)
     with pytest.raises(ValueError, match="unknown dtype"):
-        _cache(tiny_lm, tmp_path / "d", tokens=300, dtype="int8")
+        _cache(tiny_lm, tmp_path / "d", docs, tokens=300, dtype="int8")
 
 
 def _copy(src, dst):
@@ -137,7 +151,7 @@ def _copy(src, dst):
     return dst
 
 
-def test_corrupted_or_truncated_shards_are_rejected(tiny_lm, fresh, tmp_path):
+def test_corrupted_or_truncated_shards_are_rejected(docs, tiny_lm, fresh, tmp_path):
     flipped = _copy(fresh, tmp_path / "flipped")
     shard = flipped / "shard_00001.safetensors"
     data = bytearray(shard.read_bytes())
@@ -154,12 +168,12 @@ def test_corrupted_or_truncated_shards_are_rejected(tiny_lm, fresh, tmp_path):
     with pytest.raises(CacheError, match="shard_00002.*truncated"):
         CachedActivations(cut)
     with pytest.raises(CacheError, match="truncated"):
-        _cache(tiny_lm, cut, tokens=3000)
+        _cache(tiny_lm, cut, docs, tokens=3000)
 
 
-def test_incomplete_cache_needs_allow_incomplete(tiny_lm, tmp_path):
+def test_incomplete_cache_needs_allow_incomplete(docs, tiny_lm, tmp_path):
     with pytest.raises(RuntimeError):
-        _cache(CrashingLM(tiny_lm, 5), tmp_path)
+        _cache(CrashingLM(tiny_lm, 5), tmp_path, docs)
     with pytest.raises(CacheError, match="incomplete"):
         CachedActivations(tmp_path)
     assert next(CachedActivations(tmp_path, allow_incomplete=True))[HOOKS[0]].shape[1] == 64
@@ -206,31 +220,11 @@ def test_cli_defaults():
 
 
 @pytest.mark.slow
-def test_sigkill_midway_then_rerun_caches_every_token_once(tiny_model_dir, tiny_lm, tmp_path):
+def test_sigkill_midway_then_rerun_caches_every_token_once(docs, tiny_model_dir, tiny_lm, tmp_path):
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "saekit",
-        "cache",
-        "--model",
-        str(tiny_model_dir),
-        "--hook",
-        HOOKS[0],
-        "--hook",
-        HOOKS[1],
-        "--tokens",
-        "4000",
-        "--out",
-        str(out),
-        "--context",
-        "32",
-        "--shard-tokens",
-        "300",
-        "--rows",
-        "4",
-        "--no-progress",
-    ]
+    args = f"--model {tiny_model_dir} --hook {HOOKS[0]} --hook {HOOKS[1]} --dataset {docs} "
+    args += f"--holdout-every 3 --tokens 4000 --out {out} --context 32 --shard-tokens 300 --rows 4"
+    cmd = [sys.executable, "-m", "saekit", "cache", *args.split(), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -248,15 +242,11 @@ def test_sigkill_midway_then_rerun_caches_every_token_once(tiny_model_dir, tiny_
     manifest = read_manifest(out)
     assert manifest["complete"] and manifest["shards"][: len(killed["shards"])] == killed["shards"]
 
-    reference = build_cache(
-        tiny_lm,
-        HOOKS,
-        "builtin:python-docs",
-        4000,
-        tmp_path / "ref",
-        model_name=str(tiny_model_dir),
-        **SETTINGS,
-    )
+    reference = _cache(tiny_lm, tmp_path / "ref", docs, 4000, name=str(tiny_model_dir))
+    skip = {"model", "shards"}
+    assert {k: v for k, v in manifest.items() if k not in skip} == {
+        k: v for k, v in reference.items() if k not in skip
+    }  # same settings, token count and data position
     assert [s["tokens"] for s in manifest["shards"]] == [s["tokens"] for s in reference["shards"]]
     got, want = _all_rows(out), _all_rows(tmp_path / "ref")
     for h in HOOKS:

@@ -3,10 +3,17 @@
 from saekit.data.activations import ActivationSource
 from saekit.data.buffer import ShuffleBuffer
 from saekit.data.cache import CachedActivations, CacheError, build_cache, read_manifest
-from saekit.data.datasets import DatasetError, iter_documents, iter_texts, python_docs
+from saekit.data.datasets import (
+    HOLDOUT_EVERY,
+    DatasetError,
+    iter_documents,
+    iter_texts,
+    python_docs,
+)
 from saekit.data.tokens import TokenWindows, iter_token_batches
 
 __all__ = [
+    "HOLDOUT_EVERY",
     "ActivationSource",
     "CacheError",
     "CachedActivations",

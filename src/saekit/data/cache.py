@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit.data.activations import ActivationSource
-from saekit.data.datasets import iter_documents
+from saekit.data.datasets import HOLDOUT_EVERY, iter_documents
 from saekit.data.tokens import TokenWindows
 
 MANIFEST = "manifest.json"
@@ -100,6 +100,7 @@ def build_cache(
     *,
     model_name: str,
     text_column: str = "text",
+    holdout_every: int = HOLDOUT_EVERY,
     dtype: str = "float32",
     context_size: int = 128,
     shard_tokens: int = 16384,
@@ -113,7 +114,8 @@ def build_cache(
     Shards close at the end of the forward pass that brings them to ``shard_tokens`` rows, so
     shards and the total may exceed the targets by less than one forward. If ``out`` already
     holds a cache with the same settings, it is continued (or left alone if complete); a
-    larger ``tokens`` extends it. Returns the manifest.
+    larger ``tokens`` extends it. Every ``holdout_every``-th document is left out (held back
+    for evaluation, as in training); 0 caches every document. Returns the manifest.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
@@ -126,6 +128,7 @@ def build_cache(
         "dtype": dtype,
         "dataset": dataset,
         "text_column": text_column,
+        "holdout_every": holdout_every,
         "context_size": context_size,
         "shard_tokens": shard_tokens,
         "prepend_bos": prepend_bos,
@@ -137,7 +140,7 @@ def build_cache(
         return manifest
 
     windows = TokenWindows(
-        iter_documents(dataset, text_column=text_column),
+        iter_documents(dataset, text_column=text_column, holdout_every=holdout_every),
         lm.tokenizer,
         context_size,
         prepend_bos=prepend_bos,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from saekit.data.cache import DTYPES, build_cache
+from saekit.data.datasets import HOLDOUT_EVERY
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HOOK = "blocks.15.hook_resid_pre"
@@ -33,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--text-column", default="text", help="text column of the dataset (default text)"
+    )
+    p.add_argument(
+        "--holdout-every",
+        type=int,
+        default=HOLDOUT_EVERY,
+        help=f"leave out every Nth document, held back for evaluation "
+        f"(default {HOLDOUT_EVERY}; 0 caches every document)",
     )
     p.add_argument("--tokens", type=int, required=True, help="tokens to cache (at least)")
     p.add_argument("--out", required=True, help="cache folder")
@@ -69,6 +77,7 @@ def run_cache(args: argparse.Namespace) -> int:
         args.out,
         model_name=args.model,
         text_column=args.text_column,
+        holdout_every=args.holdout_every,
         dtype=args.dtype,
         context_size=args.context,
         shard_tokens=args.shard_tokens,

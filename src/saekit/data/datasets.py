@@ -29,6 +29,9 @@ BUILTIN_PYTHON_DOCS = "builtin:python-docs"
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
 MIN_DOCSTRING_CHARS = 200
+# Every 20th document is held back for evaluation by default (training, caching and evals
+# share this value so evaluation never sees trained-on text).
+HOLDOUT_EVERY = 20
 
 
 class DatasetError(ValueError):
