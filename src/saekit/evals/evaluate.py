@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.data import TokenWindows, iter_documents, iter_token_batches
+from saekit.data import HOLDOUT_EVERY, TokenWindows, iter_documents, iter_token_batches
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
 from saekit.evals.spliced import (
     ablation_ce,
@@ -18,9 +18,6 @@ from saekit.evals.spliced import (
     sae_hooks,
     spliced_batch,
 )
-
-HOLDOUT_EVERY = 20
-"""Every 20th document of a dataset (the 20th, 40th, ...) is held back for evaluation."""
 
 METRIC_KEYS = (
     "l0",
