@@ -49,10 +49,11 @@ def get_sae(args):
     return load_sae(folder)
 
 
-def held_back_batches(sae, lm, rows: int = 8):
+def held_back_batches(sae, lm, dataset: str | None = None, rows: int = 8):
     """`(input_ids_BT, keep_mask_BT)` batches of held-back text, packed as in training."""
     meta = sae.cfg.metadata
-    docs = iter_documents(meta.dataset_path, holdout_every=HOLDOUT_EVERY, holdout=True)
+    spec = dataset or meta.dataset_path
+    docs = iter_documents(spec, holdout_every=HOLDOUT_EVERY, holdout=True)
     windows = TokenWindows(
         docs,
         lm.tokenizer,
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model to train on without --sae")
     p.add_argument("--train-tokens", type=int, default=40_960)
     p.add_argument("--context", type=int, default=128)
+    p.add_argument("--dataset", help="text to evaluate on (default: the SAE's training data)")
     p.add_argument("--eval-tokens", type=int, default=8_192)
     p.add_argument("--dashboard-tokens", type=int, default=20_000)
     p.add_argument("--features", type=int, default=20, help="features on the dashboard")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Every metric in one pass over held-back tokens: the SAE is spliced into the model to
     #    measure how much of the next-token loss survives its reconstruction.
-    m = evaluate_sae(sae, lm, held_back_batches(sae, lm), max_tokens=args.eval_tokens)
+    m = evaluate_sae(sae, lm, held_back_batches(sae, lm, args.dataset), max_tokens=args.eval_tokens)
     print(f"L0 (active features per token): {m['l0']:.1f}")
     print(f"explained variance:             {m['explained_variance']:.3f}")
     print(
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     density = m["log10_feature_density"]
     features = density.argsort(descending=True)[: args.features].tolist()
     index = build_dashboard(
-        sae, lm, held_back_batches(sae, lm), features, Path(args.out) / "dashboard",
+        sae, lm, held_back_batches(sae, lm, args.dataset), features, Path(args.out) / "dashboard",
         max_tokens=args.dashboard_tokens, title="tutorial: evaluate an SAE",
     )  # fmt: skip
     print(f"dashboard: {index}")

@@ -34,7 +34,13 @@ def sae_folder(tiny_model_dir, tmp_path_factory):
 
 
 def test_tutorial_evaluate_sae(sae_folder, tmp_path, monkeypatch, capsys):
-    argv = ["--sae", str(sae_folder), "--eval-tokens", "300", "--dashboard-tokens", "300",
+    from pydoc_data.topics import topics
+
+    # a local text file: held-back documents (every 20th) come quickly from it
+    text = tmp_path / "eval.txt"
+    text.write_text("\n\n".join(t.replace("\n\n", "\n") for t in topics.values()))
+    argv = ["--sae", str(sae_folder), "--dataset", str(text),
+            "--eval-tokens", "300", "--dashboard-tokens", "300",
             "--features", "4", "--out", str(tmp_path)]  # fmt: skip
     run_script("tutorial_evaluate_sae.py", argv, monkeypatch)
     out = capsys.readouterr().out
