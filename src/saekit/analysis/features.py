@@ -158,10 +158,9 @@ class FeatureStatsCollector:
         H = self.n_bins
         # hi is a power of two strictly above every value, so v / hi * H is exact in floating
         # point and doubling hi (summing bin pairs) gives the same bins as binning from scratch
-        _, exponent_F = torch.frexp(acts_BTF.amax((0, 1)))  # max < 2**exponent
-        needed_F = torch.where(
-            acts_BTF.amax((0, 1)) > 0, torch.ldexp(torch.ones_like(self.hist_hi_F), exponent_F), 0.0
-        )
+        batch_max_F = acts_BTF.amax((0, 1))
+        _, exponent_F = torch.frexp(batch_max_F)  # batch_max < 2**exponent
+        needed_F = torch.ldexp(torch.ones_like(batch_max_F), exponent_F) * (batch_max_F > 0)
         new_F = (self.hist_hi_F == 0) & (needed_F > 0)
         self.hist_hi_F[new_F] = needed_F[new_F]
         for f in torch.nonzero(needed_F > self.hist_hi_F).flatten().tolist():
