@@ -109,10 +109,10 @@ def build_cache(
     exclude_special_tokens: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Cache at least ``tokens`` kept-token activations of ``hooks`` into ``out``.
+    """Cache ``tokens`` kept-token activations of ``hooks`` into ``out``.
 
-    Shards close at the end of the forward pass that brings them to ``shard_tokens`` rows, so
-    shards and the total may exceed the targets by less than one forward. If ``out`` already
+    Every shard holds exactly ``shard_tokens`` rows except the last, which holds the rest (a
+    dataset that runs out first sets ``exhausted`` in the manifest). If ``out`` already
     holds a cache with the same settings, it is continued (or left alone if complete); a
     larger ``tokens`` extends it. Every ``holdout_every``-th document is left out (held back
     for evaluation, as in training); 0 caches every document. Returns the manifest.
@@ -146,8 +146,11 @@ def build_cache(
         prepend_bos=prepend_bos,
         exclude_special_tokens=exclude_special_tokens,
     )
-    if manifest["position"] is not None:
-        windows.load_state_dict(manifest["position"])
+    # The position after the last shard: token windows before a forward + its rows already cached.
+    position = manifest["position"] or {"windows": None, "skip_rows": 0}
+    if position["windows"] is not None:
+        windows.load_state_dict(position["windows"])
+    skip = position["skip_rows"]
     source = ActivationSource(lm, hooks, windows, rows_per_forward)
     bar = tqdm(
         total=tokens,
@@ -162,19 +165,31 @@ def build_cache(
     held = 0
     with bar:
         while manifest["tokens"] + held < tokens:
+            before = windows.state_dict()
             chunk = next(source, None)
             if chunk is None:
                 manifest["exhausted"] = True
                 break
-            pending.append({h: t.to("cpu", DTYPES[dtype]) for h, t in chunk.items()})
+            chunk = {h: t.to("cpu", DTYPES[dtype]) for h, t in chunk.items()}
             rows = next(iter(chunk.values())).shape[0]
-            held += rows
-            bar.update(rows)
-            if held >= shard_tokens:
-                _write_shard(folder, manifest, pending, windows.state_dict())
-                pending, held = [], 0
-        if pending:
-            _write_shard(folder, manifest, pending, windows.state_dict())
+            offset, skip = min(skip, rows), max(skip - rows, 0)  # rows cached before a restart
+            while offset < rows and manifest["tokens"] + held < tokens:
+                take = min(rows - offset, shard_tokens - held, tokens - manifest["tokens"] - held)
+                pending.append({h: t[offset : offset + take] for h, t in chunk.items()})
+                held, offset = held + take, offset + take
+                bar.update(take)
+                if held == shard_tokens or manifest["tokens"] + held == tokens:
+                    after = (
+                        {"windows": windows.state_dict(), "skip_rows": 0}
+                        if offset == rows
+                        else {"windows": before, "skip_rows": offset}
+                    )
+                    _write_shard(folder, manifest, pending, after)
+                    pending, held = [], 0
+        if pending:  # the source ran out
+            _write_shard(
+                folder, manifest, pending, {"windows": windows.state_dict(), "skip_rows": 0}
+            )
     manifest["complete"] = True
     _write_manifest(folder, manifest)
     return manifest
@@ -297,6 +312,10 @@ class CachedActivations:
         tensors = self.load_shard(self.shard_order(epoch)[i])
         self._shards_done += 1
         return {h: tensors[h].to(self.device, torch.float32) for h in self.hooks}
+
+    def skip(self) -> None:
+        """Pass over the next shard without reading it (rank sharding)."""
+        self._shards_done = min(self._shards_done + 1, len(self.manifest["shards"]) * self.epochs)
 
     def load_shard(self, index: int) -> dict[str, torch.Tensor]:
         """Shard ``index`` as stored (cache dtype, CPU), after checking its size and sha256."""
