@@ -12,6 +12,7 @@ from torch import Tensor
 
 from saekit.saes.base import SAE, auxk_loss
 from saekit.saes.registry import register
+from saekit.saes.sparse import SparseTopKMixin
 
 
 def topk_per_row(pre_BF: Tensor, k: int) -> Tensor:
@@ -21,7 +22,7 @@ def topk_per_row(pre_BF: Tensor, k: int) -> Tensor:
 
 
 @register
-class TopKSAE(SAE):
+class TopKSAE(SparseTopKMixin, SAE):
     architecture = "topk"
     dead_feature_loss = "auxk"
 

@@ -1,0 +1,263 @@
+"""Sparse kernels for the TopK family (topk, batchtopk, matryoshka).
+
+A k-sparse SAE only needs the encoder's dense matmul to *choose* the active features; every
+other product touches just the chosen (token, feature) pairs. The dense path in `base.py`
+spends about five times the work of that one matmul: the dense decode, the dense gradient of
+the pre-activations, and the dense W_enc and W_dec gradients. Here the active pairs are kept
+as a row-major sparse code `(crow, cols, vals)` (CSR over tokens) and two autograd Functions
+do the rest:
+
+- `GatherPre`: the pre-activations at the chosen pairs. Forward gathers them from the dense
+  pre-activations computed without a graph; backward gives W_enc and b_enc (and the encoder
+  input, for b_dec) gradients as sparse-dense products.
+- `SparseDecode`: `sum_k vals * W_dec[cols]` per token (an embedding bag). Backward gives the
+  values' gradient as a sampled dense-dense product at the chosen pairs only, and a sparse
+  W_dec gradient.
+
+`sparse_forward(sae, ...)` is the whole training forward on these kernels; it returns the same
+`SAEOutput` (to float tolerance) as the dense `SAE.forward`. `use_sparse(sae, x)` is the rule
+that picks it; `sae.sparse = True/False` forces either path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from saekit.saes.base import SAE, SAEOutput, fvu
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+SPARSE_MAX_DENSITY = 1 / 8
+"""Use the sparse path when at most this fraction of the features is active per token."""
+
+
+class SparseCode(NamedTuple):
+    """The active (token, feature) pairs of a batch, row-major (CSR over the B tokens)."""
+
+    crow: Tensor
+    """[B + 1] int64: token b owns pairs crow[b]:crow[b + 1]."""
+    rows: Tensor
+    """[N] int64: token of each pair (non-decreasing)."""
+    cols: Tensor
+    """[N] int64: feature of each pair (increasing within a token)."""
+
+
+def code_from_topk(idx_BK: Tensor) -> SparseCode:
+    """The code of a per-token top-k: k pairs per token."""
+    B, K = idx_BK.shape
+    device = idx_BK.device
+    cols = idx_BK.sort(dim=-1).values.reshape(-1)
+    crow = torch.arange(0, B * K + 1, K, device=device)
+    rows = torch.arange(B, device=device).repeat_interleave(K)
+    return SparseCode(crow, rows, cols)
+
+
+def code_from_flat(flat_idx: Tensor, B: int, F_: int) -> SparseCode:
+    """The code of entries chosen by their index into the flattened [B, F] matrix."""
+    flat_idx = flat_idx.sort().values
+    rows, cols = flat_idx // F_, flat_idx % F_
+    crow = torch.zeros(B + 1, dtype=torch.long, device=flat_idx.device)
+    crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
+    return SparseCode(crow, rows, cols)
+
+
+def _coo_FB(code: SparseCode, values_N: Tensor, F_: int, B: int) -> Tensor:
+    """The pairs as a sparse [F, B] matrix (feature-major), for `S_FB @ dense_BX`."""
+    return torch.sparse_coo_tensor(
+        torch.stack([code.cols, code.rows]), values_N, (F_, B), check_invariants=False
+    )
+
+
+class GatherPre(torch.autograd.Function):
+    """pre_N = (sae_in_BD @ W_enc_DF + b_enc_F)[rows, cols], with a sparse backward.
+
+    `pre_BF` is the same product already computed without a graph (it chose the pairs).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, sae_in_BD, W_enc_DF, b_enc_F, pre_BF, crow, rows, cols) -> Tensor:
+        ctx.save_for_backward(sae_in_BD, W_enc_DF, crow, rows, cols)
+        return pre_BF[rows, cols]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_N: Tensor):
+        sae_in_BD, W_enc_DF, crow, rows, cols = ctx.saved_tensors
+        B, D = sae_in_BD.shape
+        F_ = W_enc_DF.shape[1]
+        code = SparseCode(crow, rows, cols)
+        grad_N = grad_N.to(W_enc_DF.dtype)
+        g_in = g_W = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_in = F.embedding_bag(
+                cols, W_enc_DF.T.contiguous(), crow, mode="sum",
+                per_sample_weights=grad_N, include_last_offset=True,
+            ).to(sae_in_BD.dtype)  # fmt: skip
+        if ctx.needs_input_grad[1]:
+            x_BD = sae_in_BD.to(W_enc_DF.dtype)
+            g_W = torch.sparse.mm(_coo_FB(code, grad_N, F_, B), x_BD).T
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(F_, dtype=grad_N.dtype, device=grad_N.device).index_add_(
+                0, cols, grad_N
+            )
+        return g_in, g_W, g_b, None, None, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """out_BO[b] = sum over token b's pairs of vals_N * W_dec_FO[cols] (no bias)."""
+
+    @staticmethod
+    def forward(ctx: Any, vals_N, W_dec_FO, crow, rows, cols) -> Tensor:
+        ctx.save_for_backward(vals_N, W_dec_FO, crow, rows, cols)
+        return F.embedding_bag(
+            cols, W_dec_FO, crow, mode="sum", per_sample_weights=vals_N, include_last_offset=True
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_BO: Tensor):
+        vals_N, W_dec_FO, crow, rows, cols = ctx.saved_tensors
+        F_ = W_dec_FO.shape[0]
+        B = crow.shape[0] - 1
+        g_vals = g_W = None
+        if ctx.needs_input_grad[0]:
+            # <grad_BO[b], W_dec[f]> at the chosen pairs only (sampled dense-dense product)
+            mask = torch.sparse_csr_tensor(
+                crow, cols, torch.zeros_like(vals_N), (B, F_), check_invariants=False
+            )
+            g_vals = torch.sparse.sampled_addmm(mask, grad_BO, W_dec_FO.T).values()
+        if ctx.needs_input_grad[1]:
+            g_W = torch.sparse.mm(_coo_FB(SparseCode(crow, rows, cols), vals_N, F_, B), grad_BO)
+        return g_vals, g_W, None, None, None
+
+
+def sparse_decode(code: SparseCode, vals_N: Tensor, W_dec_FO: Tensor) -> Tensor:
+    """[B, O] decoded from the pairs' values (without b_dec)."""
+    return SparseDecode.apply(vals_N.to(W_dec_FO.dtype), W_dec_FO, *code)
+
+
+def use_sparse(sae: SAE, x_BD: Tensor) -> bool:
+    """Whether `sparse_forward` should run: `sae.sparse` if set, else when it is cheaper.
+
+    Auto: on CPU, for TopK-family SAEs with k at most 1/8 of d_sae and no decoder-norm
+    rescaling (the measured break-even is far below that; see docs/performance.md).
+    """
+    choice = getattr(sae, "sparse", None)
+    supported = not sae.cfg.rescale_acts_by_decoder_norm
+    if choice is not None:
+        return bool(choice) and supported
+    return (
+        supported and x_BD.device.type == "cpu" and sae.cfg.k <= SPARSE_MAX_DENSITY * sae.cfg.d_sae
+    )
+
+
+def _select(sae: SAE, pre_BF: Tensor) -> SparseCode:
+    """The active pairs: per-token top-k (topk) or batch top-(k*B) (batchtopk, matryoshka)."""
+    B, F_ = pre_BF.shape
+    if sae.architecture == "topk":
+        return code_from_topk(pre_BF.topk(sae.cfg.k, dim=-1, sorted=False).indices)
+    flat = pre_BF.flatten()
+    n = min(sae.cfg.k * B, flat.numel())
+    return code_from_flat(flat.topk(n, sorted=False).indices, B, F_)
+
+
+def sparse_forward(
+    sae: SAE, x_BD: Tensor, target_BO: Tensor, dead_mask_F: Tensor | None
+) -> SAEOutput:
+    """The training forward of a TopK-family SAE on sparse kernels (2-D inputs).
+
+    Same outputs as the dense `SAE.forward`: feature activations come back dense [B, F]
+    (written into the pre-activation buffer, so no extra [B, F] allocation), losses are
+    FVU (+ AuxK when `dead_mask_F` has dead features; matryoshka sums prefix FVUs).
+    """
+    sae_in_BD = sae.sae_in(x_BD)
+    with torch.no_grad():
+        pre_BF = torch.addmm(sae.b_enc, sae_in_BD, sae.W_enc)
+        code = _select(sae, pre_BF)
+        aux = _aux_code(sae, pre_BF, dead_mask_F)
+    pre_N = GatherPre.apply(sae_in_BD, sae.W_enc, sae.b_enc, pre_BF, *code)
+    vals_N = pre_N.relu()
+    if sae.architecture == "batchtopk" or sae.architecture == "matryoshka":
+        if sae.training:
+            sae._update_threshold(vals_N.detach())
+    sae_out_BO = sparse_decode(code, vals_N, sae.W_dec) + sae.b_dec
+    if sae.architecture == "matryoshka":
+        mse = _matryoshka_fvu(sae, code, vals_N, target_BO)
+    else:
+        mse = fvu(sae_out_BO, target_BO)
+    aux_loss = sae_out_BO.new_zeros(())
+    if aux is not None:
+        aux_code, aux_dead_N = aux
+        aux_vals_N = GatherPre.apply(sae_in_BD, sae.W_enc, sae.b_enc, pre_BF, *aux_code)
+        aux_vals_N = aux_vals_N.relu() * aux_dead_N
+        residual_BO = (target_BO - sae_out_BO).detach()
+        aux_out_BO = sparse_decode(aux_code, aux_vals_N, sae.W_dec)
+        aux_loss = sae.cfg.aux_coefficient * fvu(aux_out_BO, residual_BO)
+    with torch.no_grad():  # dense activations for the caller, in pre_BF's memory
+        f_BF = pre_BF.zero_().index_put_((code.rows, code.cols), vals_N.detach().to(pre_BF.dtype))
+    zero = sae_out_BO.new_zeros(())
+    return SAEOutput(sae_out_BO, f_BF, mse + aux_loss, mse, zero, aux_loss)
+
+
+def _aux_code(sae: SAE, pre_BF: Tensor, dead_mask_F: Tensor | None):
+    """(code, is-dead mask [N]) of the AuxK pairs, or None when AuxK is off."""
+    if dead_mask_F is None or not bool(dead_mask_F.any()):
+        return None
+    k_aux = min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
+    dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), 0.0)
+    code = code_from_topk(dead_pre_BF.topk(k_aux, dim=-1, sorted=False).indices)
+    return code, dead_mask_F[code.cols].to(pre_BF.dtype)
+
+
+def _matryoshka_fvu(sae: SAE, code: SparseCode, vals_N: Tensor, target_BO: Tensor) -> Tensor:
+    """Sum over prefixes m of the FVU of the first m features' reconstruction."""
+    loss, start = vals_N.new_zeros(()), 0
+    partial_BO = sae.b_dec.expand_as(target_BO)
+    for end in sae.cfg.prefixes:
+        in_block_N = ((code.cols >= start) & (code.cols < end)).to(vals_N.dtype)
+        partial_BO = partial_BO + sparse_decode(code, vals_N * in_block_N, sae.W_dec)
+        loss = loss + fvu(partial_BO, target_BO)
+        start = end
+    return loss
+
+
+class SparseTopKMixin:
+    """Routes `forward` of a TopK-family SAE to `sparse_forward` when `use_sparse` says so.
+
+    Put it before `SAE` in the bases. `sparse` (instance or class attribute): None picks
+    automatically, True/False forces the sparse/dense path.
+    """
+
+    sparse: bool | None = None
+
+    def forward(
+        self,
+        x_BD: Tensor,
+        target_BO: Tensor | None = None,
+        *,
+        dead_mask: Tensor | None = None,
+        sparsity_coefficient: float | None = None,
+    ) -> SAEOutput:
+        sae: Any = self
+        target = x_BD if target_BO is None else target_BO
+        eligible = (
+            x_BD.dim() == 2
+            and target.dim() == 2
+            and x_BD.shape[-1] == sae.cfg.d_in
+            and target.shape[-1] == sae.cfg.d_out
+            and (sae.architecture == "topk" or sae.training)  # eval batchtopk is a JumpReLU
+            and use_sparse(sae, x_BD)
+        )
+        if eligible:
+            if dead_mask is not None:
+                dead_mask = dead_mask.to(device=x_BD.device, dtype=torch.bool)
+            return sparse_forward(sae, x_BD, target, dead_mask)
+        return super().forward(  # type: ignore[misc]
+            x_BD, target_BO, dead_mask=dead_mask, sparsity_coefficient=sparsity_coefficient
+        )

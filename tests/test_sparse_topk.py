@@ -1,0 +1,101 @@
+"""The sparse TopK-family path gives the dense path's outputs and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from saekit.saes import SAE
+from saekit.saes.sparse import code_from_flat, code_from_topk, sparse_decode, use_sparse
+
+SETTINGS = {
+    "topk": {"k": 4},
+    "batchtopk": {"k": 4},
+    "matryoshka": {"k": 4, "prefixes": [8, 24]},
+}
+
+
+def _pair(arch: str, dtype: str = "float64"):
+    torch.manual_seed(0)
+    sae = SAE.create(arch, d_in=12, d_sae=48, dtype=dtype, **SETTINGS[arch])
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    sae.train()
+    dense, sparse = copy.deepcopy(sae), copy.deepcopy(sae)
+    dense.sparse, sparse.sparse = False, True
+    return dense, sparse
+
+
+def _run(sae, x, dead):
+    out = sae(x, dead_mask=dead)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    return out, grads
+
+
+@pytest.mark.parametrize("arch", sorted(SETTINGS))
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_sparse_matches_dense(arch, with_dead, monkeypatch):
+    import saekit.saes.sparse as sparse_module
+
+    calls = []
+    real = sparse_module.sparse_forward
+    monkeypatch.setattr(sparse_module, "sparse_forward", lambda *a: calls.append(1) or real(*a))
+    dense, sparse = _pair(arch)
+    x = torch.randn(20, 12, dtype=torch.float64) * 2 + 0.5
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[::3] = True
+    dead = dead if with_dead else None
+    out_d, g_d = _run(dense, x, dead)
+    assert not calls
+    out_s, g_s = _run(sparse, x, dead)
+    assert calls
+    for field in ("sae_out", "feature_acts", "loss", "mse_loss", "sparsity_loss", "aux_loss"):
+        torch.testing.assert_close(getattr(out_s, field), getattr(out_d, field), msg=field)
+    assert (out_s.feature_acts != 0).sum(-1).float().mean() > 0
+    if with_dead:
+        assert out_d.aux_loss > 0
+    assert g_s.keys() == g_d.keys()
+    for name in g_d:
+        torch.testing.assert_close(g_s[name], g_d[name], msg=name)
+    for name, buf in dense.named_buffers():  # batchtopk threshold moves the same way
+        torch.testing.assert_close(dict(sparse.named_buffers())[name], buf)
+
+
+def test_sparse_float32_and_eval():
+    dense, sparse = _pair("topk", "float32")
+    x = torch.randn(64, 12)
+    _, g_d = _run(dense, x, None)
+    _, g_s = _run(sparse, x, None)
+    for name in g_d:
+        torch.testing.assert_close(g_s[name], g_d[name], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse.eval()(x).sae_out, dense.eval()(x).sae_out)
+
+
+def test_decode_by_hand():
+    """Two tokens, hand-picked features: out[b] = sum_k v * W_dec[f]."""
+    W_FO = torch.arange(12.0).reshape(4, 3)
+    code = code_from_topk(torch.tensor([[2, 0], [3, 1]]))
+    vals = torch.tensor([1.0, 2.0, 3.0, 0.5])  # row-major, features sorted: (0,2), (1,3)
+    expected = torch.stack([1.0 * W_FO[0] + 2.0 * W_FO[2], 3.0 * W_FO[1] + 0.5 * W_FO[3]])
+    torch.testing.assert_close(sparse_decode(code, vals, W_FO), expected)
+
+
+def test_code_from_flat_rows_and_empty_tokens():
+    code = code_from_flat(torch.tensor([7, 1, 4]), B=3, F_=4)  # [0,1], [1,0], [1,3]
+    assert code.crow.tolist() == [0, 1, 3, 3]
+    assert code.rows.tolist() == [0, 1, 1]
+    assert code.cols.tolist() == [1, 0, 3]
+
+
+def test_auto_rule():
+    sae = SAE.create("topk", d_in=8, d_sae=64, k=4)
+    x = torch.zeros(2, 8)
+    assert use_sparse(sae, x)
+    assert not use_sparse(SAE.create("topk", d_in=8, d_sae=16, k=8), x)
+    sae.sparse = False
+    assert not use_sparse(sae, x)
