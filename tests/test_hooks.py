@@ -315,6 +315,23 @@ def test_mean_ablation_splice_replaces_every_position(tiny_lm):
     torch.testing.assert_close(after, seen[0].mean(dim=1, keepdim=True).expand_as(after))
 
 
+def test_splices_nest(tiny_lm):
+    ids = ids_BT()
+    with tiny_lm.splice("blocks.1.hook_mlp_out", torch.zeros_like):
+        only_mlp = tiny_lm.logits(ids)
+        with tiny_lm.splice("blocks.2.hook_resid_pre", lambda x: 2 * x):
+            both = tiny_lm.run_to_hooks(ids, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"]
+        torch.testing.assert_close(tiny_lm.logits(ids), only_mlp)  # inner one removed
+    handle = _zeroing_hook(tiny_lm.model.get_submodule("model.layers.1.mlp"), "output")
+    try:
+        expected = (
+            2 * tiny_lm.run_to_hooks(ids, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"]
+        )
+    finally:
+        handle.remove()
+    torch.testing.assert_close(both, expected)
+
+
 def test_splice_with_wrong_shape_is_an_error(tiny_lm):
     with pytest.raises(ValueError, match=r"must return shape \(2, 7, 64\)"):
         with tiny_lm.splice("blocks.1.hook_resid_post", lambda x: x[..., :3]):
