@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -119,3 +123,23 @@ def test_empty_and_unreadable_data_name_the_path(tmp_path):
         iter_documents(str(tmp_path / "missing.jsonl"))
     with pytest.raises(DatasetError, match="unknown builtin"):
         iter_documents("builtin:nope")
+
+
+def test_python_docs_order_is_the_same_in_another_process():
+    # load datasets.py alone (no torch import), so the two extra interpreters start fast
+    import saekit.data.datasets as module
+
+    code = (
+        "import hashlib, importlib.util, itertools, sys; "
+        "spec = importlib.util.spec_from_file_location('d', sys.argv[1]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "docs = itertools.islice(m.python_docs(), 400); "
+        "print(hashlib.sha256('\\0'.join(docs).encode()).hexdigest())"
+    )
+    here = hashlib.sha256("\0".join(itertools.islice(python_docs(), 400)).encode()).hexdigest()
+    for seed in ["1", "2"]:
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code, module.__file__], capture_output=True, text=True, env=env
+        )
+        assert out.stdout.strip() == here, out.stderr
