@@ -188,3 +188,35 @@ def test_training_from_a_cache(tiny_model_dir, tmp_path):
     sae = SAE.load(result.sae_folders["blocks.2.hook_resid_pre"])
     assert sae.cfg.metadata.model_name == str(tiny_model_dir)
     assert result.final_metrics["blocks.2.hook_resid_pre"]["explained_variance"] > 0
+
+
+def test_every_architecture_trains_from_one_model_pass(tiny_model_dir, tmp_path):
+    archs = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+    cfg = small_cfg(tiny_model_dir, tmp_path / "run", archs=archs, tokens=4096, eval_tokens=512)
+    result = train(cfg)
+    assert len(result.sae_folders) == len(archs)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for name, folder in result.sae_folders.items():
+        assert SAE.load(folder).cfg.architecture == name.split("-")[1]
+        losses = [r["mse_loss"] for r in records if r["kind"] == "train" and r["sae"] == name]
+        assert losses[-1] < losses[0], (name, losses)  # it learned
+        final = result.final_metrics[name]
+        assert final["tokens"] >= 512 and final["explained_variance"] <= 1.0
+
+
+def test_non_finite_loss_stops_with_the_step_named(tmp_path):
+    from saekit.training.run import UnitSpec, build_unit
+    from saekit.training.trainer import NonFiniteLossError, Trainer
+
+    cfg = TrainConfig(out=str(tmp_path), tokens=512 * 6, batch_tokens=512, buffer_tokens=1024,
+                      progress=False, checkpoint_every=512)
+    unit = build_unit(UnitSpec("h", "h", "h", "topk", 32, (("k", 4),)), cfg, {"h": 8}, "cpu")
+    batches = [{"h": torch.randn(512, 8)} for _ in range(6)]
+    batches[3]["h"][5, 2] = float("nan")
+    checkpoints = []
+    trainer = Trainer(cfg, [unit])
+    trainer.callbacks.on_checkpoint = lambda step, tokens: checkpoints.append(step)
+    with pytest.raises(NonFiniteLossError, match="step 3: the loss of SAE 'h' is nan"):
+        trainer.fit(iter(batches))
+    assert checkpoints == [1, 2, 3]  # the last good state is step 3; nothing after it
+    assert torch.isfinite(unit.sae.W_enc).all()

@@ -63,3 +63,39 @@ def test_firing_stats_dead_mask_and_density():
     assert other.dead_mask().tolist() == [False, False, True]
     stats.update(torch.tensor([[0.0, 0.0, 5.0]]))
     assert stats.dead_mask().tolist() == [False, False, False]
+
+
+def test_resampling_revives_dead_features_from_high_loss_inputs():
+    from saekit.saes import SAE
+    from saekit.training.dead import resample_dead_features
+
+    torch.manual_seed(0)
+    sae = SAE.create("relu", d_in=6, d_sae=10)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    x = torch.randn(64, 6)
+    sae(x).loss.backward()
+    optimizer.step()
+    dead = torch.zeros(10, dtype=torch.bool)
+    dead[[1, 4, 7]] = True
+    with torch.no_grad():
+        sae.b_enc[dead] = -100.0
+    live_enc_norm = sae.W_enc[:, ~dead].norm(dim=0).mean()
+    before = sae.W_dec.detach().clone()
+    n = resample_dead_features(sae, optimizer, dead, x, x, torch.Generator().manual_seed(0))
+    assert n == 3
+    assert torch.equal(sae.W_dec[~dead], before[~dead])  # live features untouched
+    assert torch.allclose(sae.W_dec[dead].norm(dim=1), torch.ones(3))
+    assert torch.allclose(sae.W_enc[:, dead].norm(dim=0), 0.2 * live_enc_norm.expand(3))
+    assert (sae.b_enc[dead] == 0).all()
+    for p, index in ((sae.W_dec, dead), (sae.b_enc, dead)):
+        assert (optimizer.state[p]["exp_avg"][index] == 0).all()
+        assert (optimizer.state[p]["exp_avg_sq"][index] == 0).all()
+    # each new decoder row is the residual direction of one of the inputs
+    with torch.no_grad():
+        restored = SAE.create("relu", d_in=6, d_sae=10)
+        restored.load_state_dict({**sae.state_dict(), "W_dec": before, "b_enc": sae.b_enc.clone()})
+        restored.b_enc[dead] = -100.0
+        residual = x - restored(x).sae_out
+    directions = residual / residual.norm(dim=1, keepdim=True)
+    for row in sae.W_dec[dead]:
+        assert torch.isclose(directions @ row, torch.tensor(1.0), atol=1e-5).any()
