@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
 import torch
 from torch import nn
@@ -19,8 +21,9 @@ COMMON = dict(
 )
 
 
+@cache
 def tiny_family(family: str) -> nn.Module:
-    """A 3-layer random model of `family`, built in memory."""
+    """A 3-layer random model of `family`, built in memory (one per family, shared)."""
     import transformers as tf
 
     torch.manual_seed(0)
