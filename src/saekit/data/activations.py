@@ -43,6 +43,12 @@ class ActivationSource:
             keep_mask_BT = keep_mask_BT.to(device)
             return {h: acts[h][keep_mask_BT].float() for h in self.hooks}
 
+    def skip(self) -> None:
+        """Pass over the next forward's windows without running the model (rank sharding)."""
+        if self._batches is None:
+            self._batches = iter_token_batches(self.windows, self.rows_per_forward)
+        next(self._batches, None)
+
     def state_dict(self) -> dict[str, Any]:
         """The position of the token windows after the last forward."""
         return {"windows": self.windows.state_dict()}

@@ -22,7 +22,7 @@ COUNT_FIELDS = {
     "dead_after_tokens", "resample_every_tokens",
 }  # fmt: skip
 # Settings that may change on --resume: they do not change what is computed.
-RESUME_SAFE = {"out", "device", "threads", "progress"}
+RESUME_SAFE = {"out", "device", "threads", "progress", "sae_placement", "dist_timeout"}
 
 
 def parse_count(text: str) -> int:
@@ -73,6 +73,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    parser.add_argument(
+        "--nproc", type=int, help="data-parallel processes on this machine: runs this command "
+        "under torchrun (torch.distributed.run --standalone --nproc-per-node N)",
+    )  # fmt: skip
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + FIELD_TO_FLAG.get(f.name, f.name).replace("_", "-")
         default = f.default
@@ -108,7 +112,7 @@ def _show(value: Any) -> str:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults <- config file <- flags; on --resume, the run folder's saved settings."""
-    given = {k: v for k, v in vars(args).items() if k not in {"command", "func", "config", "resume"}}
+    given = {k: v for k, v in vars(args).items() if k not in {"command", "func", "config", "resume", "nproc"}}
     if "sae_settings" in given:
         given["sae_settings"] = tuple(given["sae_settings"])
     if getattr(args, "resume", False):
@@ -133,17 +137,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Handler of `saekit train`."""
+    from saekit.training.distributed import DistributedError, launch_torchrun
     from saekit.training.run import train
     from saekit.training.trainer import NonFiniteLossError, TrainingInterrupted
 
     cfg = config_from_args(args)
+    if getattr(args, "nproc", 1) > 1:
+        return launch_torchrun(cfg, args.nproc, resume=getattr(args, "resume", False))
     try:
         result = train(cfg, resume=getattr(args, "resume", False))
+    except DistributedError as err:
+        print(f"saekit train: error: {err}", file=sys.stderr)
+        return 4
     except TrainingInterrupted as err:
         print(f"saekit train: {err}", file=sys.stderr)
         return 130
     except NonFiniteLossError as err:
         print(f"saekit train: error: {err}", file=sys.stderr)
         return 3
-    print(result.summary)
+    if result.summary:  # empty on ranks other than 0
+        print(result.summary)
     return 0

@@ -109,6 +109,11 @@ class TrainConfig:
     """Run SAE forward/backward under bfloat16 autocast (float32 master weights)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    sae_placement: str = "replicate"
+    """Under torchrun: replicate (every rank trains every SAE on its slice of the batch) or
+    shard (SAE i trained by rank i % world on the whole batch; for sweeps)."""
+    dist_timeout: int = 1800
+    """Under torchrun: seconds a collective may wait for the other ranks before the job fails."""
 
     # --- logging, evaluation, checkpoints
     log_every: int = 5
@@ -137,10 +142,12 @@ class TrainConfig:
             ("b_dec_init", self.b_dec_init, B_DEC_INITS),
             ("normalize_activations", self.normalize_activations, NORMALIZATIONS),
             ("dtype", self.dtype, ("float32", "bfloat16", "float16")),
+            ("sae_placement", self.sae_placement, ("replicate", "shard")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-        for name in ("tokens", "batch_tokens", "context", "buffer_tokens", "forward_rows"):
+        for name in ("tokens", "batch_tokens", "context", "buffer_tokens", "forward_rows",
+                     "dist_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if 2 * self.batch_tokens > self.buffer_tokens:

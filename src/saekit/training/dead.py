@@ -22,10 +22,14 @@ class FiringStats:
     @torch.no_grad()
     def update(self, feature_acts_BF: Tensor) -> None:
         """Count the firings of one batch of feature activations."""
-        fired_F = (feature_acts_BF != 0).sum(dim=0)
+        self.add_counts((feature_acts_BF != 0).sum(dim=0), feature_acts_BF.shape[0])
+
+    @torch.no_grad()
+    def add_counts(self, fired_F: Tensor, n_tokens: int) -> None:
+        """Count `n_tokens` tokens on which feature i fired `fired_F[i]` times."""
         self.window_counts_F += fired_F
-        self.window_tokens += feature_acts_BF.shape[0]
-        self.tokens_since_fired_F += feature_acts_BF.shape[0]
+        self.window_tokens += n_tokens
+        self.tokens_since_fired_F += n_tokens
         self.tokens_since_fired_F[fired_F > 0] = 0
 
     def dead_mask(self) -> Tensor:

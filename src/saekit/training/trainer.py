@@ -131,7 +131,7 @@ class Trainer:
                     self.callbacks.on_log(self.step, tokens_seen, self._with_firing(step_metrics))
                 if self.callbacks.on_eval and eval_every and self.step % eval_every == 0:
                     self.callbacks.on_eval(self.step, tokens_seen)
-                if self._stop_signal is not None:
+                if self._stopping():
                     if self.callbacks.on_checkpoint:
                         self.callbacks.on_checkpoint(self.step, tokens_seen)
                     raise TrainingInterrupted(
@@ -169,6 +169,7 @@ class Trainer:
             out = unit.sae(
                 x_BD, target_BD, dead_mask=dead_mask_F, sparsity_coefficient=coefficient
             )
+        out = self._global_loss(unit, out, target_BD)
         loss = out.loss
         if not torch.isfinite(loss).item():
             raise NonFiniteLossError(
@@ -180,6 +181,7 @@ class Trainer:
                 f"The last good checkpoint, if any, is kept in {cfg.out}/checkpoints."
             )
         loss.backward()
+        self._reduce_gradients(unit)
         unit.sae.before_optimizer_step()
         unit.optimizer.step()
         unit.optimizer.zero_grad(set_to_none=True)
@@ -189,7 +191,7 @@ class Trainer:
         if unit.firing.window_tokens >= cfg.dead_after_tokens:
             unit.last_density_F = unit.firing.window_density()
             unit.firing.reset_window()
-        values = torch.stack(
+        values = self._reduce_metrics(torch.stack(
             [
                 loss.detach().float(),
                 out.mse_loss.detach().float(),
@@ -198,7 +200,7 @@ class Trainer:
                 l0(feats_BF).float(),
                 explained_variance(target_BD, out.sae_out.detach()).float(),
             ]
-        ).tolist()  # one device sync for all metrics
+        )).tolist()  # one device sync for all metrics
         names = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
         return {**dict(zip(names, values, strict=True)), "lr": cfg.lr * factor}
 
@@ -226,6 +228,22 @@ class Trainer:
         )
         if n:
             unit.firing.tokens_since_fired_F[unit.firing.dead_mask()] = 0
+
+    # Hooks for data-parallel training (saekit.training.distributed overrides them).
+    def _global_loss(self, unit: SAEUnit, out, target_BD: Tensor):
+        """The loss parts to backpropagate (one process: the SAE's own)."""
+        return out
+
+    def _reduce_gradients(self, unit: SAEUnit) -> None:
+        """Combine gradients across processes (one process: nothing to do)."""
+
+    def _reduce_metrics(self, values: Tensor) -> Tensor:
+        """Combine a step's metric values across processes."""
+        return values
+
+    def _stopping(self) -> bool:
+        """Whether a stop signal arrived (in every process, when distributed)."""
+        return self._stop_signal is not None
 
     def check_weights_finite(self) -> None:
         """Raise NonFiniteLossError if any SAE weight is NaN or infinite."""
