@@ -89,3 +89,20 @@ def test_peek_samples_without_consuming():
 def test_bad_sizes():
     with pytest.raises(ValueError, match="buffer_tokens >= 2 \\* batch_tokens"):
         ShuffleBuffer(CountingSource(), buffer_tokens=15, batch_tokens=10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resumed_batches_stay_on_the_source_device():
+    class CudaSource(CountingSource):
+        device = torch.device("cuda")
+
+        def __next__(self):
+            return {h: t.cuda() for h, t in super().__next__().items()}
+
+    full = list(ShuffleBuffer(CudaSource(), 64, 10, seed=3))
+    first = ShuffleBuffer(CudaSource(), 64, 10, seed=3)
+    head = [next(first) for _ in range(7)]
+    resumed = ShuffleBuffer(CudaSource(), 64, 10, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    for got, want in zip(head + list(resumed), full, strict=True):
+        assert got["a"].is_cuda and torch.equal(got["a"], want["a"])

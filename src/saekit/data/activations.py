@@ -30,6 +30,11 @@ class ActivationSource:
         self.dims: dict[str, int] = {h: int(lm.hook_dim(h)) for h in self.hooks}
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the activations come out: the model's device."""
+        return torch.device(getattr(self.lm, "device", "cpu"))
+
     def __iter__(self) -> ActivationSource:
         return self
 
@@ -37,10 +42,9 @@ class ActivationSource:
         if self._batches is None:
             self._batches = iter_token_batches(self.windows, self.rows_per_forward)
         input_ids_BT, keep_mask_BT = next(self._batches)
-        device = getattr(self.lm, "device", "cpu")
         with torch.no_grad():  # not inference_mode: the trainer must be able to backprop
-            acts = self.lm.run_to_hooks(input_ids_BT.to(device), self.hooks)
-            keep_mask_BT = keep_mask_BT.to(device)
+            acts = self.lm.run_to_hooks(input_ids_BT.to(self.device), self.hooks)
+            keep_mask_BT = keep_mask_BT.to(self.device)
             return {h: acts[h][keep_mask_BT].float() for h in self.hooks}
 
     def skip(self) -> None:

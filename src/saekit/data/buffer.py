@@ -16,6 +16,10 @@ def _cat(parts: list[Acts]) -> Acts:
     return {h: torch.cat([p[h].to(device) for p in parts]) for h in parts[-1]}
 
 
+def _to(acts: Acts, device: str | torch.device) -> Acts:
+    return {h: t.to(device) for h, t in acts.items()}
+
+
 def _rows(acts: Acts | None) -> int:
     return 0 if not acts else next(iter(acts.values())).shape[0]
 
@@ -28,11 +32,18 @@ class ShuffleBuffer:
     kept half is mixed with the next chunks. Memory stays below ``buffer_tokens`` plus one
     chunk. When the source is exhausted the rest is shuffled and handed out; fewer than
     ``batch_tokens`` leftover rows are dropped and iteration stops. All hooks share one
-    permutation, so row i of every hook comes from the same token.
+    permutation, so row i of every hook comes from the same token. Batches live on ``device``
+    (default: the source's ``device``, e.g. the model's), also after ``load_state_dict``.
     """
 
     def __init__(
-        self, source: Iterable[Acts], buffer_tokens: int, batch_tokens: int, seed: int = 0
+        self,
+        source: Iterable[Acts],
+        buffer_tokens: int,
+        batch_tokens: int,
+        seed: int = 0,
+        *,
+        device: str | torch.device | None = None,
     ) -> None:
         if batch_tokens < 1 or buffer_tokens < 2 * batch_tokens:
             raise ValueError(
@@ -40,6 +51,8 @@ class ShuffleBuffer:
                 f"batch_tokens={batch_tokens}"
             )
         self.source = source
+        # Where batches live; None: the source's `device` attribute, else each chunk's device.
+        self.device = device if device is not None else getattr(source, "device", None)
         self.buffer_tokens = buffer_tokens
         self.batch_tokens = batch_tokens
         self._rng = torch.Generator().manual_seed(seed)
@@ -93,7 +106,7 @@ class ShuffleBuffer:
         """Continue exactly where ``state_dict()`` was taken (over the same source)."""
         self.source.load_state_dict(state["source"])  # type: ignore[attr-defined]
         self._source_it = None
-        self._store = dict(state["store"]) or None
+        self._store = {h: t.to(self.device or t.device) for h, t in state["store"].items()} or None
         self._pending = []
         self._ready = int(state["ready"])
         self._exhausted = bool(state["exhausted"])
@@ -113,7 +126,7 @@ class ShuffleBuffer:
             self._exhausted = True
             return False
         if _rows(chunk):
-            self._pending.append(chunk)
+            self._pending.append(chunk if self.device is None else _to(chunk, self.device))
         return True
 
     def _merge(self) -> None:
