@@ -75,7 +75,10 @@ def main() -> None:
     t0 = time.perf_counter()
     effects = logit_effects(sae, lm, ids, k=10)
     out = args.out or tempfile.mkdtemp(prefix="bench-dashboard-")
-    index = write_dashboard(out, stats, effects, lm.tokenizer, title="bench_dashboard")
+    subtitle = f"{args.model} · {sae.cfg.metadata.hook_name}"
+    index = write_dashboard(
+        out, stats, effects, lm.tokenizer, title="bench_dashboard", subtitle=subtitle
+    )
     t_write = time.perf_counter() - t0
     result = {
         "model": args.model,

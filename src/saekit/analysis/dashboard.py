@@ -148,9 +148,9 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
             f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}</td>"
             f"<td>{_token_list(s['top_boosted_tokens'])}</td></tr>"
         )
+    facts = [x for x in (subtitle, f"{stats.n_tokens:,} tokens", f"{len(summary)} features") if x]
     body = (
-        f'<h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)} · '
-        f"{stats.n_tokens:,} tokens · {len(summary)} features</p>"
+        f'<h1>{html.escape(title)}</h1><p class="sub">{html.escape(" · ".join(facts))}</p>'
         '<table id="features" class="index"><thead><tr>'
         "<th>feature</th><th>density</th><th>mean act</th><th>max act</th>"
         "<th>top activating tokens</th><th>top boosted logits</th>"
@@ -317,7 +317,7 @@ h1{margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}h3{font-size:.95em;margi
 .sub{color:#666;font-size:.9em}nav{font-size:.9em}a{color:#0645ad}
 table{border-collapse:collapse}th,td{padding:.2em .6em;text-align:left;vertical-align:top}
 table.index{width:100%}table.index th{cursor:pointer;border-bottom:2px solid #ccc;user-select:none}
-table.index tr:nth-child(even){background:#f6f6f6}tr.dead{color:#aaa}
+table.index tr:nth-child(even){background:#f6f6f6}td[data-v]{white-space:nowrap}tr.dead{color:#aaa}
 table.facts th{font-weight:normal;color:#555}
 .cols{display:flex;gap:2em;flex-wrap:wrap}
 code.t{background:#eef;border-radius:3px;padding:0 .2em;white-space:pre}
