@@ -119,6 +119,8 @@ def build_cache(
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
+    if tokens < 1 or shard_tokens < 1:
+        raise ValueError(f"tokens and shard_tokens must be >= 1, got {tokens}, {shard_tokens}")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
