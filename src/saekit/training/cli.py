@@ -80,7 +80,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + FIELD_TO_FLAG.get(f.name, f.name).replace("_", "-")
         default = f.default
-        help_text = f"{docs.get(f.name, '')} (default: {_show(default)})"
+        help_text = f"{docs.get(f.name, '')} (default: {_show(default)})".replace("%", "%%")
         if f.name in FLAG_TO_FIELD.values():
             kind = {"d_saes": int, "ks": int, "l1s": float}.get(f.name, str)
             parser.add_argument(flag, dest=f.name, type=_split(kind), help=help_text)

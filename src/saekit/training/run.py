@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from saekit.training import distributed
 from saekit.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -27,7 +28,6 @@ from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
 from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer
 
-HOLDOUT_EVERY = 20  # every 20th document of the dataset is held back for evaluation
 COEFFICIENT_SETTING = {"relu": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -66,21 +66,19 @@ class RepeatedDocuments:
 
 
 def _training_documents(spec: str):
-    from saekit.data import iter_documents
+    from saekit.data import HOLDOUT_EVERY, iter_documents
 
     return iter_documents(spec, holdout_every=HOLDOUT_EVERY, holdout=False)
 
 
-def held_back_token_batches(cfg: TrainConfig, dataset: str, tokenizer, rows: int):
+def held_back_token_batches(cfg: TrainConfig, dataset: str, tokenizer, rows: int = 16):
     """Token batches of the held-back documents (never trained on), same masking as training."""
-    from saekit.data import TokenWindows, iter_documents, iter_token_batches
+    from saekit.evals.evaluate import heldout_token_batches
 
-    docs = iter_documents(dataset, holdout_every=HOLDOUT_EVERY, holdout=True)
-    windows = TokenWindows(
-        docs, tokenizer, cfg.context,
+    return heldout_token_batches(
+        dataset, tokenizer, cfg.context, rows,
         prepend_bos=cfg.prepend_bos, exclude_special_tokens=cfg.exclude_special_tokens,
     )  # fmt: skip
-    return iter_token_batches(windows, rows)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,10 +103,17 @@ def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[Unit
             size = [f"d{d_sae}"] if len(d_saes) > 1 else []
             name = "-".join([hook, arch, *label, *size])
             settings = (*setting, *cfg.sae_settings)
+            if arch == "matryoshka" and "prefixes" not in dict(settings):
+                settings += (("prefixes", default_matryoshka_prefixes(d_sae)),)
             specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
     if len(specs) == 1:  # a single SAE is named after its hook, like its folder
         return [dataclasses.replace(specs[0], name=specs[0].hook_in)]
     return specs
+
+
+def default_matryoshka_prefixes(d_sae: int) -> list[int]:
+    """Nested dictionary sizes d_sae/8, d_sae/4, d_sae/2, d_sae (when no `prefixes` is set)."""
+    return sorted({max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
 
 
 def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -> SAEUnit:
@@ -152,7 +157,15 @@ def raw_activation_sae(unit: SAEUnit) -> torch.nn.Module:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run (or continue, with `resume`) the training described by `cfg`."""
+    """Run (or continue, with `resume`) the training described by `cfg`.
+
+    Under torchrun, every rank calls this; rank 0 alone writes files (see distributed.py).
+    """
+    with distributed.process_group(cfg, resolve_device(cfg.device)) as device:
+        return _train(cfg, resume, device)
+
+
+def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     run_dir = Path(cfg.out)
     config_file = run_dir / "train_config.json"
     if not resume and (config_file.exists() or (run_dir / "checkpoints").exists()):
@@ -164,11 +177,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    main = distributed.is_main()
 
     lm, buffer, hooks, dims, model_spec, dataset = _open_data(cfg, device)
     units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, hooks, dims)]
-    trainer = Trainer(cfg, units)
+    trainer = distributed.make_trainer(cfg, units)
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
 
@@ -179,18 +192,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         state = load_checkpoint(folder)
         trainer.load_state_dict(state["trainer"])
         buffer.load_state_dict(state["data"])
-        log.truncate_after(trainer.step)
+        if main:
+            log.truncate_after(trainer.step)
     else:
-        log.path.unlink(missing_ok=True)
+        if main:
+            log.path.unlink(missing_ok=True)
         sample = buffer.peek(cfg.init_tokens)
         for unit in units:
             initialize_unit(unit, sample, cfg)
-        write_text_atomic(config_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if main:
+            write_text_atomic(config_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     wandb_logger = (
-        WandbLogger(cfg.wandb_project, run_dir.name, cfg.to_dict(), run_dir) if cfg.wandb else None
+        WandbLogger(cfg.wandb_project, run_dir.name, cfg.to_dict(), run_dir)
+        if cfg.wandb and main
+        else None
     )
-    bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress)
+    bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress and main)
     eval_batches = _eval_batches_factory(cfg, lm, model_spec, dataset, device)
 
     def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
@@ -233,6 +251,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         bar.close()
     seconds = time.perf_counter() - started
     trainer.check_weights_finite()
+    if not distributed.collect(trainer):  # not rank 0: rank 0 evaluates and writes results
+        return TrainResult(run_dir, {}, {}, "")
 
     final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
     folders = _save_saes(units, trainer, cfg, run_dir, model_spec, dataset)
@@ -261,6 +281,7 @@ def _open_data(cfg: TrainConfig, device):
             raise ValueError(f"hooks {missing} are not in the cache; it holds {manifest['hooks']}")
         source.hooks = list(dict.fromkeys(needed))
         dims = {h: int(manifest["dims"][h]) for h in source.hooks}
+        source = distributed.strided_source(source, device)  # rank sharding under torchrun
         buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
         return None, buffer, hooks, dims, manifest["model"], manifest["dataset"]
 
@@ -275,6 +296,7 @@ def _open_data(cfg: TrainConfig, device):
         prepend_bos=cfg.prepend_bos, exclude_special_tokens=cfg.exclude_special_tokens,
     )  # fmt: skip
     source = ActivationSource(lm, needed, windows, cfg.forward_rows)
+    source = distributed.strided_source(source, device)  # rank sharding under torchrun
     buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
     return lm, buffer, hooks, dims, cfg.model, cfg.dataset
 
@@ -290,7 +312,7 @@ def _eval_batches_factory(cfg: TrainConfig, lm, model_spec: str, dataset: str, d
             from saekit.models import load_model
 
             state["lm"] = load_model(model_spec, device=device, dtype=DTYPES[cfg.dtype])
-        return state["lm"], held_back_token_batches(cfg, dataset, state["lm"].tokenizer, 16)
+        return state["lm"], held_back_token_batches(cfg, dataset, state["lm"].tokenizer)
 
     return batches
 
