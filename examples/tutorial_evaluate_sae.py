@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from saekit import load_model, load_sae
 from saekit.analysis import build_dashboard
 from saekit.data import TokenWindows, iter_documents, iter_token_batches
 from saekit.data.datasets import HOLDOUT_EVERY  # the documents `saekit train` holds back
 from saekit.evals import evaluate_sae
-from saekit.io.load import load_sae
-from saekit.models import load_model
 
 
 def get_sae(args):

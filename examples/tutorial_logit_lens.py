@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from saekit import load_model, load_sae
 from saekit.analysis import (
     feature_logit_effects,
     logit_effects,
     token_set_enrichment,
     top_features_per_set,
 )
-from saekit.io.load import load_sae
-from saekit.models import load_model
 
 
 def get_sae(args):

@@ -35,7 +35,7 @@ def test_dashboard_cli(sae_folder, tmp_path, capsys):
         "--features",
         "0:3,9",
         "--tokens",
-        "200",
+        "0.2k",
         "--out",
         str(out),
         "--batch-rows",

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 from torch import Tensor
 
+from saekit.training.cli import parse_count
+
 DEFAULT_DATASET = "builtin:python-docs"
 
 
@@ -22,7 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("sae", help="SAE folder, .pt file or hub path (anything saekit.load_sae takes)")
     p.add_argument("--features", default="0:20", help="'0:100' (range) or '3,17,42' (default 0:20)")
-    p.add_argument("--tokens", type=int, default=50_000, help="tokens to scan (default 50000)")
+    p.add_argument(
+        "--tokens",
+        type=parse_count,
+        default=50_000,
+        help="tokens to scan: 50000, 100k, 1M (default 50k)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     _add_source_args(p)
     p.add_argument("--dataset", help=f"dataset spec (default: cfg's, else {DEFAULT_DATASET})")
@@ -65,7 +72,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """The SAE and its model, the model spec defaulting to the SAE's metadata."""
-    from saekit.io.load import load_sae
+    from saekit import load_sae
     from saekit.models import load_model
 
     sae = load_sae(args.sae, device=args.device)
