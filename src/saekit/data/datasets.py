@@ -17,11 +17,18 @@ yield their ``text_column`` string. Empty documents are skipped.
 from __future__ import annotations
 
 import ast
+import functools
+import hashlib
+import json
 import os
+import sys
 import sysconfig
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from saekit.paths import cache_root
 
 Document = str | list[int]
 
@@ -172,12 +179,38 @@ def python_docs() -> Iterator[str]:
 
     The standard library folder is walked in sorted order, skipping tests, ``idlelib`` and
     installed packages; files are parsed with ``ast``. The order is fixed for a given Python.
+    The walk takes about ten seconds, so its result is kept in memory and on disk
+    (``$SAEKIT_CACHE/datasets/``, keyed by the Python version and stdlib path).
     """
+    yield from _python_docs_cached()
+
+
+@functools.cache
+def _python_docs_cached() -> tuple[str, ...]:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    key = hashlib.sha256(f"{sys.version}|{stdlib}|{MIN_DOCSTRING_CHARS}|1".encode()).hexdigest()
+    path = cache_root() / "datasets" / f"python-docs-{key[:16]}.json"
+    try:
+        return tuple(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    docs = tuple(_walk_python_docs(stdlib))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(docs, fh)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs time
+        pass
+    return docs
+
+
+def _walk_python_docs(stdlib: str) -> Iterator[str]:
     from pydoc_data.topics import topics
 
     for key in sorted(topics):
         yield topics[key]
-    stdlib = sysconfig.get_paths()["stdlib"]
     for root, dirs, files in os.walk(stdlib):
         dirs[:] = sorted(d for d in dirs if d not in _STDLIB_SKIP_DIRS and not d.startswith("."))
         for name in sorted(files):

