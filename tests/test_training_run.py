@@ -93,6 +93,20 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert "blocks.2.hook_resid_pre" in result.summary
 
 
+def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_path, capsys):
+    from saekit.cli import main
+
+    result = train(small_cfg(tiny_model_dir, tmp_path / "run", tokens=4096))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final_eval = [r for r in records if r["kind"] == "eval"][-1]
+    folder = result.sae_folders["blocks.2.hook_resid_pre"]
+    assert main(["eval", str(folder), "--tokens", "1024", "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    for key in ("l0", "explained_variance", "ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered",
+                "kl_div", "dead_fraction", "tokens"):
+        assert reported[key] == pytest.approx(final_eval[key], rel=1e-6, abs=1e-9), key
+
+
 def test_existing_run_folder_is_not_overwritten(tiny_model_dir, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_config.json").write_text("{}")
