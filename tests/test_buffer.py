@@ -106,3 +106,30 @@ def test_resumed_batches_stay_on_the_source_device():
     resumed.load_state_dict(first.state_dict())
     for got, want in zip(head + list(resumed), full, strict=True):
         assert got["a"].is_cuda and torch.equal(got["a"], want["a"])
+
+
+def test_limited_source_stops_after_the_budget_and_resumes():
+    from saekit.data.activations import LimitedSource
+
+    class Counting:
+        def __init__(self):
+            self.i = 0
+
+        def __next__(self):
+            self.i += 1
+            return {"h": torch.full((3, 2), float(self.i))}
+
+        def state_dict(self):
+            return {"i": self.i}
+
+        def load_state_dict(self, state):
+            self.i = state["i"]
+
+    limited = LimitedSource(Counting(), max_rows=7)
+    first = next(limited)
+    state = limited.state_dict()
+    rest = list(limited)
+    assert [c["h"][0, 0].item() for c in [first, *rest]] == [1.0, 2.0, 3.0]  # 9 rows >= 7
+    again = LimitedSource(Counting(), max_rows=7)
+    again.load_state_dict(state)
+    assert [c["h"][0, 0].item() for c in again] == [2.0, 3.0]

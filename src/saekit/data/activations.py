@@ -61,3 +61,33 @@ class ActivationSource:
         """Continue with the forward after the one at which ``state`` was taken."""
         self.windows.load_state_dict(state["windows"])
         self._batches = None
+
+
+class LimitedSource:
+    """Ends a source once it has yielded at least ``max_rows`` rows.
+
+    The trainer wraps its source in one sized to the run's tokens, so the shuffle buffer
+    drains at the end instead of the model computing activations nobody trains on.
+    """
+
+    def __init__(self, source: Any, max_rows: int) -> None:
+        self.source = source
+        self.max_rows = max_rows
+        self.rows = 0
+
+    def __iter__(self) -> LimitedSource:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.rows >= self.max_rows:
+            raise StopIteration
+        chunk = next(self.source)
+        self.rows += next(iter(chunk.values())).shape[0]
+        return chunk
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = int(state["rows"])
+        self.source.load_state_dict(state["source"])

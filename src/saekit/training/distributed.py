@@ -181,10 +181,10 @@ class SummedFiringStats(FiringStats):
     """Firing statistics over the rows of all ranks (counts summed with all_reduce)."""
 
     @torch.no_grad()
-    def update(self, feature_acts_BF: Tensor) -> None:
-        fired_F = (feature_acts_BF != 0).sum(dim=0)
+    def add_counts(self, fired_F: Tensor, n_tokens: int) -> None:
+        fired_F = fired_F.clone()
         dist.all_reduce(fired_F)
-        self.add_counts(fired_F, feature_acts_BF.shape[0] * dist.get_world_size())
+        super().add_counts(fired_F, n_tokens * dist.get_world_size())
 
 
 def _global_variance_ratio(y_BD: Tensor) -> Tensor:

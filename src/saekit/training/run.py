@@ -270,6 +270,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
 def _open_data(cfg: TrainConfig, device):
     """The model (None when training from a cache), the shuffle buffer, hooks and widths."""
     from saekit.data import ActivationSource, CachedActivations, ShuffleBuffer, TokenWindows
+    from saekit.data.activations import LimitedSource
 
     if cfg.activations:
         source = CachedActivations(cfg.activations, seed=cfg.seed, epochs=10**9, device=device)
@@ -282,6 +283,7 @@ def _open_data(cfg: TrainConfig, device):
         source.hooks = list(dict.fromkeys(needed))
         dims = {h: int(manifest["dims"][h]) for h in source.hooks}
         source = distributed.strided_source(source, device)  # rank sharding under torchrun
+        source = LimitedSource(source, cfg.tokens)  # read no more than the run trains on
         buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
         return None, buffer, hooks, dims, manifest["model"], manifest["dataset"]
 
@@ -297,6 +299,7 @@ def _open_data(cfg: TrainConfig, device):
     )  # fmt: skip
     source = ActivationSource(lm, needed, windows, cfg.forward_rows)
     source = distributed.strided_source(source, device)  # rank sharding under torchrun
+    source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
     buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
     return lm, buffer, hooks, dims, cfg.model, cfg.dataset
 

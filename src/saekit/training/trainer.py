@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from saekit.evals.metrics import explained_variance, l0
+from saekit.evals.metrics import explained_variance
 from saekit.training.config import TrainConfig
 from saekit.training.dead import FiringStats, resample_dead_features
 from saekit.training.schedules import lr_factor, warmup_factor
@@ -187,7 +187,9 @@ class Trainer:
         unit.optimizer.zero_grad(set_to_none=True)
         unit.sae.after_optimizer_step()
         feats_BF = out.feature_acts.detach()
-        unit.firing.update(feats_BF)
+        fired_F = (feats_BF != 0).sum(dim=0, dtype=torch.int32)  # one pass: L0 and firing
+        l0_value = fired_F.sum() / feats_BF.shape[0]
+        unit.firing.add_counts(fired_F, feats_BF.shape[0])
         if unit.firing.window_tokens >= cfg.dead_after_tokens:
             unit.last_density_F = unit.firing.window_density()
             unit.firing.reset_window()
@@ -197,7 +199,7 @@ class Trainer:
                 out.mse_loss.detach().float(),
                 out.sparsity_loss.detach().float(),
                 out.aux_loss.detach().float(),
-                l0(feats_BF).float(),
+                l0_value.float(),
                 explained_variance(target_BD, out.sae_out.detach()).float(),
             ]
         )).tolist()  # one device sync for all metrics
