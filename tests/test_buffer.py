@@ -133,3 +133,11 @@ def test_limited_source_stops_after_the_budget_and_resumes():
     again = LimitedSource(Counting(), max_rows=7)
     again.load_state_dict(state)
     assert [c["h"][0, 0].item() for c in again] == [2.0, 3.0]
+
+
+def test_a_source_exhausted_by_peek_is_still_handed_out_whole():
+    chunks = [{"h": torch.arange(i * 4, i * 4 + 4, dtype=torch.float32)[:, None]} for i in range(3)]
+    buffer = ShuffleBuffer(iter(chunks), buffer_tokens=64, batch_tokens=4, seed=0)
+    assert buffer.peek(32)["h"].shape == (12, 1)  # the source ran dry while peeking
+    rows = torch.cat([b["h"] for b in buffer]).flatten()
+    assert sorted(rows.tolist()) == list(range(12))

@@ -258,3 +258,17 @@ def test_wandb_offline_logs_metrics_and_density(tiny_model_dir, tmp_path, monkey
                 "eval/explained_variance"):
         assert isinstance(logged[f"{name}/{key}"], float), key
     assert isinstance(logged[f"{name}/log10_feature_density"], wandb.Histogram)
+
+
+@pytest.mark.integration
+def test_saekit_train_defaults_on_the_embedded_model(tmp_path, capsys):
+    """`saekit train` with only the run length shortened: smollm2-135m, its middle hook."""
+    from saekit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--tokens", "8192", "--eval-tokens", "2048", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "blocks.15.hook_resid_pre" in capsys.readouterr().out
+    sae = SAE.load(out / "blocks.15.hook_resid_pre")
+    assert (sae.cfg.architecture, sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == ("topk", 576, 4608, 32)
+    assert sae.cfg.metadata.model_name == "smollm2-135m"

@@ -67,8 +67,8 @@ class ShuffleBuffer:
 
     def __next__(self) -> Acts:
         while self._ready < self.batch_tokens:
-            if self._exhausted:
-                raise StopIteration
+            if self._exhausted and self._ready >= _rows(self._store):
+                raise StopIteration  # everything left is handed out (or under one batch)
             self._refill()
         b = self.batch_tokens
         assert self._store is not None
