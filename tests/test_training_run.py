@@ -71,7 +71,8 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert train_rows[-1]["explained_variance"] > train_rows[0]["explained_variance"]
     assert all(r["l0"] == pytest.approx(8.0) for r in train_rows)
     final_eval = [r for r in records if r["kind"] == "eval"][-1]
-    assert final_eval["tokens"] >= 1024 and 0 <= final_eval["dead_fraction"] <= 1
+    assert final_eval["tokens"] == 16_384  # the training position of the evaluation
+    assert final_eval["eval_tokens"] >= 1024 and 0 <= final_eval["dead_fraction"] <= 1
     # The saved SAE works on raw activations: its explained variance on held-back tokens,
     # computed here by hand, matches the run's final evaluation.
     from saekit.models import load_model
@@ -88,7 +89,7 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     with torch.no_grad():
         x_hat = sae(x).sae_out
     ev = 1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    assert len(x) == final_eval["tokens"]  # whole windows until 1024 tokens are reached
+    assert len(x) == final_eval["eval_tokens"]  # whole windows until 1024 tokens are reached
     assert ev.item() == pytest.approx(final_eval["explained_variance"], abs=1e-5)
     assert "blocks.2.hook_resid_pre" in result.summary
 
@@ -103,8 +104,9 @@ def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_pa
     assert main(["eval", str(folder), "--tokens", "1024", "--json"]) == 0
     reported = json.loads(capsys.readouterr().out)
     for key in ("l0", "explained_variance", "ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered",
-                "kl_div", "dead_fraction", "tokens"):
+                "kl_div", "dead_fraction"):
         assert reported[key] == pytest.approx(final_eval[key], rel=1e-6, abs=1e-9), key
+    assert reported["tokens"] == final_eval["eval_tokens"]
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_model_dir, tmp_path):
@@ -216,7 +218,7 @@ def test_every_architecture_trains_from_one_model_pass(tiny_model_dir, tmp_path)
         losses = [r["mse_loss"] for r in records if r["kind"] == "train" and r["sae"] == name]
         assert losses[-1] < losses[0], (name, losses)  # it learned
         final = result.final_metrics[name]
-        assert final["tokens"] >= 512 and final["explained_variance"] <= 1.0
+        assert final["eval_tokens"] >= 512 and final["explained_variance"] <= 1.0
 
 
 def test_non_finite_loss_stops_with_the_step_named(tmp_path):

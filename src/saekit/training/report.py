@@ -14,6 +14,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     train = [r for r in records if r.get("kind") == "train"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -28,6 +29,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
             ax.plot([r["tokens"] for r in rows], [r[key] for r in rows], label=name)
         ax.set_title(title)
         ax.set_xlabel("training tokens")
+        ax.xaxis.set_major_formatter(FuncFormatter(_short_count))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     if len({r["sae"] for r in train}) > 1:
@@ -35,6 +37,13 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _short_count(value: float, _position: int) -> str:
+    """Axis label for a token count: 0, 50k, 1.5M."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e3:g}k" if value else "0"
 
 
 def plot_density_histogram(log10_density_by_sae: dict[str, torch.Tensor], path: Path) -> None:

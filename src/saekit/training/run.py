@@ -225,6 +225,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
                 continue
             density = result.pop("log10_feature_density")
             results[unit.name] = result
+            result["eval_tokens"] = result.pop("tokens")  # "tokens" is the training position
             log.write({"kind": "eval", "step": step, "tokens": tokens, "sae": unit.name, **result})
             if wandb_logger:
                 wandb_logger.log_density(step, unit.name, density)
