@@ -108,7 +108,7 @@ def test_rerun_after_a_crash_continues_without_redoing_or_duplicating(
         _cache(CrashingLM(tiny_lm, 5), tmp_path, docs)
     before = read_manifest(tmp_path)
     assert not before["complete"] and 1 <= len(before["shards"]) < 4
-    (tmp_path / "shard_00099.safetensors.tmp").write_bytes(b"half written")
+    (tmp_path / ".shard_00099.safetensors.k3x9a1.tmp").write_bytes(b"half written")
     # the shards already written are kept as they are, not redone
     mtimes = {s["file"]: (tmp_path / s["file"]).stat().st_mtime_ns for s in before["shards"]}
     _cache(tiny_lm, tmp_path, docs)
@@ -116,7 +116,7 @@ def test_rerun_after_a_crash_continues_without_redoing_or_duplicating(
     assert after["shards"][: len(before["shards"])] == before["shards"]
     assert all((tmp_path / f).stat().st_mtime_ns == t for f, t in mtimes.items())
     assert after["shards"] == read_manifest(fresh)["shards"]  # same sizes and sha256
-    assert not (tmp_path / "shard_00099.safetensors.tmp").exists()
+    assert not (tmp_path / ".shard_00099.safetensors.k3x9a1.tmp").exists()
     got, want = _all_rows(tmp_path), _all_rows(fresh)
     for h in HOOKS:
         assert torch.equal(got[h], want[h])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from torch import Tensor
 
 from saekit.analysis.features import Examples, FeatureStats, collect_feature_stats
 from saekit.analysis.logit_lens import LogitEffects, logit_effects, token_strings
+from saekit.fileio import atomic_write_text
 
 N_QUANTILE_GROUPS = 4
 PER_GROUP = 5
@@ -78,10 +77,10 @@ def write_dashboard(
     summary = []
     for n, feature in enumerate(stats.feature_ids):
         page = _feature_page(n, stats, effects_by_id.get(feature), text, title, subtitle)
-        _write_atomic(out / feature_page_name(feature), page)
+        atomic_write_text(out / feature_page_name(feature), page)
         summary.append(_summary(n, stats, effects_by_id.get(feature), text))
-    _write_atomic(out / "index.html", _index_page(summary, stats, title, subtitle))
-    _write_atomic(out / "features.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "index.html", _index_page(summary, stats, title, subtitle))
+    atomic_write_text(out / "features.json", json.dumps(summary, indent=1))
     return out / "index.html"
 
 
@@ -298,17 +297,6 @@ def _logit_tables(effects: LogitEffects | None) -> str:
         + table(effects.negative, "neg", "suppressed")
         + "</div>"
     )
-
-
-def _write_atomic(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 CSS = """

@@ -29,11 +29,13 @@ from tqdm.auto import tqdm
 from saekit.data.activations import ActivationSource
 from saekit.data.datasets import HOLDOUT_EVERY, iter_documents
 from saekit.data.tokens import TokenWindows
+from saekit.fileio import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "saekit-activation-cache/1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SHARD_FILE = re.compile(r"^shard_\d{5,}\.safetensors(\.tmp)?$")
+# A shard, or the temporary file of one being written (saekit.fileio names it .NAME.XXXX.tmp).
+_SHARD_FILE = re.compile(r"^(shard_\d{5,}\.safetensors|\.(shard_\d{5,}\.safetensors|manifest\.json)\.\w+\.tmp)$")
 # Settings that must match when a cache is continued.
 _SETTINGS = (
     "model",
@@ -53,15 +55,6 @@ class CacheError(ValueError):
     """A cache folder that is missing, incompatible, incomplete or corrupted."""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a cache folder; ``CacheError`` if there is none or it is malformed."""
     path = Path(folder) / MANIFEST
@@ -77,7 +70,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def _check_shard_sizes(folder: Path, manifest: dict[str, Any]) -> None:
@@ -238,7 +231,7 @@ def _write_shard(
     tensors = {h: torch.cat([c[h] for c in chunks]).contiguous() for h in chunks[0]}
     data = safetensors.torch.save(tensors, metadata={"format": FORMAT})
     name = f"shard_{len(manifest['shards']):05d}.safetensors"
-    _write_atomic(folder / name, data)
+    atomic_write_bytes(folder / name, data)
     n = next(iter(tensors.values())).shape[0]
     manifest["shards"].append(
         {"file": name, "tokens": n, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch
 
 from saekit.evals.evaluate import HOLDOUT_EVERY, evaluate_sae, heldout_token_batches, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD, density_histogram
+from saekit.fileio import atomic_write, atomic_write_text
 
 DEFAULT_DATASET = "builtin:python-docs"
 DEFAULT_CONTEXT = 128
@@ -142,7 +141,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else (None if args.json else folder)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out_dir / RESULT_FILE, json.dumps(_json_safe(report), indent=2) + "\n")
+        atomic_write_text(out_dir / RESULT_FILE, json.dumps(_json_safe(report), indent=2) + "\n")
         plot_density_histogram(
             result["log10_feature_density"], out_dir / HISTOGRAM_FILE, title=str(folder)
         )
@@ -210,26 +209,10 @@ def plot_density_histogram(log10_density_F: torch.Tensor, path: Path, title: str
     n = log10_density_F.numel()
     ax.set_title(f"{title}\n{n} features, {dead} dead ({dead / n:.1%})" if n else title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _json_safe(report: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from saekit.fileio import atomic_write, atomic_write_text
 from saekit.io.legacy import (
     LegacyFormatError,
     legacy_sae_settings,
@@ -301,9 +300,9 @@ def write_saelens(parts: SAEParts, dst: Path) -> None:
         out["k"] = cfg["k"]
         out["rescale_acts_by_decoder_norm"] = bool(cfg.get("rescale_acts_by_decoder_norm", False))
     tensors = {k: v.contiguous() for k, v in parts.tensors.items()}
-    _atomic_write(dst / "sae_weights.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(dst / "sae_weights.safetensors", lambda p: save_file(tensors, p))
     if parts.sparsity is not None:
-        _atomic_write(dst / "sparsity.safetensors", lambda p: save_file({"sparsity": parts.sparsity.contiguous()}, p))
+        atomic_write(dst / "sparsity.safetensors", lambda p: save_file({"sparsity": parts.sparsity.contiguous()}, p))
     _atomic_write_text(dst / "cfg.json", json.dumps(out, indent=2))
 
 
@@ -339,7 +338,7 @@ def write_sparsify(parts: SAEParts, dst: Path) -> None:
         "transcode": False,
         "d_in": d_in,
     }
-    _atomic_write(dst / "sae.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(dst / "sae.safetensors", lambda p: save_file(tensors, p))
     _atomic_write_text(dst / "cfg.json", json.dumps(scfg, indent=2))
 
 
@@ -373,7 +372,7 @@ def write_dictionary_learning(parts: SAEParts, dst: Path) -> None:
     }
     if arch == "topk":
         trainer["k"] = int(cfg["k"])
-    _atomic_write(dst / "ae.pt", lambda p: torch.save(state, p))
+    atomic_write(dst / "ae.pt", lambda p: torch.save(state, p))
     _atomic_write_text(dst / "config.json", json.dumps({"trainer": trainer}, indent=2))
 
 
@@ -447,17 +446,5 @@ def convert(src: str | Path, dst: str | Path, to: str = "saekit", src_format: st
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
+    atomic_write_text(path, text + "\n")

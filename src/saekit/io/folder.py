@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,24 +16,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saekit.fileio import atomic_write
 from saekit.saes import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
 SCALER_FILENAME = "activation_scaler.json"  # SAELens: the unfolded activation scaling factor
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temp file next to `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _saekit_version() -> str | None:
@@ -54,19 +41,19 @@ def save_sae_folder(
     cfg = sae.cfg.to_dict()
     cfg["metadata"]["saekit_version"] = cfg["metadata"]["saekit_version"] or _saekit_version()
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_FILENAME, lambda p: save_file(tensors, p))
+    atomic_write(folder / WEIGHTS_FILENAME, lambda p: save_file(tensors, p))
     if sparsity is not None:
         if tuple(sparsity.shape) != (sae.cfg.d_sae,):
             raise ValueError(
                 f"sparsity must have shape [{sae.cfg.d_sae}], got {tuple(sparsity.shape)}"
             )
         sp = {"sparsity": sparsity.detach().float().contiguous().cpu()}
-        _atomic_write(folder / SPARSITY_FILENAME, lambda p: save_file(sp, p))
+        atomic_write(folder / SPARSITY_FILENAME, lambda p: save_file(sp, p))
 
     def write_cfg(p: str) -> None:
         Path(p).write_text(json.dumps(cfg, indent=2) + "\n")
 
-    _atomic_write(folder / CFG_FILENAME, write_cfg)
+    atomic_write(folder / CFG_FILENAME, write_cfg)
 
 
 def read_cfg(folder: str | os.PathLike[str]) -> dict[str, Any]:

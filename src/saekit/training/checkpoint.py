@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from saekit.fileio import atomic_write_text
+
 _TENSOR_KEY = "__tensor__"
 
 
@@ -51,17 +53,6 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 1) -> Path:
     """Write `state` as checkpoint `step` of `run_dir`; keep the newest `keep` checkpoints."""
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -78,7 +69,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 1) 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    write_text_atomic(ckpt_root / "latest", final.name + "\n")
+    atomic_write_text(ckpt_root / "latest", final.name + "\n")
     older = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p != final)
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)

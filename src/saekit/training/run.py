@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from saekit.fileio import atomic_write_text
 from saekit.training import distributed
 from saekit.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    write_text_atomic,
 )
 from saekit.training.config import ARCHITECTURES_WITH_K, TrainConfig
 from saekit.training.dead import FiringStats
@@ -201,7 +201,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         for unit in units:
             initialize_unit(unit, sample, cfg)
         if main:
-            write_text_atomic(config_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(config_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     wandb_logger = (
         WandbLogger(cfg.wandb_project, run_dir.name, cfg.to_dict(), run_dir)
@@ -262,7 +262,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     summary = summary_text(
         run_dir, cfg.tokens - tokens_before, seconds, final_metrics, folders
     )
-    write_text_atomic(run_dir / "summary.txt", summary + "\n")
+    atomic_write_text(run_dir / "summary.txt", summary + "\n")
     if wandb_logger:
         wandb_logger.finish()
     return TrainResult(run_dir, folders, final_metrics, summary)
