@@ -4,7 +4,7 @@ on held-back text, for a TopK and a ReLU SAE trained side by side from one model
     python benchmarks/quality_curve.py --out /tmp/quality [--activations CACHE_DIR]
 
 Default case: smollm2-135m, blocks.7.hook_resid_pre, d_sae 4608, 409,600 tokens, batch 4096,
-evaluation on 16,384 held-back tokens every 81,920 training tokens. Prints a markdown table.
+evaluation on held-back tokens every 81,920 training tokens. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--l1", type=float, help="relu sparsity coefficient (default: saekit's)")
     parser.add_argument("--tokens", type=int, default=409_600)
     parser.add_argument("--eval-every", type=int, default=81_920)
+    parser.add_argument("--eval-tokens", type=int, default=16_384)
     args = parser.parse_args()
 
     cfg = TrainConfig(
@@ -37,7 +38,7 @@ def main() -> None:
         l1s=(args.l1,) if args.l1 else (),
         tokens=args.tokens,
         eval_every_tokens=args.eval_every,
-        eval_tokens=16_384,
+        eval_tokens=args.eval_tokens,
         out=args.out,
     )
     started = time.perf_counter()

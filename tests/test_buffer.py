@@ -125,6 +125,9 @@ def test_limited_source_stops_after_the_budget_and_resumes():
         def load_state_dict(self, state):
             self.i = state["i"]
 
+    counting = Counting()
+    counting.device = torch.device("meta")
+    assert LimitedSource(counting, max_rows=7).device == torch.device("meta")  # buffer restores there
     limited = LimitedSource(Counting(), max_rows=7)
     first = next(limited)
     state = limited.state_dict()

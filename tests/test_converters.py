@@ -299,3 +299,9 @@ def test_unknown_inputs_are_explained(tmp_path):
         detect_format(tmp_path / "empty")
     with pytest.raises(ValueError, match="cannot convert to 'onnx'"):
         convert(tmp_path / "empty", tmp_path / "x", to="onnx")
+
+
+def test_transcoders_are_not_written_as_plain_saelens_saes(tmp_path):
+    SAE.create("relu", d_in=4, d_sae=8, d_out=6).save(tmp_path / "tc")
+    with pytest.raises(ValueError, match="does not write transcoders"):
+        convert(tmp_path / "tc", tmp_path / "out", to="saelens")

@@ -119,3 +119,18 @@ def test_hub_folder_from_cache(tmp_path, monkeypatch):
 def test_unknown_spec_lists_releases(tmp_path):
     with pytest.raises(FileNotFoundError, match="gpt2-small-res-jb"):
         load_sae("definitely-not-a-release")
+
+
+def test_a_saekit_folder_with_a_misspelled_key_is_an_error_not_a_default(tmp_path):
+    import json
+
+    import pytest
+
+    from saekit import SAE, load_sae
+
+    SAE.create("topk", d_in=4, d_sae=8, k=2).save(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    cfg["aux_coeficient"] = 0.5  # typo: must not fall back to a lenient reader
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="aux_coeficient"):
+        load_sae(tmp_path / "sae")

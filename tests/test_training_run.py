@@ -198,13 +198,39 @@ def test_training_from_a_cache(tiny_model_dir, tmp_path):
 
     lm = load_model(str(tiny_model_dir))
     build_cache(lm, ["blocks.2.hook_resid_pre"], "builtin:python-docs", 8192, tmp_path / "cache",
-                model_name=str(tiny_model_dir), context_size=32, shard_tokens=1024, progress=False)
+                model_name=str(tiny_model_dir), context_size=24, shard_tokens=1024, progress=False)
     cfg = small_cfg(tiny_model_dir, tmp_path / "run", hooks=(), activations=str(tmp_path / "cache"),
                     tokens=8192, eval_tokens=512)
     result = train(cfg)
     sae = SAE.load(result.sae_folders["blocks.2.hook_resid_pre"])
     assert sae.cfg.metadata.model_name == str(tiny_model_dir)
+    assert sae.cfg.metadata.context_size == 24  # the cache's windows, not the run's --context
     assert result.final_metrics["blocks.2.hook_resid_pre"]["explained_variance"] > 0
+
+
+def test_a_failed_final_evaluation_keeps_the_trained_saes(tiny_model_dir, tmp_path):
+    from pydoc_data.topics import topics
+
+    docs = tmp_path / "docs.txt"  # 12 documents: every 20th is held back, so none is
+    docs.write_text("\n\n".join(topics[k].replace("\n\n", "\n") for k in sorted(topics)[:12]))
+    cfg = small_cfg(tiny_model_dir, tmp_path / "run", dataset=str(docs), tokens=2048)
+    with pytest.warns(UserWarning, match="final evaluation failed"):
+        result = train(cfg)
+    assert SAE.load(result.sae_folders["blocks.2.hook_resid_pre"]).cfg.k == 8
+    assert (tmp_path / "run" / "summary.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(archs=("gated",), dead_feature_method="resample", resample_every_tokens=1024),
+         "resample needs a relu SAE"),
+        (dict(sae_settings=(("k", 4),)), "set k with --k"),
+    ],
+)
+def test_settings_a_run_cannot_honour_are_refused(tiny_model_dir, tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        train(small_cfg(tiny_model_dir, tmp_path / "run", tokens=1024, **changes))
 
 
 def test_every_architecture_trains_from_one_model_pass(tiny_model_dir, tmp_path):

@@ -75,6 +75,11 @@ class LimitedSource:
         self.max_rows = max_rows
         self.rows = 0
 
+    @property
+    def device(self) -> Any:
+        """The wrapped source's device (the shuffle buffer restores its contents there)."""
+        return getattr(self.source, "device", None)
+
     def __iter__(self) -> LimitedSource:
         return self
 

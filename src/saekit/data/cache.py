@@ -44,6 +44,7 @@ _SETTINGS = (
     "dtype",
     "dataset",
     "text_column",
+    "holdout_every",
     "context_size",
     "shard_tokens",
     "prepend_bos",

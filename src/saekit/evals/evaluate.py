@@ -157,13 +157,16 @@ def heldout_token_batches(
     prepend_bos: bool = True,
     exclude_special_tokens: bool = True,
     holdout_every: int = HOLDOUT_EVERY,
+    text_column: str = "text",
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """`(input_ids_BT, keep_mask_BT)` batches of the held-back documents of `dataset`.
 
     Training leaves these documents out with `iter_documents(..., holdout_every=N)`;
     `holdout_every=0` evaluates on every document instead.
     """
-    docs = iter_documents(dataset, holdout_every=holdout_every, holdout=holdout_every > 0)
+    docs = iter_documents(
+        dataset, text_column=text_column, holdout_every=holdout_every, holdout=holdout_every > 0
+    )
     windows = TokenWindows(
         docs,
         tokenizer,

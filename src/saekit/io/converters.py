@@ -283,6 +283,11 @@ def write_saelens(parts: SAEParts, dst: Path) -> None:
     arch = cfg["architecture"]
     if arch not in {"relu", "topk", "jumprelu", "gated", "batchtopk", "matryoshka"}:
         raise ValueError(f"SAELens has no inference architecture for saekit's {arch!r}")
+    if cfg.get("d_out", cfg["d_in"]) != cfg["d_in"] or parts.metadata.get("hook_name_out"):
+        raise ValueError(
+            "--to saelens does not write transcoders; a saekit transcoder folder opens in "
+            "SAELens as it is (relu, jumprelu, batchtopk and matryoshka)"
+        )
     if _TO_SAELENS_ARCH.get(arch, arch) == "jumprelu" and "threshold" not in parts.tensors:
         raise ValueError(f"a {arch!r} SAE needs a 'threshold' tensor to be written as jumprelu")
     out: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,8 +59,21 @@ def load_sae(
 def _load_local(path: Path, device: str, fmt: str | None = None) -> SAE:
     fmt = fmt or detect_format(path)
     if fmt in ("saekit", "saelens") and path.is_dir():
-        try:  # saekit and SAELens 6 folders load as they are
+        try:  # saekit and SAELens 6 folders load as they are, strictly
             return read_sae(path, "saekit", device=device)
-        except ValueError:  # an older SAELens layout: map its keys first
-            fmt = "saelens"
+        except ValueError as strict_error:
+            if _has_metadata_block(path):  # a saekit / SAELens 6 folder: its error stands
+                raise
+            try:  # an older, flat SAELens layout: map its keys first
+                return read_sae(path, "saelens", device=device)
+            except ValueError:
+                raise strict_error from None
     return read_sae(path, fmt, device=device)
+
+
+def _has_metadata_block(folder: Path) -> bool:
+    """Whether cfg.json has SAELens 6's (and saekit's) `metadata` block."""
+    try:
+        return "metadata" in json.loads((folder / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return False

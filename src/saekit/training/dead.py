@@ -67,6 +67,7 @@ def resample_dead_features(
     target_ND: Tensor,
     generator: torch.Generator,
     encoder_scale: float = 0.2,
+    is_transcoder: bool = False,
 ) -> int:
     """Anthropic's resampling (Towards Monosemanticity, 2023): re-initialise dead features.
 
@@ -91,7 +92,7 @@ def resample_dead_features(
     alive = ~dead_mask_F
     enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
     sae.W_dec[dead_idx] = directions_KD
-    if sae.W_enc.shape[0] == directions_KD.shape[1]:
+    if not is_transcoder:
         sae.W_enc[:, dead_idx] = (directions_KD * enc_norm * encoder_scale).T
     else:  # transcoder: the input space differs from the residual's; use drawn inputs
         inputs_KD = x_ND[picks] / x_ND[picks].norm(dim=1, keepdim=True).clamp_min(1e-8)

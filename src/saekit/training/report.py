@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from saekit.fileio import atomic_write
+
 
 def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
     """Loss, L0 and explained variance against training tokens, one line per SAE."""
@@ -35,7 +37,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path) -> None:
     if len({r["sae"] for r in train}) > 1:
         axes[2].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -62,7 +64,7 @@ def plot_density_histogram(log10_density_by_sae: dict[str, torch.Tensor], path: 
     if len(log10_density_by_sae) > 1:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 

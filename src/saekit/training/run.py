@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,22 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class DataOrigin:
+    """Where the training activations come from: what evaluation and SAE metadata must match.
+
+    From the run's settings for a live model, from the manifest for an activation cache.
+    """
+
+    model: str
+    dataset: str
+    context: int
+    prepend_bos: bool
+    exclude_special_tokens: bool
+    holdout_every: int
+    text_column: str = "text"
+
+
+@dataclass(frozen=True)
 class UnitSpec:
     """One SAE of a (possibly swept) run."""
 
@@ -71,13 +88,14 @@ def _training_documents(spec: str):
     return iter_documents(spec, holdout_every=HOLDOUT_EVERY, holdout=False)
 
 
-def held_back_token_batches(cfg: TrainConfig, dataset: str, tokenizer, rows: int = 16):
+def held_back_token_batches(origin: DataOrigin, tokenizer, rows: int = 16):
     """Token batches of the held-back documents (never trained on), same masking as training."""
     from saekit.evals.evaluate import heldout_token_batches
 
     return heldout_token_batches(
-        dataset, tokenizer, cfg.context, rows,
-        prepend_bos=cfg.prepend_bos, exclude_special_tokens=cfg.exclude_special_tokens,
+        origin.dataset, tokenizer, origin.context, rows,
+        prepend_bos=origin.prepend_bos, exclude_special_tokens=origin.exclude_special_tokens,
+        holdout_every=origin.holdout_every, text_column=origin.text_column,
     )  # fmt: skip
 
 
@@ -89,6 +107,9 @@ def resolve_device(name: str) -> torch.device:
 
 def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
     """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
+    swept = {"k", *COEFFICIENT_SETTING.values()} & {key for key, _ in cfg.sae_settings}
+    if swept:
+        raise ValueError(f"set {', '.join(sorted(swept))} with --k / --l1, not --sae-setting")
     specs = []
     for hook, arch in itertools.product(hooks, cfg.archs):
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
@@ -133,8 +154,8 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         method = "auxk" if spec.arch in ARCHITECTURES_WITH_K else "none"
     if method == "auxk" and spec.arch not in ARCHITECTURES_WITH_K:
         raise ValueError(f"dead_feature_method=auxk needs a TopK-family SAE, not {spec.arch}")
-    if method == "ghost_grads" and spec.arch != "relu":
-        raise ValueError(f"dead_feature_method=ghost_grads needs a relu SAE, not {spec.arch}")
+    if method in ("ghost_grads", "resample") and spec.arch != "relu":
+        raise ValueError(f"dead_feature_method={method} needs a relu SAE, not {spec.arch}")
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
     return SAEUnit(
         name=spec.name,
@@ -179,7 +200,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)
     main = distributed.is_main()
 
-    lm, buffer, hooks, dims, model_spec, dataset = _open_data(cfg, device)
+    lm, buffer, hooks, dims, origin = _open_data(cfg, device)
     units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, hooks, dims)]
     trainer = distributed.make_trainer(cfg, units)
     trainer.generator.manual_seed(cfg.seed)
@@ -209,7 +230,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         else None
     )
     bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress and main)
-    eval_batches = _eval_batches_factory(cfg, lm, model_spec, dataset, device)
+    eval_batches = _eval_batches_factory(cfg, lm, origin, device)
 
     def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
         for name, metrics in per_sae.items():
@@ -255,8 +276,12 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     if not distributed.collect(trainer):  # not rank 0: rank 0 evaluates and writes results
         return TrainResult(run_dir, {}, {}, "")
 
-    final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
-    folders = _save_saes(units, trainer, cfg, run_dir, model_spec, dataset)
+    folders = _save_saes(units, trainer, run_dir, origin)  # before anything else can fail
+    try:
+        final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
+    except (ValueError, RuntimeError, OSError) as err:
+        warnings.warn(f"the final evaluation failed ({err}); the SAEs are saved", stacklevel=1)
+        final = {}
     final_metrics = _final_metrics(units, trainer, log, final)
     _write_reports(run_dir, log, units, trainer)
     summary = summary_text(
@@ -270,7 +295,13 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
 
 def _open_data(cfg: TrainConfig, device):
     """The model (None when training from a cache), the shuffle buffer, hooks and widths."""
-    from saekit.data import ActivationSource, CachedActivations, ShuffleBuffer, TokenWindows
+    from saekit.data import (
+        HOLDOUT_EVERY,
+        ActivationSource,
+        CachedActivations,
+        ShuffleBuffer,
+        TokenWindows,
+    )
     from saekit.data.activations import LimitedSource
 
     if cfg.activations:
@@ -286,7 +317,14 @@ def _open_data(cfg: TrainConfig, device):
         source = distributed.strided_source(source, device)  # rank sharding under torchrun
         source = LimitedSource(source, cfg.tokens)  # read no more than the run trains on
         buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
-        return None, buffer, hooks, dims, manifest["model"], manifest["dataset"]
+        origin = DataOrigin(
+            model=manifest["model"], dataset=manifest["dataset"],
+            context=int(manifest["context_size"]), prepend_bos=bool(manifest["prepend_bos"]),
+            exclude_special_tokens=bool(manifest["exclude_special_tokens"]),
+            holdout_every=int(manifest.get("holdout_every", 0)),
+            text_column=manifest.get("text_column", "text"),
+        )  # fmt: skip
+        return None, buffer, hooks, dims, origin
 
     from saekit.models import load_model
 
@@ -302,12 +340,23 @@ def _open_data(cfg: TrainConfig, device):
     source = distributed.strided_source(source, device)  # rank sharding under torchrun
     source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
     buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
-    return lm, buffer, hooks, dims, cfg.model, cfg.dataset
+    origin = DataOrigin(
+        cfg.model, cfg.dataset, cfg.context, cfg.prepend_bos, cfg.exclude_special_tokens,
+        HOLDOUT_EVERY,
+    )
+    return lm, buffer, hooks, dims, origin
 
 
-def _eval_batches_factory(cfg: TrainConfig, lm, model_spec: str, dataset: str, device):
+def _eval_batches_factory(cfg: TrainConfig, lm, origin: DataOrigin, device):
     """A function returning fresh held-back token batches, or None if evaluation is off."""
     if cfg.eval_tokens <= 0:
+        return None
+    if origin.holdout_every < 2:
+        warnings.warn(
+            f"no evaluation: the activation cache holds every document of {origin.dataset!r} "
+            "(cached with --holdout-every 0), so no text is held back from training",
+            stacklevel=2,
+        )
         return None
     state: dict[str, Any] = {"lm": lm}
 
@@ -315,8 +364,8 @@ def _eval_batches_factory(cfg: TrainConfig, lm, model_spec: str, dataset: str, d
         if state["lm"] is None:  # training from a cache: load the model only to evaluate
             from saekit.models import load_model
 
-            state["lm"] = load_model(model_spec, device=device, dtype=DTYPES[cfg.dtype])
-        return state["lm"], held_back_token_batches(cfg, dataset, state["lm"].tokenizer)
+            state["lm"] = load_model(origin.model, device=device, dtype=DTYPES[cfg.dtype])
+        return state["lm"], held_back_token_batches(origin, state["lm"].tokenizer)
 
     return batches
 
@@ -335,20 +384,21 @@ def _evaluate_unit(unit: SAEUnit, cfg: TrainConfig, eval_batches) -> dict[str, A
     return {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
 
 
-def _save_saes(units, trainer: Trainer, cfg: TrainConfig, run_dir: Path, model_spec, dataset):
+def _save_saes(units, trainer: Trainer, run_dir: Path, origin: DataOrigin) -> dict[str, Path]:
     from saekit.evals.metrics import log10_feature_density
 
     folders = {}
     for unit in units:
         sae = raw_activation_sae(unit)
         meta = sae.cfg.metadata
-        meta.model_name = model_spec
+        meta.model_name = origin.model
         meta.hook_name = unit.hook_in
         meta.hook_name_out = unit.hook_out if unit.hook_out != unit.hook_in else None
-        meta.context_size = cfg.context
-        meta.dataset_path = dataset
-        meta.prepend_bos = cfg.prepend_bos
-        meta.exclude_special_tokens = cfg.exclude_special_tokens
+        meta.context_size = origin.context
+        meta.dataset_path = origin.dataset
+        meta.prepend_bos = origin.prepend_bos
+        meta.exclude_special_tokens = origin.exclude_special_tokens
+        meta.extra["holdout_every"] = origin.holdout_every
         folder = run_dir / unit.name
         sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
         folders[unit.name] = folder

@@ -28,7 +28,7 @@ def lr_factor(
     decay_start = max(warmup_steps, total_steps - decay_steps)
     if step < decay_start:
         return 1.0
-    progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+    progress = min(1.0, (step - decay_start + 1) / (total_steps - decay_start + 1))
     if schedule == "linear":
         shape = 1.0 - progress
     elif schedule == "cosine":

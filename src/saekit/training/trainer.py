@@ -129,7 +129,12 @@ class Trainer:
                     self.step % cfg.log_every == 0 or self.step == self.total_steps
                 ):
                     self.callbacks.on_log(self.step, tokens_seen, self._with_firing(step_metrics))
-                if self.callbacks.on_eval and eval_every and self.step % eval_every == 0:
+                if (
+                    self.callbacks.on_eval
+                    and eval_every
+                    and self.step % eval_every == 0
+                    and self.step < self.total_steps  # the run evaluates once more at the end
+                ):
                     self.callbacks.on_eval(self.step, tokens_seen)
                 if self._stopping():
                     if self.callbacks.on_checkpoint:
@@ -226,7 +231,8 @@ class Trainer:
     def _resample(self, unit: SAEUnit, batch: Batch) -> None:
         x_BD, target_BD = unit.inputs(batch)
         n = resample_dead_features(
-            unit.sae, unit.optimizer, unit.firing.dead_mask(), x_BD, target_BD, self.generator
+            unit.sae, unit.optimizer, unit.firing.dead_mask(), x_BD, target_BD, self.generator,
+            is_transcoder=unit.hook_in != unit.hook_out,
         )
         if n:
             unit.firing.tokens_since_fired_F[unit.firing.dead_mask()] = 0
