@@ -76,12 +76,12 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     # The saved SAE works on raw activations: its explained variance on held-back tokens,
     # computed here by hand, matches the run's final evaluation.
     from saekit.models import load_model
-    from saekit.training.run import held_back_token_batches
+    from saekit.training.run import DataOrigin, held_back_token_batches
 
     lm = load_model(str(tiny_model_dir))
-    cfg = small_cfg(tiny_model_dir, run)
+    origin = DataOrigin(str(tiny_model_dir), "builtin:python-docs", 32, True, True, 20)
     xs = []
-    for ids, keep in held_back_token_batches(cfg, cfg.dataset, lm.tokenizer, rows=1):
+    for ids, keep in held_back_token_batches(origin, lm.tokenizer, rows=1):
         xs.append(lm.run_to_hooks(ids, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"][keep])
         if sum(len(x) for x in xs) >= 1024:
             break
@@ -211,8 +211,8 @@ def test_training_from_a_cache(tiny_model_dir, tmp_path):
 def test_a_failed_final_evaluation_keeps_the_trained_saes(tiny_model_dir, tmp_path):
     from pydoc_data.topics import topics
 
-    docs = tmp_path / "docs.txt"  # 12 documents: every 20th is held back, so none is
-    docs.write_text("\n\n".join(topics[k].replace("\n\n", "\n") for k in sorted(topics)[:12]))
+    docs = tmp_path / "docs.jsonl"  # 12 documents: every 20th is held back, so none is
+    docs.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)[:12]))
     cfg = small_cfg(tiny_model_dir, tmp_path / "run", dataset=str(docs), tokens=2048)
     with pytest.warns(UserWarning, match="final evaluation failed"):
         result = train(cfg)
@@ -223,7 +223,7 @@ def test_a_failed_final_evaluation_keeps_the_trained_saes(tiny_model_dir, tmp_pa
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(archs=("gated",), dead_feature_method="resample", resample_every_tokens=1024),
+        (dict(archs=("gated",), ks=(32,), dead_feature_method="resample", resample_every_tokens=1024),
          "resample needs a relu SAE"),
         (dict(sae_settings=(("k", 4),)), "set k with --k"),
     ],
