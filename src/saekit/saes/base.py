@@ -258,6 +258,11 @@ class SAE(nn.Module):
         return f"architecture={c.architecture!r}, {size}, {settings}"
 
 
+def aux_k_for(sae: SAE, dead_mask_F: Tensor) -> int:
+    """How many dead features AuxK uses: `aux_k` (default d_in // 2), at most the dead count."""
+    return min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
+
+
 def auxk_loss(
     sae: SAE, pre_BF: Tensor, target_BO: Tensor, sae_out_BO: Tensor, dead_mask_F: Tensor | None
 ) -> Tensor | None:
@@ -268,7 +273,7 @@ def auxk_loss(
     """
     if dead_mask_F is None or not bool(dead_mask_F.any()):
         return None
-    k_aux = min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
+    k_aux = aux_k_for(sae, dead_mask_F)
     dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), torch.zeros_like(pre_BF))
     vals, idx = dead_pre_BF.topk(k_aux, dim=-1, sorted=False)
     aux_f_BF = torch.zeros_like(pre_BF).scatter(-1, idx, vals)

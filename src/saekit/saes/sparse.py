@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from saekit.saes.base import SAE, SAEOutput, fvu
+from saekit.saes.base import SAE, SAEOutput, aux_k_for, fvu
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -209,7 +209,7 @@ def _aux_code(sae: SAE, pre_BF: Tensor, dead_mask_F: Tensor | None):
     """(code, is-dead mask [N]) of the AuxK pairs, or None when AuxK is off."""
     if dead_mask_F is None or not bool(dead_mask_F.any()):
         return None
-    k_aux = min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
+    k_aux = aux_k_for(sae, dead_mask_F)
     dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), 0.0)
     code = code_from_topk(dead_pre_BF.topk(k_aux, dim=-1, sorted=False).indices)
     return code, dead_mask_F[code.cols].to(pre_BF.dtype)
