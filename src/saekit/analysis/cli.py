@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 from torch import Tensor
 
+from saekit.data.datasets import BUILTIN_PYTHON_DOCS
 from saekit.training.cli import parse_count
 
-DEFAULT_DATASET = "builtin:python-docs"
+DEFAULT_DATASET = BUILTIN_PYTHON_DOCS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

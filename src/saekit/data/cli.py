@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from saekit.data.cache import DTYPES, build_cache
-from saekit.data.datasets import HOLDOUT_EVERY
+from saekit.data.datasets import BUILTIN_PYTHON_DOCS, HOLDOUT_EVERY
+from saekit.models.loading import DEFAULT_MODEL
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HOOK = "blocks.15.hook_resid_pre"
-DEFAULT_DATASET = "builtin:python-docs"
+DEFAULT_DATASET = BUILTIN_PYTHON_DOCS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
+from saekit.data.datasets import BUILTIN_PYTHON_DOCS
 from saekit.evals.evaluate import HOLDOUT_EVERY, evaluate_sae, heldout_token_batches, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD, density_histogram
 from saekit.fileio import atomic_write, atomic_write_text
 
-DEFAULT_DATASET = "builtin:python-docs"
+DEFAULT_DATASET = BUILTIN_PYTHON_DOCS
 DEFAULT_CONTEXT = 128
 HISTOGRAM_FILE = "feature_density.png"
 RESULT_FILE = "eval.json"
