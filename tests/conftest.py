@@ -7,6 +7,27 @@ from pathlib import Path
 import pytest
 import torch
 
+SMALL_RUN = dict(
+    hooks=("blocks.2.hook_resid_pre",),
+    context=32,
+    batch_tokens=512,
+    buffer_tokens=2048,
+    forward_rows=8,
+    init_tokens=1024,
+    expansion_factor=4,
+    log_every=2,
+    progress=False,
+    threads=1,
+)
+"""Training settings for runs on the tiny model: a few seconds each, one thread."""
+
+
+def small_train_config(model_dir: Path, out: Path, **changes):
+    """A `TrainConfig` of SMALL_RUN on the model in `model_dir`, with `changes` applied."""
+    from saekit.training.config import TrainConfig
+
+    return TrainConfig(model=str(model_dir), out=str(out), **{**SMALL_RUN, **changes})
+
 
 def _training_text() -> list[str]:
     """A few KB of real English text that every Python install carries."""

@@ -21,30 +21,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import small_train_config
 from saekit.training.config import TrainConfig
 from saekit.training.run import train
 
-SMALL = dict(
-    hooks=("blocks.2.hook_resid_pre",),
-    context=32,
+SWEEP = dict(
     tokens=4096,
-    batch_tokens=512,
-    buffer_tokens=2048,
-    forward_rows=8,
-    init_tokens=1024,
-    expansion_factor=4,
     ks=(4, 8),  # a sweep of two SAEs (needed by --sae-placement shard)
     eval_tokens=0,
     dead_after_tokens=512,  # features silent for one step are dead: AuxK is active
-    log_every=2,
     checkpoint_every=2048,
-    progress=False,
-    threads=1,
 )
 
 
 def cfg_for(model_dir: Path, out: Path, **changes) -> TrainConfig:
-    return TrainConfig(model=str(model_dir), out=str(out), **{**SMALL, **changes})
+    return small_train_config(model_dir, out, **{**SWEEP, **changes})
 
 
 def _free_port() -> int:

@@ -13,30 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import small_train_config
 from saekit.saes import SAE
 from saekit.training.config import TrainConfig
 from saekit.training.run import train
 
-SMALL = dict(
-    hooks=("blocks.2.hook_resid_pre",),
-    context=32,
-    tokens=16_384,
-    batch_tokens=512,
-    buffer_tokens=2048,
-    forward_rows=8,
-    init_tokens=1024,
-    expansion_factor=4,
-    ks=(8,),
-    eval_tokens=1024,
-    dead_after_tokens=2048,
-    log_every=2,
-    progress=False,
-    threads=1,
-)
-
 
 def small_cfg(model_dir: Path, out: Path, **changes) -> TrainConfig:
-    return TrainConfig(model=str(model_dir), out=str(out), **{**SMALL, **changes})
+    settings = dict(tokens=16_384, ks=(8,), eval_tokens=1024, dead_after_tokens=2048)
+    return small_train_config(model_dir, out, **{**settings, **changes})
 
 
 def cli_args(cfg: TrainConfig) -> list[str]:

@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from saekit.data.activations import ActivationSource
 from saekit.data.datasets import HOLDOUT_EVERY, iter_documents
 from saekit.data.tokens import TokenWindows
+from saekit.dtypes import MODEL_DTYPES, torch_dtype
 from saekit.fileio import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "saekit-activation-cache/1"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A shard, or the temporary file of one being written (saekit.fileio names it .NAME.XXXX.tmp).
 _SHARD_FILE = re.compile(r"^(shard_\d{5,}\.safetensors|\.(shard_\d{5,}\.safetensors|manifest\.json)\.\w+\.tmp)$")
 # Settings that must match when a cache is continued.
@@ -111,8 +111,7 @@ def build_cache(
     larger ``tokens`` extends it. Every ``holdout_every``-th document is left out (held back
     for evaluation, as in training); 0 caches every document. Returns the manifest.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
+    store_dtype = torch_dtype(dtype, MODEL_DTYPES)
     if tokens < 1 or shard_tokens < 1:
         raise ValueError(f"tokens and shard_tokens must be >= 1, got {tokens}, {shard_tokens}")
     folder = Path(out)
@@ -166,7 +165,7 @@ def build_cache(
             if chunk is None:
                 manifest["exhausted"] = True
                 break
-            chunk = {h: t.to("cpu", DTYPES[dtype]) for h, t in chunk.items()}
+            chunk = {h: t.to("cpu", store_dtype) for h, t in chunk.items()}
             rows = next(iter(chunk.values())).shape[0]
             offset, skip = min(skip, rows), max(skip - rows, 0)  # rows cached before a restart
             while offset < rows and manifest["tokens"] + held < tokens:

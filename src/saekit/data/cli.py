@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from saekit.data.cache import DTYPES, build_cache
+from saekit.data.cache import build_cache
 from saekit.data.datasets import BUILTIN_PYTHON_DOCS, HOLDOUT_EVERY
+from saekit.dtypes import MODEL_DTYPES
 from saekit.models.loading import DEFAULT_MODEL
 
 DEFAULT_HOOK = "blocks.15.hook_resid_pre"
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tokens", type=int, required=True, help="tokens to cache (at least)")
     p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored dtype")
+    p.add_argument("--dtype", choices=MODEL_DTYPES, default="float32", help="stored dtype")
     p.add_argument(
         "--context", type=int, default=128, help="context window in tokens (default 128)"
     )

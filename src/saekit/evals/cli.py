@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from saekit.data.datasets import BUILTIN_PYTHON_DOCS
+from saekit.dtypes import DTYPES, MODEL_DTYPES
 from saekit.evals.evaluate import HOLDOUT_EVERY, evaluate_sae, heldout_token_batches, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD, density_histogram
 from saekit.fileio import atomic_write, atomic_write_text
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype"
+        "--dtype", default="float32", choices=MODEL_DTYPES, help="model dtype"
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
@@ -84,7 +85,7 @@ def _load_model(spec: str, device: str, dtype: str):
     from saekit.models import load_model
 
     try:
-        return load_model(spec, device=device, dtype=getattr(torch, dtype))
+        return load_model(spec, device=device, dtype=DTYPES[dtype])
     except (ValueError, FileNotFoundError, KeyError):
         raise
     except (OSError, ImportError) as err:

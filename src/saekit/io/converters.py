@@ -34,6 +34,7 @@ from saekit.io.legacy import (
     load_legacy_checkpoint,
     safe_torch_load,
 )
+from saekit.saes.config import ARCH_SETTINGS, architecture_from_file, saelens_architecture
 
 if TYPE_CHECKING:
     from saekit.saes import SAE
@@ -41,10 +42,6 @@ if TYPE_CHECKING:
 FORMATS = ("saekit", "saelens", "mats_pt", "sparsify", "dictionary_learning")
 WRITABLE_FORMATS = ("saekit", "saelens", "sparsify", "dictionary_learning")
 
-# saekit architecture name <-> SAELens 6 architecture name (where they differ).
-# batchtopk / matryoshka are a JumpReLU at inference (learned threshold per feature).
-_TO_SAELENS_ARCH = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
-_FROM_SAELENS_ARCH = {"standard": "relu"}
 
 
 @dataclass
@@ -173,7 +170,7 @@ def _normalize_saelens_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     if arch == "standard" and cfg.get("activation_fn_str") == "topk":
         arch = "topk"
         cfg["k"] = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
-    cfg["architecture"] = _FROM_SAELENS_ARCH.get(arch, arch)
+    cfg["architecture"] = architecture_from_file(arch) or arch
     if cfg.get("finetuning_scaling_factor"):
         raise ValueError("SAEs with finetuning_scaling_factor=True are not supported")
     for key in ("activation_fn_str", "activation_fn_kwargs", "finetuning_scaling_factor"):
@@ -281,17 +278,18 @@ def write_saelens(parts: SAEParts, dst: Path) -> None:
     """A SAELens 6 folder (architecture names mapped, saekit-only keys dropped)."""
     cfg = parts.cfg
     arch = cfg["architecture"]
-    if arch not in {"relu", "topk", "jumprelu", "gated", "batchtopk", "matryoshka"}:
+    if arch not in ARCH_SETTINGS:
         raise ValueError(f"SAELens has no inference architecture for saekit's {arch!r}")
     if cfg.get("d_out", cfg["d_in"]) != cfg["d_in"] or parts.metadata.get("hook_name_out"):
         raise ValueError(
             "--to saelens does not write transcoders; a saekit transcoder folder opens in "
             "SAELens as it is (relu, jumprelu, batchtopk and matryoshka)"
         )
-    if _TO_SAELENS_ARCH.get(arch, arch) == "jumprelu" and "threshold" not in parts.tensors:
+    saelens_arch = saelens_architecture(arch)
+    if saelens_arch == "jumprelu" and "threshold" not in parts.tensors:
         raise ValueError(f"a {arch!r} SAE needs a 'threshold' tensor to be written as jumprelu")
     out: dict[str, Any] = {
-        "architecture": _TO_SAELENS_ARCH.get(arch, arch),
+        "architecture": saelens_arch,
         "d_in": cfg["d_in"],
         "d_sae": cfg["d_sae"],
         "dtype": cfg.get("dtype", "float32"),

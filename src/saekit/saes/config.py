@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from saekit.dtypes import DTYPES
+
 # Written as metadata.sae_lens_version when a folder does not already carry one: SAELens
 # treats a folder without it as its pre-6 flat layout and would drop the metadata block.
 SAELENS_FORMAT_VERSION = "6.0.0"
@@ -67,7 +69,16 @@ _FROM_FILE = {
     **{name: name for name in ARCH_SETTINGS},
 }
 
-DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def saelens_architecture(architecture: str, is_transcoder: bool = False) -> str:
+    """The `architecture` name SAELens 6 reads for a saekit architecture."""
+    return _TO_SAELENS[(architecture, is_transcoder)]
+
+
+def architecture_from_file(name: str) -> str | None:
+    """The saekit architecture of a cfg.json `architecture` name (SAELens or saekit), or None."""
+    return _FROM_FILE.get(name)
 
 
 @dataclass
@@ -168,7 +179,7 @@ class SAEConfig:
                 f"({self.d_in}): b_dec lives in the output space"
             )
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.normalize_activations != "none":
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is not supported by "

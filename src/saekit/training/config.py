@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from saekit.dtypes import MODEL_DTYPES
+
 ARCHITECTURES_WITH_K = ("topk", "batchtopk", "matryoshka")
 ARCHITECTURES_WITH_L1 = ("relu", "gated", "jumprelu")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -141,7 +143,7 @@ class TrainConfig:
             ("dead_feature_method", self.dead_feature_method, DEAD_FEATURE_METHODS),
             ("b_dec_init", self.b_dec_init, B_DEC_INITS),
             ("normalize_activations", self.normalize_activations, NORMALIZATIONS),
-            ("dtype", self.dtype, ("float32", "bfloat16", "float16")),
+            ("dtype", self.dtype, MODEL_DTYPES),
             ("sae_placement", self.sae_placement, ("replicate", "shard")),
         ):
             if value not in allowed:

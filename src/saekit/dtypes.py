@@ -1,0 +1,22 @@
+"""The dtype names saekit accepts (in configs, flags and files) and their torch dtypes."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+"""What a language model or an activation cache may be stored in."""
+
+
+def torch_dtype(name: str, allowed: tuple[str, ...] | None = None) -> torch.dtype:
+    """The torch dtype named `name`; ValueError listing the allowed names if it is not one."""
+    allowed = allowed or tuple(DTYPES)
+    if name not in allowed:
+        raise ValueError(f"unknown dtype {name!r}; use one of {list(allowed)}")
+    return DTYPES[name]
