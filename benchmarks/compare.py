@@ -152,8 +152,8 @@ def run_cache(case: dict, args, out: Path) -> dict:
 
 
 def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
-    """Every SAE on the same held-back tokens, with saekit's evaluate_sae."""
-    from saekit.evals import evaluate_sae, scalar_metrics
+    """Every SAE on the same held-back tokens, with saekit's evaluate_saes (shared forwards)."""
+    from saekit.evals import EvalTarget, evaluate_saes, scalar_metrics
     from saekit.evals.evaluate import heldout_token_batches
     from saekit.io.converters import read_sae
     from saekit.models import load_model
@@ -161,16 +161,15 @@ def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
     if "lm" not in _MODEL:
         _MODEL["lm"] = load_model("smollm2-135m")
     lm = _MODEL["lm"]
-    results = {}
-    for name, folder in folders.items():
-        sae = read_sae(folder, "sparsify") if system == "sparsify" else read_sae(folder)
-        batches = heldout_token_batches("builtin:python-docs", lm.tokenizer, 128, 16)
-        r = scalar_metrics(
-            evaluate_sae(sae, lm, batches, max_tokens=args.eval_tokens, hook_name=HOOK)
-        )
-        results[name] = {k: r[k] for k in ("explained_variance", "l0", "ce_loss_recovered",
-                                           "kl_div", "dead_fraction", "tokens")}  # fmt: skip
-    return results
+    fmt = "sparsify" if system == "sparsify" else None
+    targets = {
+        name: EvalTarget(read_sae(folder, fmt) if fmt else read_sae(folder), HOOK, HOOK)
+        for name, folder in folders.items()
+    }
+    batches = heldout_token_batches("builtin:python-docs", lm.tokenizer, 128, 16)
+    results = evaluate_saes(targets, lm, batches, max_tokens=args.eval_tokens)
+    keys = ("explained_variance", "l0", "ce_loss_recovered", "kl_div", "dead_fraction", "tokens")
+    return {name: {k: scalar_metrics(r)[k] for k in keys} for name, r in results.items()}
 
 
 _MODEL: dict = {}

@@ -386,3 +386,33 @@ def test_transformer_lens_backend_matches_hf_and_run_with_hooks():
     on_tl = evaluate_sae(sae, tl_lm, [(ids, keep)])
     for key in ("l0", "fvu", "ce_loss_clean", "ce_loss_spliced", "ce_loss_mean_ablation", "kl_div"):
         assert on_tl[key] == pytest.approx(on_hf[key], rel=1e-4, abs=1e-6), key
+
+
+def test_evaluate_saes_equals_each_alone_with_fewer_forwards(tiny_lm, monkeypatch):
+    """Two SAEs on one hook and a transcoder elsewhere, evaluated together: each result is
+    what evaluate_sae gives alone, and the clean and ablated forwards are shared."""
+    from saekit.evals import EvalTarget, evaluate_saes
+
+    lm = tiny_lm
+    torch.manual_seed(7)
+    tc = SAE.create(
+        "relu", d_in=64, d_sae=128, d_out=64,
+        metadata={"hook_name": "blocks.1.hook_resid_mid", "hook_name_out": "blocks.1.hook_mlp_out"},
+    )  # fmt: skip
+    saes = {"a": make_sae(seed=0), "b": make_sae(seed=1), "tc": tc}
+    batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (8, 9)]
+    alone = {name: evaluate_sae(sae, lm, batches) for name, sae in saes.items()}
+
+    calls = []
+    logits = lm.logits
+    monkeypatch.setattr(lm, "logits", lambda ids: calls.append(1) or logits(ids))
+    together = evaluate_saes({n: EvalTarget.of(s) for n, s in saes.items()}, lm, batches)
+    # per batch: 1 clean + 3 spliced + 2 zero-ablated (two output hooks); then 2 hooks x 2
+    # batches mean-ablated. Alone: 4 per SAE per batch = 24.
+    assert len(calls) == 2 * (1 + 3 + 2) + 2 * 2
+    for name in saes:
+        for key, value in alone[name].items():
+            torch.testing.assert_close(
+                torch.as_tensor(together[name][key]), torch.as_tensor(value), msg=f"{name} {key}"
+            )
+    assert alone["a"]["explained_variance"] != alone["b"]["explained_variance"]

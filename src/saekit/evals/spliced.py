@@ -168,7 +168,7 @@ class SplicedBatch:
     kl_M: Tensor
 
 
-def _capture_logits(lm, input_ids_BT: Tensor, hooks: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def capture_logits(lm, input_ids_BT: Tensor, hooks: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """Clean logits and the activations at `hooks`, from one full forward."""
     acts: dict[str, Tensor] = {}
 
@@ -185,6 +185,28 @@ def _capture_logits(lm, input_ids_BT: Tensor, hooks: list[str]) -> tuple[Tensor,
             stack.enter_context(lm.splice(name, grabber(name)))
         logits_BTV = lm.logits(input_ids_BT)
     return logits_BTV, acts
+
+
+@torch.no_grad()
+def spliced_logits(
+    lm,
+    input_ids_BT: Tensor,
+    keep_mask_BT: Tensor,
+    hook_out: str,
+    x_hat_BTD: Tensor,
+    *,
+    keep_error: bool = False,
+) -> Tensor:
+    """Logits of `lm` with `x_hat_BTD` written over `hook_out` at the kept positions."""
+
+    def replace(act_BTD: Tensor) -> Tensor:
+        new_BTD = x_hat_BTD.to(act_BTD.dtype)
+        if keep_error:
+            new_BTD = new_BTD + (act_BTD - new_BTD)
+        return _where_kept(keep_mask_BT, new_BTD, act_BTD)
+
+    with lm.splice(hook_out, replace):
+        return lm.logits(input_ids_BT)
 
 
 @torch.no_grad()
@@ -222,19 +244,14 @@ def spliced_batch(
     keep_mask_BT = keep_mask_BT.to(lm.device).bool()
     positions_BT = loss_positions(keep_mask_BT)
 
-    clean_logits_BTV, acts = _capture_logits(lm, input_ids_BT, [hook_in, hook_out])
+    clean_logits_BTV, acts = capture_logits(lm, input_ids_BT, [hook_in, hook_out])
     # nothing upstream of the hooks changes in the spliced forward, so the clean input is the
     # spliced forward's input too: reconstruct once and reuse
     x_hat_BTD, feats_BTF = reconstruct(sae, acts[hook_in], scale_in, scale_out)
 
-    def replace(act_BTD: Tensor) -> Tensor:
-        new_BTD = x_hat_BTD.to(act_BTD.dtype)
-        if keep_error:
-            new_BTD = new_BTD + (act_BTD - new_BTD)
-        return _where_kept(keep_mask_BT, new_BTD, act_BTD)
-
-    with lm.splice(hook_out, replace):
-        spliced_logits_BTV = lm.logits(input_ids_BT)
+    spliced_logits_BTV = spliced_logits(
+        lm, input_ids_BT, keep_mask_BT, hook_out, x_hat_BTD, keep_error=keep_error
+    )
     ce_zero_M = ablation_ce(lm, input_ids_BT, keep_mask_BT, hook_out, None)
     ce_mean_M = None
     if mean_act_D is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from saekit.dtypes import DTYPES
 from saekit.fileio import atomic_write_text
 from saekit.training import distributed
 from saekit.training.checkpoint import (
@@ -30,7 +31,6 @@ from saekit.training.report import plot_density_histogram, plot_training_curves,
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer
 
 COEFFICIENT_SETTING = {"relu": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -156,7 +156,8 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         raise ValueError(f"dead_feature_method=auxk needs a TopK-family SAE, not {spec.arch}")
     if method in ("ghost_grads", "resample") and spec.arch != "relu":
         raise ValueError(f"dead_feature_method={method} needs a relu SAE, not {spec.arch}")
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    fused = torch.device(device).type in ("cpu", "cuda")  # one kernel per step: measured faster
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
     return SAEUnit(
         name=spec.name,
         hook_in=spec.hook_in,
@@ -239,17 +240,13 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
             wandb_logger.log(step, per_sae)
 
     def evaluate(step: int, tokens: int) -> dict[str, dict[str, float]]:
-        results = {}
-        for unit in units:
-            result = _evaluate_unit(unit, cfg, eval_batches)
-            if result is None:
-                continue
+        results = _evaluate_units(units, cfg, eval_batches)
+        for name, result in results.items():
             density = result.pop("log10_feature_density")
-            results[unit.name] = result
             result["eval_tokens"] = result.pop("tokens")  # "tokens" is the training position
-            log.write({"kind": "eval", "step": step, "tokens": tokens, "sae": unit.name, **result})
+            log.write({"kind": "eval", "step": step, "tokens": tokens, "sae": name, **result})
             if wandb_logger:
-                wandb_logger.log_density(step, unit.name, density)
+                wandb_logger.log_density(step, name, density)
         if wandb_logger and results:
             wandb_logger.log(step, results, prefix="eval/")
         return results
@@ -370,18 +367,21 @@ def _eval_batches_factory(cfg: TrainConfig, lm, origin: DataOrigin, device):
     return batches
 
 
-def _evaluate_unit(unit: SAEUnit, cfg: TrainConfig, eval_batches) -> dict[str, Any] | None:
+def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str, Any]]:
+    """Every SAE on the held-back batches, sharing the model forwards (nothing if eval is off)."""
     if eval_batches is None:
-        return None
-    from saekit.evals import evaluate_sae
+        return {}
+    from saekit.evals import EvalTarget, evaluate_saes
 
     lm, batches = eval_batches()
-    result = evaluate_sae(
-        raw_activation_sae(unit), lm, batches, max_tokens=cfg.eval_tokens,
-        hook_name=unit.hook_in, hook_name_out=unit.hook_out,
-        dense_threshold=cfg.dense_threshold,
-    )  # fmt: skip
-    return {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
+    targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
+    results = evaluate_saes(
+        targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold
+    )
+    return {
+        name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
+        for name, result in results.items()
+    }
 
 
 def _save_saes(units, trainer: Trainer, run_dir: Path, origin: DataOrigin) -> dict[str, Path]:
