@@ -73,19 +73,20 @@ def sae_step(arch: str, d_sae: int, settings: dict, sparse: bool, autocast: bool
     torch.manual_seed(0)
     sae = SAE.create(arch, d_in=D_MODEL, d_sae=d_sae, device=str(DEVICE), **settings).train()
     sae.sparse = sparse
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3, fused=True)
     x = torch.randn(TOKENS, D_MODEL, device=DEVICE) * 2
     dead = torch.zeros(d_sae, dtype=torch.bool, device=DEVICE)
 
     def step() -> None:
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast):
-            out = sae(x, dead_mask=dead)
+            out = sae(x, dead_mask=dead, sparse_feature_acts=True)  # as the trainer calls it
         out.loss.backward()
         sae.before_optimizer_step()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sae.after_optimizer_step()
-        (out.feature_acts != 0).sum(0)  # what the trainer's firing statistics read
+        if getattr(out, "fired_F", None) is None:  # the trainer's firing statistics
+            (out.feature_acts != 0).sum(0, dtype=torch.int32)
 
     return step
 

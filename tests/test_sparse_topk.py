@@ -56,6 +56,9 @@ def test_sparse_matches_dense(arch, with_dead, monkeypatch):
     for field in ("sae_out", "feature_acts", "loss", "mse_loss", "sparsity_loss", "aux_loss"):
         torch.testing.assert_close(getattr(out_s, field), getattr(out_d, field), msg=field)
     assert (out_s.feature_acts != 0).sum(-1).float().mean() > 0
+    # the firing counts the trainer reads come from the active pairs, not the dense matrix
+    torch.testing.assert_close(out_s.fired_F, (out_d.feature_acts != 0).sum(0))
+    assert 0 < out_s.fired_F.sum() < 20 * 48
     if with_dead:
         assert out_d.aux_loss > 0
     assert g_s.keys() == g_d.keys()
@@ -67,6 +70,7 @@ def test_sparse_matches_dense(arch, with_dead, monkeypatch):
 
 def test_sparse_float32_and_eval():
     dense, sparse = _pair("topk", "float32")
+    sparse.select_bf16 = False  # exact selection: the same pairs as the dense path
     x = torch.randn(64, 12)
     _, g_d = _run(dense, x, None)
     _, g_s = _run(sparse, x, None)
@@ -99,3 +103,42 @@ def test_auto_rule():
     assert not use_sparse(SAE.create("topk", d_in=8, d_sae=16, k=8), x)
     sae.sparse = False
     assert not use_sparse(sae, x)
+
+
+def test_bf16_selection_keeps_exact_values():
+    """Choosing the pairs from a bfloat16 encoder product: the chosen values are the exact
+    float32 pre-activations, and the choice is the exact top-k but for rare near-ties."""
+    torch.manual_seed(0)
+    sae = SAE.create("topk", d_in=64, d_sae=512, k=16).train()
+    sae.sparse, sae.select_bf16 = True, True
+    x = torch.randn(256, 64) * 3
+    out = sae(x)
+    exact_pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    chosen = out.feature_acts != 0
+    assert (chosen.sum(-1) <= 16).all()
+    torch.testing.assert_close(out.feature_acts[chosen], exact_pre[chosen].relu())
+    exact_top = torch.zeros_like(chosen).scatter(-1, exact_pre.topk(16, dim=-1).indices, True)
+    agree = (chosen & exact_top).sum() / chosen.sum()
+    assert agree > 0.97, agree
+    torch.testing.assert_close(out.sae_out, out.feature_acts @ sae.W_dec + sae.b_dec)
+    torch.testing.assert_close(out.fired_F, chosen.sum(0))
+    out.loss.backward()  # gradients flow through the exact values
+    assert sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
+
+
+def test_sparse_transcoder_and_input_gradient():
+    """No b_dec on the input (a transcoder), and a gradient wanted for the input itself."""
+    torch.manual_seed(1)
+    sae = SAE.create("topk", d_in=12, d_sae=48, d_out=10, k=4, dtype="float64").train()
+    assert not sae.cfg.apply_b_dec_to_input
+    dense, sparse = copy.deepcopy(sae), copy.deepcopy(sae)
+    dense.sparse, sparse.sparse = False, True
+    grads = []
+    for model in (dense, sparse):
+        x = (torch.randn(20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+        x.requires_grad_(True)
+        target = torch.randn(20, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        model(x, target).loss.backward()
+        grads.append({"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)

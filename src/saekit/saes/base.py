@@ -12,14 +12,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saekit.dtypes import DTYPES
 from saekit.saes.config import SAEConfig, SAEMetadata
-
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 class SAEOutput(NamedTuple):
@@ -188,12 +182,16 @@ class SAE(nn.Module):
         *,
         dead_mask: Tensor | None = None,
         sparsity_coefficient: float | None = None,
+        sparse_feature_acts: bool = False,
     ) -> SAEOutput:
         """Encode, decode and compute the loss parts.
 
         `target_BO` defaults to `x_BD` (transcoders pass the output hook's activations).
         `dead_mask` (bool [F]) turns on the dead-feature loss (see `dead_feature_loss`).
         `sparsity_coefficient` overrides the configured L1/L0 coefficient (warm-up).
+        `sparse_feature_acts=True` lets the sparse TopK path (`saekit.saes.sparse`) return
+        `feature_acts` as a sparse CSR tensor instead of filling a dense [B, F] one; every
+        other path ignores it.
         """
         target_BO = x_BD if target_BO is None else target_BO
         if x_BD.shape[-1] != self.cfg.d_in or target_BO.shape[-1] != self.cfg.d_out:

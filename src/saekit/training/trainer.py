@@ -172,8 +172,9 @@ class Trainer:
         device_type = x_BD.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast):
             out = unit.sae(
-                x_BD, target_BD, dead_mask=dead_mask_F, sparsity_coefficient=coefficient
-            )
+                x_BD, target_BD, dead_mask=dead_mask_F, sparsity_coefficient=coefficient,
+                sparse_feature_acts=True,  # only the firing counts are read below
+            )  # fmt: skip
         out = self._global_loss(unit, out, target_BD)
         loss = out.loss
         if not torch.isfinite(loss).item():
@@ -191,10 +192,12 @@ class Trainer:
         unit.optimizer.step()
         unit.optimizer.zero_grad(set_to_none=True)
         unit.sae.after_optimizer_step()
-        feats_BF = out.feature_acts.detach()
-        fired_F = (feats_BF != 0).sum(dim=0, dtype=torch.int32)  # one pass: L0 and firing
-        l0_value = fired_F.sum() / feats_BF.shape[0]
-        unit.firing.add_counts(fired_F, feats_BF.shape[0])
+        n_tokens = x_BD.shape[0]
+        fired_F = getattr(out, "fired_F", None)  # the sparse path counts them from its pairs
+        if fired_F is None:  # dense feature activations
+            fired_F = (out.feature_acts.detach() != 0).sum(dim=0, dtype=torch.int32)
+        l0_value = fired_F.sum() / n_tokens  # one count gives L0 and the firing statistics
+        unit.firing.add_counts(fired_F, n_tokens)
         if unit.firing.window_tokens >= cfg.dead_after_tokens:
             unit.last_density_F = unit.firing.window_density()
             unit.firing.reset_window()
