@@ -142,3 +142,34 @@ def test_sparse_transcoder_and_input_gradient():
         grads.append({"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+@pytest.mark.parametrize("decoder_norm", ["unit", "weighted"])
+def test_sparse_relu_matches_dense(decoder_norm):
+    """A ReLU SAE with sparse activations: the sparse kernels give the dense forward's
+    outputs, L1 penalty and gradients exactly; a dense batch falls back to the dense path."""
+    from saekit.saes.sparse import SparseSAEOutput
+
+    torch.manual_seed(4)
+    sae = SAE.create("relu", d_in=12, d_sae=96, dtype="float64", decoder_norm=decoder_norm)
+    with torch.no_grad():
+        sae.b_enc.fill_(-1.2)  # about 5% of the activations positive
+        sae.W_dec.mul_(torch.rand(96, 1, dtype=torch.float64) + 0.5)  # norms matter (weighted)
+    sae.train()
+    dense, sparse = copy.deepcopy(sae), copy.deepcopy(sae)
+    dense.sparse, sparse.sparse = False, True
+    x = torch.randn(40, 12, dtype=torch.float64)
+    out_d, g_d = _run(dense, x, None)
+    out_s, g_s = _run(sparse, x, None)
+    assert isinstance(out_s, SparseSAEOutput)
+    density = (out_d.feature_acts > 0).float().mean()
+    assert 0 < density < 1 / 8
+    for field in ("sae_out", "feature_acts", "loss", "mse_loss", "sparsity_loss", "aux_loss"):
+        torch.testing.assert_close(getattr(out_s, field), getattr(out_d, field), msg=field)
+    assert out_s.sparsity_loss > 0
+    for name in g_d:
+        torch.testing.assert_close(g_s[name], g_d[name], msg=name)
+    torch.testing.assert_close(out_s.fired_F, (out_d.feature_acts > 0).sum(0))
+    with torch.no_grad():
+        sparse.b_enc.fill_(0.5)  # most activations positive: the dense path runs
+    assert not isinstance(sparse(x), SparseSAEOutput)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from saekit.saes.base import SAE, auxk_loss
 from saekit.saes.registry import register
-from saekit.saes.sparse import SparseTopKMixin
+from saekit.saes.sparse import SparseMixin
 
 
 def batch_topk(pre_BF: Tensor, k: int) -> Tensor:
@@ -27,7 +27,7 @@ def batch_topk(pre_BF: Tensor, k: int) -> Tensor:
 
 
 @register
-class BatchTopKSAE(SparseTopKMixin, SAE):
+class BatchTopKSAE(SparseMixin, SAE):
     architecture = "batchtopk"
     dead_feature_loss = "auxk"
     threshold: Tensor

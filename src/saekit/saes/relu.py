@@ -4,6 +4,7 @@
 `sum_i f_i`. `decoder_norm="weighted"`: Anthropic's April 2024 form, unconstrained decoder,
 penalty `sum_i f_i * ||W_dec[i]||`. Both average the penalty over the batch. Dead features
 are revived with ghost grads (Anthropic, Jan 2024) when the trainer passes `dead_mask`.
+On CPU, batches whose activations are sparse train on the sparse kernels (`saes/sparse.py`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from torch import Tensor
 
 from saekit.saes.base import SAE, fvu
 from saekit.saes.registry import register
+from saekit.saes.sparse import SparseMixin
 
 
 @register
-class ReLUSAE(SAE):
+class ReLUSAE(SparseMixin, SAE):
     architecture = "relu"
     dead_feature_loss = "ghost_grads"
 

@@ -1,7 +1,10 @@
-"""Sparse kernels for the TopK family (topk, batchtopk, matryoshka).
+"""Sparse kernels for the TopK family (topk, batchtopk, matryoshka) and sparse ReLU SAEs.
 
 A k-sparse SAE only needs the encoder's dense matmul to *choose* the active features; every
-other product touches just the chosen (token, feature) pairs. The dense path in `base.py`
+other product touches just the chosen (token, feature) pairs. A ReLU SAE whose activations
+are sparse is the same case: the ReLU's gradient is zero off its active pairs, so with the
+pairs where the pre-activation is positive the same kernels give its exact forward, its
+L1 penalty and every gradient. The dense path in `base.py`
 spends about five times the work of that one matmul: the dense decode, the dense gradient of
 the pre-activations, and the dense W_enc and W_dec gradients. Here the active pairs are kept
 as a row-major sparse code `(crow, cols, vals)` (CSR over tokens) and two autograd Functions
@@ -180,18 +183,20 @@ def sparse_decode(code: SparseCode, vals_N: Tensor, W_dec_FO: Tensor) -> Tensor:
 
 
 def use_sparse(sae: SAE, x_BD: Tensor) -> bool:
-    """Whether `sparse_forward` should run: `sae.sparse` if set, else when it is cheaper.
+    """Whether `sparse_forward` should be tried: `sae.sparse` if set, else when it is cheaper.
 
     Auto: on CPU, for TopK-family SAEs with k at most 1/8 of d_sae and no decoder-norm
-    rescaling (the measured break-even is far below that; see docs/performance.md).
+    rescaling, and for ReLU SAEs (which fall back to the dense forward on any batch where
+    more than 1/8 of the activations are positive). The measured break-even is far below
+    1/8; see docs/performance.md.
     """
     choice = getattr(sae, "sparse", None)
-    supported = not sae.cfg.rescale_acts_by_decoder_norm
+    supported = sae.architecture == "relu" or not sae.cfg.rescale_acts_by_decoder_norm
     if choice is not None:
         return bool(choice) and supported
-    return (
-        supported and x_BD.device.type == "cpu" and sae.cfg.k <= SPARSE_MAX_DENSITY * sae.cfg.d_sae
-    )
+    if not supported or x_BD.device.type != "cpu":
+        return False
+    return sae.architecture == "relu" or sae.cfg.k <= SPARSE_MAX_DENSITY * sae.cfg.d_sae
 
 
 def select_in_bf16(sae: SAE, x_BD: Tensor) -> bool:
@@ -200,14 +205,15 @@ def select_in_bf16(sae: SAE, x_BD: Tensor) -> bool:
     The encoder matmul is the one dense product of a sparse step. Where the CPU multiplies
     bfloat16 natively (AVX512-BF16 or AMX) it runs about twice as fast in bfloat16; the chosen
     pairs' values are then recomputed exactly in float32, so only near-ties at the k-th
-    largest pre-activation may choose differently. Auto: in training mode only (inference
-    stays exact); `sae.select_bf16 = True/False` forces it.
+    largest pre-activation may choose differently. Auto: TopK family in training mode only
+    (inference and ReLU SAEs stay exact); `sae.select_bf16 = True/False` forces it.
     """
     choice = getattr(sae, "select_bf16", None)
     if choice is not None:
         return bool(choice)
     return (
         sae.training
+        and sae.architecture != "relu"
         and x_BD.device.type == "cpu"
         and sae.W_enc.dtype == torch.float32
         and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -223,8 +229,14 @@ def _selection_preacts(sae: SAE, sae_in_BD: Tensor) -> Tensor:
 
 
 def _select(sae: SAE, pre_BF: Tensor) -> SparseCode:
-    """The active pairs: per-token top-k (topk) or batch top-(k*B) (batchtopk, matryoshka)."""
+    """The active pairs: per-token top-k (topk), batch top-(k*B) (batchtopk, matryoshka) or
+    every positive pre-activation (relu)."""
     B, F_ = pre_BF.shape
+    if sae.architecture == "relu":
+        rows, cols = (pre_BF > 0).nonzero(as_tuple=True)  # row-major, columns increasing
+        crow = torch.zeros(B + 1, dtype=torch.long, device=pre_BF.device)
+        crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
+        return SparseCode(crow, rows, cols)
     if sae.architecture == "topk":
         return code_from_topk(pre_BF.topk(sae.cfg.k, dim=-1, sorted=False).indices)
     flat = pre_BF.flatten()
@@ -238,18 +250,26 @@ def sparse_forward(
     target_BO: Tensor,
     dead_mask_F: Tensor | None,
     sparse_feature_acts: bool = False,
-) -> SparseSAEOutput:
+    sparsity_coefficient: float | None = None,
+) -> SparseSAEOutput | None:
     """The training forward of a TopK-family SAE on sparse kernels (2-D inputs).
 
     Same outputs as the dense `SAE.forward` (up to near-ties when `select_in_bf16`): feature
     activations come back dense [B, F] (in the pre-activation buffer when it is float32), or
     as a sparse CSR [B, F] tensor with `sparse_feature_acts`; losses are FVU (+ AuxK when
-    `dead_mask_F` has dead features; matryoshka sums prefix FVUs).
+    `dead_mask_F` has dead features; matryoshka sums prefix FVUs; relu adds its L1 penalty).
+    Returns None where the dense forward should run instead: a ReLU SAE whose batch has more
+    than `SPARSE_MAX_DENSITY` of its activations positive, or that needs ghost grads.
     """
+    relu = sae.architecture == "relu"
+    if relu and dead_mask_F is not None and bool(dead_mask_F.any()):
+        return None  # ghost grads act on every dead feature's pre-activation: dense
     with torch.no_grad():
         pre_BF = _selection_preacts(sae, sae.sae_in(x_BD))
         code = _select(sae, pre_BF)
-        aux = _aux_code(sae, pre_BF, dead_mask_F)
+        if relu and code.cols.numel() > SPARSE_MAX_DENSITY * pre_BF.numel():
+            return None
+        aux = None if relu else _aux_code(sae, pre_BF, dead_mask_F)
     pre_N = gather_pre(sae, x_BD, pre_BF, code)
     vals_N = pre_N.relu()
     if sae.architecture == "batchtopk" or sae.architecture == "matryoshka":
@@ -260,7 +280,14 @@ def sparse_forward(
         mse = _matryoshka_fvu(sae, code, vals_N, target_BO)
     else:
         mse = fvu(sae_out_BO, target_BO)
-    aux_loss = sae_out_BO.new_zeros(())
+    zero = sae_out_BO.new_zeros(())
+    sparsity_loss = aux_loss = zero
+    if relu:  # L1 of the activations (times the decoder row norms when weighted), batch mean
+        weights_N = vals_N
+        if sae.cfg.decoder_norm == "weighted":
+            weights_N = vals_N * sae.W_dec.norm(dim=1)[code.cols]
+        coefficient = sae.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
+        sparsity_loss = coefficient * weights_N.sum() / x_BD.shape[0]
     if aux is not None:
         aux_code, aux_dead_N = aux
         aux_vals_N = gather_pre(sae, x_BD, pre_BF, aux_code)
@@ -277,8 +304,9 @@ def sparse_forward(
             f_BF = pre_BF.zero_() if pre_BF.dtype == vals_N.dtype else vals_N.new_zeros(pre_BF.shape)
             f_BF.index_put_((code.rows, code.cols), vals_N.detach())
         fired_F = torch.bincount(code.cols[vals_N.detach() > 0], minlength=pre_BF.shape[1])
-    zero = sae_out_BO.new_zeros(())
-    out = SparseSAEOutput(sae_out_BO, f_BF, mse + aux_loss, mse, zero, aux_loss)
+    out = SparseSAEOutput(
+        sae_out_BO, f_BF, mse + sparsity_loss + aux_loss, mse, sparsity_loss, aux_loss
+    )
     out.fired_F = fired_F
     return out
 
@@ -305,8 +333,9 @@ def _matryoshka_fvu(sae: SAE, code: SparseCode, vals_N: Tensor, target_BO: Tenso
     return loss
 
 
-class SparseTopKMixin:
-    """Routes `forward` of a TopK-family SAE to `sparse_forward` when `use_sparse` says so.
+class SparseMixin:
+    """Routes `forward` of a TopK-family or ReLU SAE to `sparse_forward` when `use_sparse`
+    says so (and the dense `SAE.forward` where `sparse_forward` declines).
 
     Put it before `SAE` in the bases. `sparse` (instance or class attribute): None picks
     automatically, True/False forces the sparse/dense path.
@@ -330,13 +359,17 @@ class SparseTopKMixin:
             and target.dim() == 2
             and x_BD.shape[-1] == sae.cfg.d_in
             and target.shape[-1] == sae.cfg.d_out
-            and (sae.architecture == "topk" or sae.training)  # eval batchtopk is a JumpReLU
+            and (sae.architecture in ("topk", "relu") or sae.training)  # eval batchtopk: JumpReLU
             and use_sparse(sae, x_BD)
         )
         if eligible:
             if dead_mask is not None:
                 dead_mask = dead_mask.to(device=x_BD.device, dtype=torch.bool)
-            return sparse_forward(sae, x_BD, target, dead_mask, sparse_feature_acts)
+            out = sparse_forward(
+                sae, x_BD, target, dead_mask, sparse_feature_acts, sparsity_coefficient
+            )
+            if out is not None:
+                return out
         return super().forward(  # type: ignore[misc]
             x_BD, target_BO, dead_mask=dead_mask, sparsity_coefficient=sparsity_coefficient
         )

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from saekit.saes.base import SAE, auxk_loss
 from saekit.saes.registry import register
-from saekit.saes.sparse import SparseTopKMixin
+from saekit.saes.sparse import SparseMixin
 
 
 def topk_per_row(pre_BF: Tensor, k: int) -> Tensor:
@@ -22,7 +22,7 @@ def topk_per_row(pre_BF: Tensor, k: int) -> Tensor:
 
 
 @register
-class TopKSAE(SparseTopKMixin, SAE):
+class TopKSAE(SparseMixin, SAE):
     architecture = "topk"
     dead_feature_loss = "auxk"
 
