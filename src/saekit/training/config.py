@@ -94,7 +94,8 @@ class TrainConfig:
 
     # --- data movement
     buffer_tokens: int = 65_536
-    """Shuffle buffer size in tokens (bounds memory: tokens x width x 4 bytes per hook)."""
+    """Shuffle buffer size in tokens (bounds memory: about 3.5 x tokens x width x 4 bytes per
+    hook at the peak of a refill)."""
     forward_rows: int = 32
     """Context windows per model forward."""
     seed: int = 0
