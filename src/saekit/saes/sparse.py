@@ -4,21 +4,22 @@ A k-sparse SAE only needs the encoder's dense matmul to *choose* the active feat
 other product touches just the chosen (token, feature) pairs. A ReLU SAE whose activations
 are sparse is the same case: the ReLU's gradient is zero off its active pairs, so with the
 pairs where the pre-activation is positive the same kernels give its exact forward, its
-L1 penalty and every gradient. The dense path in `base.py`
-spends about five times the work of that one matmul: the dense decode, the dense gradient of
-the pre-activations, and the dense W_enc and W_dec gradients. Here the active pairs are kept
-as a row-major sparse code `(crow, cols, vals)` (CSR over tokens) and two autograd Functions
-do the rest:
+L1 penalty and every gradient. The dense path in `base.py` spends about five times the work
+of that one matmul: the dense decode, the dense gradient of the pre-activations, and the
+dense W_enc and W_dec gradients. Here the active pairs are kept as a row-major sparse code
+`(crow, cols, vals)` (CSR over tokens) and two autograd Functions do the rest:
 
 - `GatherPre`: the pre-activations at the chosen pairs. Forward gathers them from the dense
-  pre-activations computed without a graph; backward gives W_enc and b_enc (and the encoder
-  input, for b_dec) gradients as sparse-dense products.
+  pre-activations computed without a graph (or recomputes them exactly when that product was
+  bfloat16); backward gives the W_enc gradient as a sparse-dense product, b_enc's as an
+  index-add and b_dec's as one matrix-vector product.
 - `SparseDecode`: `sum_k vals * W_dec[cols]` per token (an embedding bag). Backward gives the
   values' gradient as a sampled dense-dense product at the chosen pairs only, and a sparse
   W_dec gradient.
 
 `sparse_forward(sae, ...)` is the whole training forward on these kernels; it returns the same
-`SAEOutput` (to float tolerance) as the dense `SAE.forward`. `use_sparse(sae, x)` is the rule
+`SAEOutput` (to float tolerance, up to bf16 near-ties; see `select_in_bf16`) as the dense
+`SAE.forward`. `use_sparse(sae, x)` is the rule
 that picks it; `sae.sparse = True/False` forces either path.
 """
 
@@ -252,7 +253,7 @@ def sparse_forward(
     sparse_feature_acts: bool = False,
     sparsity_coefficient: float | None = None,
 ) -> SparseSAEOutput | None:
-    """The training forward of a TopK-family SAE on sparse kernels (2-D inputs).
+    """The forward of a TopK-family or ReLU SAE on sparse kernels (2-D inputs).
 
     Same outputs as the dense `SAE.forward` (up to near-ties when `select_in_bf16`): feature
     activations come back dense [B, F] (in the pre-activation buffer when it is float32), or
