@@ -151,8 +151,9 @@ def evaluate_saes(
             clean_M = next_token_ce(clean_logits_BTV, input_ids_BT, positions_BT)
             clean += clean_M.double().sum().item()
             ce_tokens += clean_M.numel()
-            kept_tokens += int(keep_mask_BT.sum())
-            bar.update(int(keep_mask_BT.sum()))
+            kept_here = int(keep_mask_BT.sum())
+            kept_tokens += kept_here
+            bar.update(kept_here)
             for name, t in targets.items():
                 x_hat_BTD, feats_BTF = reconstruct(t.sae, acts[t.hook_in], t.scale_in, t.scale_out)
                 logits_BTV = spliced_logits(lm, input_ids_BT, keep_mask_BT, t.hook_out, x_hat_BTD)

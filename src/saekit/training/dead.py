@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saekit.evals.metrics import firing_counts
+
 
 class FiringStats:
     """Tracks, per feature, tokens since it last fired and how often it fired in a window.
@@ -22,7 +24,7 @@ class FiringStats:
     @torch.no_grad()
     def update(self, feature_acts_BF: Tensor) -> None:
         """Count the firings of one batch of feature activations."""
-        self.add_counts((feature_acts_BF != 0).sum(dim=0, dtype=torch.int32), feature_acts_BF.shape[0])
+        self.add_counts(firing_counts(feature_acts_BF), feature_acts_BF.shape[0])
 
     @torch.no_grad()
     def add_counts(self, fired_F: Tensor, n_tokens: int) -> None:

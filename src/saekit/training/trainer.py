@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from saekit.evals.metrics import explained_variance
+from saekit.evals.metrics import explained_variance, firing_counts
 from saekit.training.config import TrainConfig
 from saekit.training.dead import FiringStats, resample_dead_features
 from saekit.training.schedules import lr_factor, warmup_factor
@@ -195,7 +195,7 @@ class Trainer:
         n_tokens = x_BD.shape[0]
         fired_F = getattr(out, "fired_F", None)  # the sparse path counts them from its pairs
         if fired_F is None:  # dense feature activations
-            fired_F = (out.feature_acts.detach() != 0).sum(dim=0, dtype=torch.int32)
+            fired_F = firing_counts(out.feature_acts.detach())
         l0_value = fired_F.sum() / n_tokens  # one count gives L0 and the firing statistics
         unit.firing.add_counts(fired_F, n_tokens)
         if unit.firing.window_tokens >= cfg.dead_after_tokens:
