@@ -24,7 +24,7 @@ from saekit.analysis import (
     parse_feature_spec,
     write_dashboard,
 )
-from saekit.analysis.cli import token_batches
+from saekit.data.provenance import Provenance, token_batches
 from saekit.models import load_model
 from saekit.saes import SAE
 
@@ -52,7 +52,7 @@ def main() -> None:
         sae = SAE.create("relu", d_in=lm.d_model, d_sae=8 * lm.d_model, metadata=meta).to(
             args.device
         )
-        probe = next(token_batches(sae, lm, None, args.context, 4))[0]
+        probe = next(token_batches(Provenance(context=args.context), lm.tokenizer, 4))[0]
         x_ND = lm.run_to_hooks(probe, [args.hook])[args.hook].flatten(0, 1)
         with torch.no_grad():
             sae.b_enc.copy_(-sae.sae_in(x_ND).matmul(sae.W_enc).quantile(0.95, dim=0))
@@ -68,7 +68,8 @@ def main() -> None:
 
     lm.run_to_hooks = counted
     ids = parse_feature_spec(args.features, sae.cfg.d_sae)
-    batches = token_batches(sae, lm, None, args.context, args.batch_rows)
+    prov = Provenance.from_sae(sae)[0].replace(context=args.context)
+    batches = token_batches(prov, lm.tokenizer, args.batch_rows)
     t0 = time.perf_counter()
     stats = collect_feature_stats(sae, lm, batches, ids, max_tokens=args.tokens, progress=True)
     t_pass = time.perf_counter() - t0

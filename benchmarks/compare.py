@@ -153,8 +153,8 @@ def run_cache(case: dict, args, out: Path) -> dict:
 
 def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
     """Every SAE on the same held-back tokens, with saekit's evaluate_saes (shared forwards)."""
+    from saekit.data.provenance import Provenance, token_batches
     from saekit.evals import EvalTarget, evaluate_saes, scalar_metrics
-    from saekit.evals.evaluate import heldout_token_batches
     from saekit.io.converters import read_sae
     from saekit.models import load_model
 
@@ -166,7 +166,7 @@ def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
         name: EvalTarget(read_sae(folder, fmt) if fmt else read_sae(folder), HOOK, HOOK)
         for name, folder in folders.items()
     }
-    batches = heldout_token_batches("builtin:python-docs", lm.tokenizer, 128, 16)
+    batches = token_batches(Provenance(context=128), lm.tokenizer, 16, "heldout")
     results = evaluate_saes(targets, lm, batches, max_tokens=args.eval_tokens)
     keys = ("explained_variance", "l0", "ce_loss_recovered", "kl_div", "dead_fraction", "tokens")
     return {name: {k: scalar_metrics(r)[k] for k in keys} for name, r in results.items()}

@@ -33,14 +33,14 @@ LIVE_VARIANTS = {"BOS/EOS positions trained on (live model)": {"exclude_special_
 
 def evaluate_all(folders: dict[str, Path], hook: str, eval_tokens: int) -> dict[str, dict]:
     """Every SAE on the same held-back tokens (BOS/EOS left out), sharing the model forwards."""
+    from saekit.data.provenance import Provenance, token_batches
     from saekit.evals import EvalTarget, evaluate_saes
-    from saekit.evals.evaluate import heldout_token_batches
     from saekit.models import load_model
     from saekit.saes import SAE
 
     lm = load_model("smollm2-135m")
     targets = {name: EvalTarget(SAE.load(folder), hook, hook) for name, folder in folders.items()}
-    batches = heldout_token_batches("builtin:python-docs", lm.tokenizer, 128, 16)
+    batches = token_batches(Provenance(context=128), lm.tokenizer, 16, "heldout")
     return evaluate_saes(targets, lm, batches, max_tokens=eval_tokens)
 
 

@@ -38,7 +38,7 @@ def test_dashboard_cli(sae_folder, tmp_path, capsys):
         "0.2k",
         "--out",
         str(out),
-        "--batch-rows",
+        "--forward-rows",
         "4",
         "--top-k",
         "5",

@@ -25,11 +25,10 @@ from saekit.data import (
     iter_documents,
     read_manifest,
 )
+from saekit.data.provenance import Provenance
 
 HOOKS = ["blocks.1.hook_resid_pre", "blocks.2.hook_mlp_out"]
-SETTINGS = dict(
-    context_size=32, shard_tokens=300, rows_per_forward=4, holdout_every=3, progress=False
-)
+SETTINGS = dict(shard_tokens=300, rows_per_forward=4, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,8 @@ def docs(tmp_path_factory):
 
 
 def _cache(lm, out, docs, tokens=1500, name="tiny", **kw):
-    return build_cache(lm, HOOKS, docs, tokens, out, model_name=name, **{**SETTINGS, **kw})
+    prov = Provenance(model=name, hooks=tuple(HOOKS), dataset=docs, context=32, holdout_every=3)
+    return build_cache(lm, prov, tokens, out, **{**SETTINGS, **kw})
 
 
 def _all_rows(folder):
@@ -61,7 +61,8 @@ def fresh(tiny_lm, docs, tmp_path_factory):
 
 def test_cache_holds_the_live_stream_in_shards(docs, tiny_lm, fresh):
     manifest = read_manifest(fresh)
-    assert manifest["complete"] and manifest["model"] == "tiny" and manifest["hooks"] == HOOKS
+    assert manifest["complete"] and manifest["provenance"]["model"] == "tiny"
+    assert manifest["hooks"] == HOOKS and Provenance.from_manifest(manifest).context == 32
     assert manifest["dims"] == {h: 64 for h in HOOKS} and manifest["dtype"] == "float32"
     assert [s["tokens"] for s in manifest["shards"]] == [300] * 5 and manifest["tokens"] == 1500
     held_out = iter_documents(docs, holdout_every=3)  # documents 2, 5, 8, ... are not cached
@@ -79,7 +80,7 @@ def test_cache_holds_the_live_stream_in_shards(docs, tiny_lm, fresh):
 
 
 def test_half_precision_is_stored_and_read_back_as_float32(docs, tiny_lm, fresh, tmp_path):
-    _cache(tiny_lm, tmp_path, docs, tokens=400, dtype="bfloat16")
+    _cache(tiny_lm, tmp_path, docs, tokens=400, store_dtype="bfloat16")
     assert load_file(tmp_path / "shard_00000.safetensors")[HOOKS[0]].dtype == torch.bfloat16
     chunk = next(CachedActivations(tmp_path, shuffle_shards=False))
     assert chunk[HOOKS[0]].dtype == torch.float32
@@ -148,13 +149,13 @@ def test_rerun_of_a_complete_cache_does_nothing_and_more_tokens_extend_it(docs, 
 def test_other_settings_or_foreign_folder_are_refused(docs, tiny_lm, tmp_path):
     _cache(tiny_lm, tmp_path / "c", docs, tokens=300)
     with pytest.raises(CacheError, match=r"other settings \(dtype"):
-        _cache(tiny_lm, tmp_path / "c", docs, tokens=300, dtype="float16")
+        _cache(tiny_lm, tmp_path / "c", docs, tokens=300, store_dtype="float16")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(CacheError, match="not empty"):
         _cache(tiny_lm, tmp_path / "other", docs, tokens=300)
     with pytest.raises(ValueError, match="unknown dtype"):
-        _cache(tiny_lm, tmp_path / "d", docs, tokens=300, dtype="int8")
+        _cache(tiny_lm, tmp_path / "d", docs, tokens=300, store_dtype="int8")
 
 
 def _copy(src, dst):
@@ -222,21 +223,19 @@ def test_cached_source_permutes_shards_per_epoch_and_resumes(fresh):
 
 
 def test_cli_defaults():
+    from saekit import settings
+    from saekit.data.provenance import DataSettings
+
     args = build_parser().parse_args(["cache", "--tokens", "10", "--out", "x"])
-    assert (args.model, args.dataset, args.context, args.dtype) == (
-        "smollm2-135m",
-        "builtin:python-docs",
-        128,
-        "float32",
-    )
-    assert args.hooks is None and args.func.__name__ == "run_cache"
+    assert settings.given(args, DataSettings) == {}  # every data setting takes its default
+    assert args.func.__name__ == "run_cache" and args.store_dtype is None
 
 
 @pytest.mark.slow
 def test_sigkill_midway_then_rerun_caches_every_token_once(docs, tiny_model_dir, tiny_lm, tmp_path):
     out = tmp_path / "killed"
     args = f"--model {tiny_model_dir} --hook {HOOKS[0]} --hook {HOOKS[1]} --dataset {docs} "
-    args += f"--holdout-every 3 --tokens 6000 --out {out} --context 32 --shard-tokens 300 --rows 4"
+    args += f"--holdout-every 3 --tokens 6000 --out {out} --context 32 --shard-tokens 300 --forward-rows 4"
     cmd = [sys.executable, "-m", "saekit", "cache", *args.split(), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120

@@ -15,6 +15,7 @@ from saekit.data import (
     iter_documents,
     iter_token_batches,
 )
+from saekit.data.provenance import Provenance
 
 pytestmark = pytest.mark.integration
 HOOK = "blocks.15.hook_resid_pre"
@@ -32,8 +33,8 @@ def test_bos_position_is_excluded_and_would_dominate(default_lm):
 
 
 def test_cache_of_the_default_model_reads_back_as_the_live_stream(default_lm, tmp_path):
-    build_cache(default_lm, [HOOK], "builtin:python-docs", 600, tmp_path, model_name="smollm2-135m",
-                holdout_every=0, shard_tokens=256, rows_per_forward=4, progress=False)  # fmt: skip
+    prov = Provenance(hooks=(HOOK,), holdout_every=0)
+    build_cache(default_lm, prov, 600, tmp_path, shard_tokens=256, rows_per_forward=4, progress=False)
     cached = list(CachedActivations(tmp_path, shuffle_shards=False))
     assert [len(c[HOOK]) for c in cached] == [256, 256, 88]
     live = list(itertools.islice(ActivationSource(default_lm, [HOOK], _windows(default_lm), 4), 2))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from saekit.cli import main
+from saekit.data import TokenWindows, iter_documents, iter_token_batches
 from saekit.evals import METRIC_KEYS, evaluate_sae
-from saekit.evals.evaluate import heldout_token_batches
 from saekit.saes import SAE
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -47,9 +47,16 @@ def run(argv, capsys):
     return code, out, err
 
 
+def heldout_batches(text_file, tokenizer, exclude_special_tokens):
+    """Held-back windows built by hand (every 20th document, BOS first), as training held them."""
+    docs = iter_documents(str(text_file), holdout_every=20, holdout=True)
+    windows = TokenWindows(docs, tokenizer, 32, exclude_special_tokens=exclude_special_tokens)
+    return iter_token_batches(windows, 2)
+
+
 def test_json_matches_evaluate_sae(sae_folder, tiny_lm, text_file, capsys):
     code, out, err = run(
-        ["eval", str(sae_folder), "--json", "--tokens", "64", "--batch-rows", "2"], capsys
+        ["eval", str(sae_folder), "--json", "--tokens", "64", "--forward-rows", "2"], capsys
     )
     assert code == 0, err
     report = json.loads(out)
@@ -58,24 +65,42 @@ def test_json_matches_evaluate_sae(sae_folder, tiny_lm, text_file, capsys):
     assert report["tokens"] >= 64
     assert not (sae_folder / "feature_density.png").exists()  # --json without --out: no files
 
-    # the same numbers as the Python API on the held-back documents (every 20th), with the
-    # cfg's exclude_special_tokens (SAELens's default False; the helper's default is True)
-    batches = heldout_token_batches(
-        str(text_file), tiny_lm.tokenizer, 32, 2, exclude_special_tokens=False
-    )
-    expected = evaluate_sae(SAE.load(sae_folder), tiny_lm, batches, max_tokens=64)
+    # The folder does not record exclude_special_tokens (as SAELens folders do not): BOS is
+    # kept clean by default and the report says so. The numbers are those of the Python API
+    # on the held-back documents with that convention (and differ from splicing at BOS).
+    assert report["exclude_special_tokens"] is True
+    assert report["exclude_special_tokens_from"] == "default"
+    sae = SAE.load(sae_folder)
+    expected = evaluate_sae(sae, tiny_lm, heldout_batches(text_file, tiny_lm.tokenizer, True), max_tokens=64)
+    at_bos = evaluate_sae(sae, tiny_lm, heldout_batches(text_file, tiny_lm.tokenizer, False), max_tokens=64)
     for key in METRIC_KEYS:
         assert report[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+    assert report["explained_variance"] != pytest.approx(at_bos["explained_variance"], rel=1e-3)
+
+
+def test_special_token_convention_is_a_flag_and_is_reported(sae_folder, tiny_lm, text_file, capsys):
+    argv = ["eval", str(sae_folder), "--tokens", "64", "--forward-rows", "2"]
+    code, out, err = run([*argv, "--json", "--no-exclude-special-tokens"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["exclude_special_tokens"] is False and report["exclude_special_tokens_from"] == "flag"
+    sae = SAE.load(sae_folder)
+    expected = evaluate_sae(sae, tiny_lm, heldout_batches(text_file, tiny_lm.tokenizer, False), max_tokens=64)
+    assert report["explained_variance"] == pytest.approx(expected["explained_variance"], rel=1e-6)
+    code, out, err = run([*argv, "--exclude-special-tokens"], capsys)
+    assert code == 0, err
+    assert "special tokens excluded (BOS/EOS/pad left clean, not counted); set by flag" in out
 
 
 def test_table_and_histogram(sae_folder, tmp_path, capsys):
     out_dir = tmp_path / "report"
     code, out, err = run(
-        ["eval", str(sae_folder), "--tokens", "32", "--batch-rows", "1", "--out", str(out_dir)],
+        ["eval", str(sae_folder), "--tokens", "32", "--forward-rows", "1", "--out", str(out_dir)],
         capsys,
     )
     assert code == 0, err
     assert "CE loss recovered" in out and "explained variance" in out
+    assert "special tokens excluded" in out and "the SAE folder does not record it" in out
     png = (out_dir / "feature_density.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     saved = json.loads((out_dir / "eval.json").read_text())

@@ -305,10 +305,10 @@ def test_bad_inputs(tiny_lm):
 @pytest.mark.integration
 def test_smollm2_spliced_against_hand_splice(default_lm):
     """Real model, real text: CE is sane, keep-error is clean, the splice matches a hand hook."""
-    from saekit.evals.evaluate import heldout_token_batches
+    from saekit.data.provenance import Provenance, token_batches
 
     lm = default_lm
-    ids, keep = next(heldout_token_batches("builtin:python-docs", lm.tokenizer, 64, 2))
+    ids, keep = next(token_batches(Provenance(context=64), lm.tokenizer, 2, "heldout"))
     torch.manual_seed(0)
     sae = SAE.create(
         "topk", d_in=576, d_sae=1024, k=16, metadata={"hook_name": "blocks.3.hook_resid_pre"}

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from saekit.cli import build_parser
-from saekit.training.cli import config_from_args, parse_count
+from saekit.settings import parse_count
+from saekit.training.cli import config_from_args
 from saekit.training.config import TrainConfig
 
 
@@ -15,8 +16,8 @@ def test_no_flags_gives_the_embedded_default():
     cfg = parse([])
     assert cfg == TrainConfig()
     assert (cfg.model, cfg.dataset, cfg.archs, cfg.ks) == (
-        "smollm2-135m", "builtin:python-docs", ("topk",), (32,),
-    )
+        "smollm2-135m", "builtin:python-docs", ("topk",), (),
+    )  # no k given: each TopK-family SAE takes its default k (32)
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -38,7 +39,7 @@ def test_json_config_and_sae_settings(tmp_path):
 def test_unknown_key_in_file_is_named(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("lr: 0.001\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match="unknown training setting.*learning_rate"):
+    with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
         parse(["--config", str(path)])
 
 
@@ -55,6 +56,10 @@ def test_unknown_flag_is_an_error(capsys):
         (["--d-sae", "100", "--expansion-factor", "4"], "either d_saes or expansion_factor"),
         (["--l1", "5"], "l1s is only used by"),
         (["--arch", "relu", "--k", "8"], "ks is only used by"),
+        (["--arch", "relu", "--k", "32"], "ks is only used by"),  # was silently ignored
+        (["--log-every", "0"], "log_every must be positive"),  # was a ZeroDivisionError
+        (["--eval-tokens", "-5"], "eval_tokens must be 0 or more"),
+        (["--holdout-every", "1"], "holdout_every must be 0 or at least 2"),
         (["--batch-tokens", "4096", "--buffer-tokens", "4096"], "buffer_tokens"),
         (["--tokens", "0"], "tokens must be positive"),
         (["--resample-every-tokens", "1000"], "only used with dead_feature_method=resample"),
@@ -79,6 +84,31 @@ def test_parse_count():
     assert parse_count("409600") == 409_600
     assert parse_count("400k") == 400_000
     assert parse_count("1.5M") == 1_500_000
+    assert parse_count("1e6") == 1_000_000
+    assert parse_count(2048) == 2048
+    with pytest.raises(ValueError, match="not a whole count"):
+        parse_count("1.5")
+    with pytest.raises(ValueError, match="not a count"):
+        parse_count("lots")
+
+
+def test_counts_with_suffixes_work_in_files_and_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("tokens: 400k\neval-tokens: 8k\ncheckpoint_every: 1.5M\n")
+    cfg = parse(["--config", str(path), "--batch-tokens", "2k", "--buffer-tokens", "64k"])
+    assert (cfg.tokens, cfg.eval_tokens, cfg.checkpoint_every) == (400_000, 8_000, 1_500_000)
+    assert (cfg.batch_tokens, cfg.buffer_tokens) == (2_000, 64_000)
+    path.write_text("tokens: many\n")
+    with pytest.raises(ValueError, match="tokens: not a count"):
+        parse(["--config", str(path)])
+
+
+def test_cache_eval_dashboard_take_counts_with_suffixes():
+    parser = build_parser()
+    args = parser.parse_args(["cache", "--tokens", "1M", "--out", "x", "--shard-tokens", "16k"])
+    assert (args.tokens, args.shard_tokens) == (1_000_000, 16_000)
+    assert parser.parse_args(["eval", "sae", "--tokens", "16k"]).tokens == 16_000
+    assert parser.parse_args(["dashboard", "sae", "--out", "d", "--tokens", "100k"]).tokens == 100_000
 
 
 def test_every_setting_has_help():

@@ -60,13 +60,13 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert final_eval["eval_tokens"] >= 1024 and 0 <= final_eval["dead_fraction"] <= 1
     # The saved SAE works on raw activations: its explained variance on held-back tokens,
     # computed here by hand, matches the run's final evaluation.
+    from saekit.data import TokenWindows, iter_documents, iter_token_batches
     from saekit.models import load_model
-    from saekit.training.run import DataOrigin, held_back_token_batches
 
     lm = load_model(str(tiny_model_dir))
-    origin = DataOrigin(str(tiny_model_dir), "builtin:python-docs", 32, True, True, 20)
+    docs = iter_documents("builtin:python-docs", holdout_every=20, holdout=True)
     xs = []
-    for ids, keep in held_back_token_batches(origin, lm.tokenizer, rows=1):
+    for ids, keep in iter_token_batches(TokenWindows(docs, lm.tokenizer, 32), 1):
         xs.append(lm.run_to_hooks(ids, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"][keep])
         if sum(len(x) for x in xs) >= 1024:
             break
@@ -179,18 +179,27 @@ def test_transcoder_reads_one_hook_and_reconstructs_another(tiny_model_dir, tmp_
 
 def test_training_from_a_cache(tiny_model_dir, tmp_path):
     from saekit.data import build_cache
+    from saekit.data.provenance import Provenance
     from saekit.models import load_model
 
     lm = load_model(str(tiny_model_dir))
-    build_cache(lm, ["blocks.2.hook_resid_pre"], "builtin:python-docs", 8192, tmp_path / "cache",
-                model_name=str(tiny_model_dir), context_size=24, shard_tokens=1024, progress=False)
-    cfg = small_cfg(tiny_model_dir, tmp_path / "run", hooks=(), activations=str(tmp_path / "cache"),
+    prov = Provenance(model=str(tiny_model_dir), hooks=("blocks.2.hook_resid_pre",), context=24)
+    build_cache(lm, prov, 8192, tmp_path / "cache", shard_tokens=1024, progress=False)
+    cache = str(tmp_path / "cache")
+    # A data setting that disagrees with the cache's record is an error naming it (it used
+    # to be dropped silently); one that agrees is accepted.
+    clash = small_cfg(tiny_model_dir, tmp_path / "clash", hooks=(), activations=cache, context=32)
+    with pytest.raises(ValueError, match=r"other data settings \(context: 32 != 24"):
+        train(clash)
+    cfg = small_cfg(tiny_model_dir, tmp_path / "run", hooks=(), activations=cache, context=24,
                     tokens=8192, eval_tokens=512)
     result = train(cfg)
     sae = SAE.load(result.sae_folders["blocks.2.hook_resid_pre"])
     assert sae.cfg.metadata.model_name == str(tiny_model_dir)
-    assert sae.cfg.metadata.context_size == 24  # the cache's windows, not the run's --context
+    assert sae.cfg.metadata.context_size == 24
     assert result.final_metrics["blocks.2.hook_resid_pre"]["explained_variance"] > 0
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert Provenance.from_dict({k: saved[k] for k in Provenance().to_dict() if k != "hooks"}) == prov.replace(hooks=())
 
 
 def test_a_failed_final_evaluation_keeps_the_trained_saes(tiny_model_dir, tmp_path):

@@ -28,13 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saekit.data import (
-    ActivationSource,
-    ShuffleBuffer,
-    TokenWindows,
-    iter_documents,
-    iter_token_batches,
-)
+from saekit.data import ShuffleBuffer
+from saekit.data.provenance import Provenance, activation_source, token_batches
 from saekit.io.load import load_sae
 from saekit.models import LanguageModel, load_model
 from saekit.saes import SAE
@@ -146,8 +141,13 @@ class ActivationsStore:
         n_batches_in_buffer: int = 20,
         prepend_bos: bool = True,
         seed: int = 42,
+        provenance: Provenance | None = None,
     ) -> None:
         model.resolve_hook(hook_name)  # unknown hooks fail now, listing the valid ones
+        base = provenance or Provenance(model=model.spec)
+        self.provenance = base.replace(
+            hooks=(hook_name,), dataset=dataset, context=context_size, prepend_bos=prepend_bos
+        )
         self.model, self.hook_name, self.dataset = model, hook_name, dataset
         self.context_size, self.store_batch_size = context_size, store_batch_size
         self.train_batch_size, self.prepend_bos = train_batch_size, prepend_bos
@@ -156,21 +156,16 @@ class ActivationsStore:
         self._tokens: Iterator[tuple[Tensor, Tensor]] | None = None
         self._acts: Iterator[dict[str, Tensor]] | None = None
 
-    def _windows(self) -> TokenWindows:
-        return TokenWindows(iter_documents(self.dataset), self.model.tokenizer, self.context_size,
-                            prepend_bos=self.prepend_bos)
-
     def get_batch_tokens(self) -> Tensor:
         """The next `[store_batch_size, context_size]` token ids of the dataset."""
         if self._tokens is None:
-            self._tokens = iter_token_batches(self._windows(), self.store_batch_size)
+            self._tokens = token_batches(self.provenance, self.model.tokenizer, self.store_batch_size)
         return next(self._tokens)[0].to(self.model.device)
 
     def next_batch(self) -> Tensor:
         """The next shuffled `[train_batch_size, d_in]` batch of activations."""
         if self._acts is None:
-            source = ActivationSource(self.model, [self.hook_name], self._windows(),
-                                      rows_per_forward=self.store_batch_size)
+            source = activation_source(self.provenance, self.model, self.store_batch_size)
             self._acts = iter(ShuffleBuffer(source, self.buffer_tokens, self.train_batch_size, self.seed))
         return next(self._acts)[self.hook_name]
 
@@ -205,10 +200,11 @@ class LMSparseAutoencoderSessionloader:
             raise ValueError(f"{path}: the SAE config names no dataset; pass dataset=")
         legacy = meta.extra.get("legacy_config", {})
         settings = {key: legacy.get(key, default) for key, default in _STORE_DEFAULTS.items()}
-        if meta.context_size is not None:
-            settings["context_size"] = meta.context_size
-        settings["prepend_bos"] = meta.prepend_bos
-        store = ActivationsStore(lm, hook, dataset, **settings)
+        prov, known = Provenance.from_sae(sae)
+        if "context" in known:
+            settings["context_size"] = prov.context
+        settings["prepend_bos"] = prov.prepend_bos
+        store = ActivationsStore(lm, hook, dataset, **settings, provenance=prov.replace(model=lm.spec))
         return lm, sae, store
 
 

@@ -7,12 +7,23 @@ from saekit.data.datasets import (
     HOLDOUT_EVERY,
     DatasetError,
     iter_documents,
-    iter_texts,
     python_docs,
+)
+from saekit.data.provenance import (
+    DataSettings,
+    Provenance,
+    activation_source,
+    settings_for_sae,
+    token_batches,
 )
 from saekit.data.tokens import TokenWindows, iter_token_batches
 
 __all__ = [
+    "DataSettings",
+    "Provenance",
+    "activation_source",
+    "settings_for_sae",
+    "token_batches",
     "HOLDOUT_EVERY",
     "ActivationSource",
     "CacheError",
@@ -22,7 +33,6 @@ __all__ = [
     "TokenWindows",
     "build_cache",
     "iter_documents",
-    "iter_texts",
     "iter_token_batches",
     "python_docs",
     "read_manifest",

@@ -27,8 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit.data.activations import ActivationSource
-from saekit.data.datasets import HOLDOUT_EVERY, iter_documents
-from saekit.data.tokens import TokenWindows
+from saekit.data.provenance import Provenance, token_windows
 from saekit.dtypes import MODEL_DTYPES, torch_dtype
 from saekit.fileio import atomic_write_bytes
 
@@ -36,20 +35,8 @@ MANIFEST = "manifest.json"
 FORMAT = "saekit-activation-cache/1"
 # A shard, or the temporary file of one being written (saekit.fileio names it .NAME.XXXX.tmp).
 _SHARD_FILE = re.compile(r"^(shard_\d{5,}\.safetensors|\.(shard_\d{5,}\.safetensors|manifest\.json)\.\w+\.tmp)$")
-# Settings that must match when a cache is continued.
-_SETTINGS = (
-    "model",
-    "hooks",
-    "dims",
-    "dtype",
-    "dataset",
-    "text_column",
-    "holdout_every",
-    "context_size",
-    "shard_tokens",
-    "prepend_bos",
-    "exclude_special_tokens",
-)
+# Settings that must match when a cache is continued (besides the provenance record).
+_SETTINGS = ("provenance", "hooks", "dims", "dtype", "shard_tokens")
 
 
 class CacheError(ValueError):
@@ -87,60 +74,47 @@ def _check_shard_sizes(folder: Path, manifest: dict[str, Any]) -> None:
 
 def build_cache(
     lm: Any,
-    hooks: list[str],
-    dataset: str,
+    prov: Provenance,
     tokens: int,
     out: str | os.PathLike,
     *,
-    model_name: str,
-    text_column: str = "text",
-    holdout_every: int = HOLDOUT_EVERY,
-    dtype: str = "float32",
-    context_size: int = 128,
+    store_dtype: str | None = None,
     shard_tokens: int = 16384,
     rows_per_forward: int = 32,
-    prepend_bos: bool = True,
-    exclude_special_tokens: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Cache ``tokens`` kept-token activations of ``hooks`` into ``out``.
+    """Cache ``tokens`` kept-token activations at ``prov.hooks`` into ``out``.
 
-    Every shard holds exactly ``shard_tokens`` rows except the last, which holds the rest (a
-    dataset that runs out first sets ``exhausted`` in the manifest). If ``out`` already
-    holds a cache with the same settings, it is continued (or left alone if complete); a
-    larger ``tokens`` extends it. Every ``holdout_every``-th document is left out (held back
-    for evaluation, as in training); 0 caches every document. Returns the manifest.
+    The windows are those of ``prov``'s training documents (every ``holdout_every``-th
+    document is left out, held back for evaluation as in training; 0 caches every
+    document). Activations are stored in ``store_dtype`` (default: the model's dtype). Every
+    shard holds exactly ``shard_tokens`` rows except the last, which holds the rest (a dataset
+    that runs out first sets ``exhausted``). If ``out`` already holds a cache with the same
+    settings, it is continued (or left alone if complete); a larger ``tokens`` extends it.
+    The manifest records ``prov``; returns the manifest.
     """
-    store_dtype = torch_dtype(dtype, MODEL_DTYPES)
+    store_dtype = store_dtype or prov.dtype
+    store = torch_dtype(store_dtype, MODEL_DTYPES)
     if tokens < 1 or shard_tokens < 1:
         raise ValueError(f"tokens and shard_tokens must be >= 1, got {tokens}, {shard_tokens}")
+    if not prov.hooks:
+        raise ValueError("the provenance record names no hook to cache")
+    hooks = list(prov.hooks)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model": model_name,
-        "hooks": list(hooks),
+        "provenance": prov.to_dict(),
+        "hooks": hooks,
         "dims": {h: int(lm.hook_dim(h)) for h in hooks},
-        "dtype": dtype,
-        "dataset": dataset,
-        "text_column": text_column,
-        "holdout_every": holdout_every,
-        "context_size": context_size,
+        "dtype": store_dtype,
         "shard_tokens": shard_tokens,
-        "prepend_bos": prepend_bos,
-        "exclude_special_tokens": exclude_special_tokens,
     }
     manifest = _open_for_writing(folder, settings)
     manifest["tokens_target"] = max(tokens, manifest.get("tokens_target", 0))
     if manifest["tokens"] >= tokens or manifest["exhausted"]:
         return manifest
 
-    windows = TokenWindows(
-        iter_documents(dataset, text_column=text_column, holdout_every=holdout_every),
-        lm.tokenizer,
-        context_size,
-        prepend_bos=prepend_bos,
-        exclude_special_tokens=exclude_special_tokens,
-    )
+    windows = token_windows(prov, lm.tokenizer, "train" if prov.holdout_every else "all")
     # The position after the last shard: token windows before a forward + its rows already cached.
     position = manifest["position"] or {"windows": None, "skip_rows": 0}
     if position["windows"] is not None:
@@ -165,7 +139,7 @@ def build_cache(
             if chunk is None:
                 manifest["exhausted"] = True
                 break
-            chunk = {h: t.to("cpu", store_dtype) for h, t in chunk.items()}
+            chunk = {h: t.to("cpu", store) for h, t in chunk.items()}
             rows = next(iter(chunk.values())).shape[0]
             offset, skip = min(skip, rows), max(skip - rows, 0)  # rows cached before a restart
             while offset < rows and manifest["tokens"] + held < tokens:

@@ -72,7 +72,6 @@ def iter_documents(
     )
 
 
-iter_texts = iter_documents  # the name used in docs/internals.md
 
 
 def _nonempty(docs: Iterable[Document], spec: str) -> Iterator[Document]:

@@ -11,14 +11,21 @@ from typing import Any
 
 import torch
 
-from saekit.data.datasets import BUILTIN_PYTHON_DOCS
-from saekit.dtypes import DTYPES, MODEL_DTYPES
-from saekit.evals.evaluate import HOLDOUT_EVERY, evaluate_sae, heldout_token_batches, scalar_metrics
+from saekit.data.datasets import HOLDOUT_EVERY
+from saekit.data.provenance import (
+    DataSettings,
+    Provenance,
+    add_data_arguments,
+    settings_for_sae,
+    token_batches,
+)
+from saekit.dtypes import DTYPES
+from saekit.evals.evaluate import evaluate_sae, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD, density_histogram
 from saekit.fileio import atomic_write, atomic_write_text
+from saekit.models.loading import resolve_device
+from saekit.settings import count_arg
 
-DEFAULT_DATASET = BUILTIN_PYTHON_DOCS
-DEFAULT_CONTEXT = 128
 HISTOGRAM_FILE = "feature_density.png"
 RESULT_FILE = "eval.json"
 
@@ -29,36 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a saved SAE: L0, explained variance, CE loss recovered, KL, density",
         description="Evaluate an SAE folder (saekit or SAELens layout) spliced into its model. "
-        "Model, hook, context and dataset come from the folder's cfg.json unless given; by "
-        f"default the held-back documents (every {HOLDOUT_EVERY}th) of the dataset are used.",
+        "The data settings (model, hook, dataset, context, BOS and special-token conventions, "
+        "holdout rule) come from the folder's provenance record unless given; by default the "
+        f"held-back documents (every {HOLDOUT_EVERY}th) are used. The report names the "
+        "special-token convention and where it came from.",
     )
     parser.add_argument("sae", metavar="SAE_FOLDER", help="folder with cfg.json + sae_weights")
-    parser.add_argument("--model", help="model spec (default: cfg.json metadata.model_name)")
+    add_data_arguments(parser, for_sae=True)
     parser.add_argument(
-        "--dataset",
-        help=f"dataset spec (default: cfg.json metadata.dataset_path, else {DEFAULT_DATASET})",
-    )
-    parser.add_argument("--hook", help="hook to splice at (default: cfg.json metadata.hook_name)")
-    parser.add_argument(
-        "--context", type=int, help="tokens per window (default: cfg.json context_size, else 128)"
-    )
-    parser.add_argument(
-        "--tokens", type=int, default=16_384, help="evaluation tokens (default: 16384)"
-    )
-    parser.add_argument(
-        "--batch-rows", type=int, default=16, help="windows per forward (default: 16)"
-    )
-    parser.add_argument(
-        "--holdout-every",
-        type=int,
-        default=HOLDOUT_EVERY,
-        help=f"evaluate on every N-th document, the ones training holds back (default: "
-        f"{HOLDOUT_EVERY}); 0 uses every document",
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument(
-        "--dtype", default="float32", choices=MODEL_DTYPES, help="model dtype"
-    )
+        "--tokens", type=count_arg, default=16_384, metavar="N",
+        help="evaluation tokens: 16384, 16k, 1M (default: 16384)",
+    )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
@@ -70,26 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_eval_command)
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _meta(sae, key: str, default: Any = None) -> Any:
-    value = getattr(sae.cfg.metadata, key, None)
-    return default if value is None else value
-
-
-def _load_model(spec: str, device: str, dtype: str):
+def _load_model(data: DataSettings, device):
     from saekit.models import load_model
 
     try:
-        return load_model(spec, device=device, dtype=DTYPES[dtype])
+        return load_model(data.model, device=device, dtype=DTYPES[data.dtype])
     except (ValueError, FileNotFoundError, KeyError):
         raise
     except (OSError, ImportError) as err:
-        raise ValueError(f"cannot load model {spec!r}: {err}") from err
+        raise ValueError(f"cannot load model {data.model!r}: {err}") from err
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
@@ -99,32 +76,24 @@ def run_eval_command(args: argparse.Namespace) -> int:
     folder = Path(args.sae)
     if not (folder / "cfg.json").is_file():
         raise FileNotFoundError(f"{folder} is not an SAE folder: no cfg.json in it")
-    if args.tokens < 1 or args.batch_rows < 1:
-        raise ValueError("--tokens and --batch-rows must be positive")
-    device = _resolve_device(args.device)
+    if args.tokens < 1:
+        raise ValueError("--tokens must be positive")
+    device = resolve_device(getattr(args, "device", "auto"))
     sae = SAE.load(folder).to(device)
-    model_spec = args.model or _meta(sae, "model_name")
-    if not model_spec:
+    data, sources = settings_for_sae(sae, args)
+    if sources["model"] == "default":
         raise ValueError(f"{folder}/cfg.json names no model (metadata.model_name): pass --model")
-    dataset = args.dataset or _meta(sae, "dataset_path") or DEFAULT_DATASET
-    context = args.context or _meta(sae, "context_size") or DEFAULT_CONTEXT
-    hook_in = args.hook or _meta(sae, "hook_name")
-    hook_out = _meta(sae, "hook_name_out") if not args.hook else None
+    if not data.hooks:
+        raise ValueError(f"{folder}/cfg.json names no hook (metadata.hook_name): pass --hook")
+    hook_in = data.hooks[0]
+    hook_out = sae.cfg.metadata.hook_name_out if sources["hooks"] != "flag" else None
 
-    lm = _load_model(model_spec, device, args.dtype)
-    batches = heldout_token_batches(
-        dataset,
-        lm.tokenizer,
-        int(context),
-        args.batch_rows,
-        prepend_bos=bool(_meta(sae, "prepend_bos", True)),
-        exclude_special_tokens=bool(_meta(sae, "exclude_special_tokens", True)),
-        holdout_every=args.holdout_every,
-    )
+    lm = _load_model(data, device)
+    part = "heldout" if data.holdout_every else "all"
     result = evaluate_sae(
         sae,
         lm,
-        batches,
+        token_batches(data, lm.tokenizer, data.forward_rows, part),
         max_tokens=args.tokens,
         hook_name=hook_in,
         hook_name_out=hook_out,
@@ -133,12 +102,15 @@ def run_eval_command(args: argparse.Namespace) -> int:
     report = {
         **scalar_metrics(result),
         "sae": str(folder),
-        "model": model_spec,
+        "model": data.model,
         "hook_name": hook_in,
         "hook_name_out": hook_out,
-        "dataset": dataset,
-        "holdout_every": args.holdout_every,
-        "context_size": int(context),
+        "dataset": data.dataset,
+        "holdout_every": data.holdout_every,
+        "context_size": data.context,
+        "exclude_special_tokens": data.exclude_special_tokens,
+        "exclude_special_tokens_from": sources["exclude_special_tokens"],
+        "provenance": Provenance.of(data).to_dict(),
     }
     out_dir = Path(args.out) if args.out else (None if args.json else folder)
     if out_dir is not None:
@@ -185,6 +157,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"dataset  {report['dataset']} (every {report['holdout_every']}th document)"
         if report["holdout_every"]
         else f"dataset  {report['dataset']} (all documents)",
+        f"tokens   {_special_tokens_line(report)}",
         "",
     ]
     rows = []
@@ -193,6 +166,15 @@ def format_table(report: dict[str, Any]) -> str:
         shown = f"{value:d}" if isinstance(value, int) else f"{value:.4g}"
         rows.append(f"{label:<36} {shown:>12}")
     return "\n".join(head + rows)
+
+
+def _special_tokens_line(report: dict[str, Any]) -> str:
+    what = "excluded (BOS/EOS/pad left clean, not counted)"
+    if not report["exclude_special_tokens"]:
+        what = "included (BOS/EOS/pad spliced and counted)"
+    origin = {"flag": "set by flag", "SAE folder": "as recorded in the SAE folder",
+              "default": "default: the SAE folder does not record it"}  # fmt: skip
+    return f"special tokens {what}; {origin[report['exclude_special_tokens_from']]}"
 
 
 def plot_density_histogram(log10_density_F: torch.Tensor, path: Path, title: str = "") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.data import HOLDOUT_EVERY, TokenWindows, iter_documents, iter_token_batches
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
 from saekit.evals.spliced import (
     ablation_ce,
@@ -219,32 +218,3 @@ def _rows_until(input_ids_BT: Tensor, keep_mask_BT: Tensor, tokens: int) -> tupl
 def scalar_metrics(result: dict[str, Any]) -> dict[str, float | int]:
     """The JSON-friendly part of an `evaluate_sae` result, in `METRIC_KEYS` order."""
     return {key: result[key] for key in METRIC_KEYS}
-
-
-def heldout_token_batches(
-    dataset: str,
-    tokenizer,
-    context_size: int,
-    rows: int,
-    *,
-    prepend_bos: bool = True,
-    exclude_special_tokens: bool = True,
-    holdout_every: int = HOLDOUT_EVERY,
-    text_column: str = "text",
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """`(input_ids_BT, keep_mask_BT)` batches of the held-back documents of `dataset`.
-
-    Training leaves these documents out with `iter_documents(..., holdout_every=N)`;
-    `holdout_every=0` evaluates on every document instead.
-    """
-    docs = iter_documents(
-        dataset, text_column=text_column, holdout_every=holdout_every, holdout=holdout_every > 0
-    )
-    windows = TokenWindows(
-        docs,
-        tokenizer,
-        context_size,
-        prepend_bos=prepend_bos,
-        exclude_special_tokens=exclude_special_tokens,
-    )
-    return iter_token_batches(windows, rows)

@@ -10,7 +10,7 @@ acts = lm.run_to_hooks(ids_BT, ["blocks.7.hook_resid_pre"])   # stops after laye
 from saekit.models.hooks import HookPoint, resolve_hook
 from saekit.models.language_model import LanguageModel
 from saekit.models.layouts import Layout, detect_layout
-from saekit.models.loading import DEFAULT_MODEL, load_model
+from saekit.models.loading import DEFAULT_MODEL, load_model, resolve_device
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -19,5 +19,6 @@ __all__ = [
     "Layout",
     "detect_layout",
     "load_model",
+    "resolve_device",
     "resolve_hook",
 ]

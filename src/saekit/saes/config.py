@@ -95,7 +95,7 @@ class SAEMetadata:
     context_size: int | None = None
     dataset_path: str | None = None
     prepend_bos: bool = True
-    exclude_special_tokens: bool | list[int] = False
+    exclude_special_tokens: bool | list[int] | None = None  # None: not recorded (SAELens)
     model_class_name: str | None = None
     hook_head_index: int | None = None
     model_from_pretrained_kwargs: dict[str, Any] | None = None
@@ -109,6 +109,8 @@ class SAEMetadata:
     def to_dict(self) -> dict[str, Any]:
         """Flat dict for `cfg.json` (extra keys merged in)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if out["exclude_special_tokens"] is None:  # unknown stays unknown, not a guess
+            del out["exclude_special_tokens"]
         if out["sae_lens_version"] is None:
             out["sae_lens_version"] = SAELENS_FORMAT_VERSION
         return {**out, **self.extra}

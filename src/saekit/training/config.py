@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from saekit.dtypes import MODEL_DTYPES
+from saekit import settings
+from saekit.data.provenance import DataSettings
+from saekit.settings import Count
 
 ARCHITECTURES_WITH_K = ("topk", "batchtopk", "matryoshka")
 ARCHITECTURES_WITH_L1 = ("relu", "gated", "jumprelu")
@@ -21,27 +19,16 @@ NORMALIZATIONS = ("expected_norm", "none")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run. Comma lists in `hooks`, `archs`, `ks`, `l1s` and
-    `d_saes` make a sweep: one SAE per combination, all fed by one model pass."""
+class TrainConfig(DataSettings):
+    """Everything that decides a training run: the data settings (the provenance record,
+    device, forward rows) and the training's own. Comma lists in `hooks`, `archs`, `ks`, `l1s`
+    and `d_saes` make a sweep: one SAE per combination, all fed by one model pass."""
 
     # --- what to train on
-    model: str = "smollm2-135m"
-    """Model spec: `smollm2-135m` (embedded default), an HF id or folder, or `tl:NAME`."""
-    hooks: tuple[str, ...] = ()
-    """Hook name(s) to read activations at; empty means the middle layer's `hook_resid_pre`."""
     hook_out: str | None = None
     """Train transcoders: read the input at `hooks`, reconstruct the activation at this hook."""
-    dataset: str = "builtin:python-docs"
-    """Dataset spec: `builtin:python-docs`, a local file or folder, or an HF hub id."""
     activations: str | None = None
     """Train from an activation cache written by `saekit cache` instead of the live model."""
-    context: int = 128
-    """Tokens per context window."""
-    prepend_bos: bool = True
-    """Start every context window with the BOS token."""
-    exclude_special_tokens: bool = True
-    """Leave BOS/EOS/padding positions out of training and evaluation."""
 
     # --- the SAE(s)
     archs: tuple[str, ...] = ("topk",)
@@ -50,17 +37,17 @@ class TrainConfig:
     """Dictionary size(s); empty means `expansion_factor` times the hook width."""
     expansion_factor: int | None = None
     """Dictionary size as a multiple of the hook width (8 when neither this nor d_saes is set)."""
-    ks: tuple[int, ...] = (32,)
-    """Active features per token for topk, batchtopk and matryoshka."""
+    ks: tuple[int, ...] = ()
+    """Active features per token for topk, batchtopk and matryoshka; empty uses each default (32)."""
     l1s: tuple[float, ...] = ()
     """Sparsity coefficient(s) for relu, gated (L1) and jumprelu (L0); empty uses each default."""
     sae_settings: tuple[tuple[str, Any], ...] = ()
     """Further architecture settings as KEY=VALUE (e.g. decoder_norm=weighted, bandwidth=0.001)."""
 
     # --- optimisation
-    tokens: int = 409_600
+    tokens: Count = 409_600
     """Training tokens."""
-    batch_tokens: int = 4096
+    batch_tokens: Count = 4096
     """Tokens per optimizer step (the global batch)."""
     lr: float = 3e-3
     """Adam learning rate."""
@@ -68,46 +55,40 @@ class TrainConfig:
     """Adam betas."""
     lr_schedule: str = "linear"
     """Learning-rate decay after warm-up: constant, linear or cosine."""
-    lr_warmup_tokens: int = 0
+    lr_warmup_tokens: Count = 0
     """Tokens of linear learning-rate warm-up from zero."""
     lr_decay_fraction: float = 0.2
     """Fraction of training (at the end) over which the learning rate decays to `lr_end_factor`."""
     lr_end_factor: float = 0.0
     """Final learning rate as a fraction of `lr`."""
-    sparsity_warmup_tokens: int = 0
+    sparsity_warmup_tokens: Count = 0
     """Tokens of linear warm-up of the sparsity coefficient from zero."""
     b_dec_init: str = "mean"
     """Initial decoder bias: mean or geometric_median of a sample of activations, or zeros."""
     normalize_activations: str = "expected_norm"
     """expected_norm: scale activations so their mean norm is sqrt(d_in) during training (folded
     back into the saved weights); none: train on raw activations."""
-    init_tokens: int = 16_384
+    init_tokens: Count = 16_384
     """Tokens sampled before training to initialise b_dec and the normalisation scale."""
     dead_feature_method: str = "auto"
     """auto (AuxK for the TopK family, none otherwise), auxk, ghost_grads, resample or none."""
-    dead_after_tokens: int = 81_920
+    dead_after_tokens: Count = 81_920
     """A feature that has not fired for this many tokens counts as dead."""
-    resample_every_tokens: int = 0
+    resample_every_tokens: Count = 0
     """For dead_feature_method=resample: resample dead features every this many tokens."""
     dense_threshold: float = 0.1
     """A feature firing on more than this fraction of tokens counts as dense."""
 
     # --- data movement
-    buffer_tokens: int = 65_536
+    buffer_tokens: Count = 65_536
     """Shuffle buffer size in tokens (bounds memory: about 3.5 x tokens x width x 4 bytes per
     hook at the peak of a refill)."""
-    forward_rows: int = 32
-    """Context windows per model forward."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
 
     # --- where and how
     out: str = "runs/saekit"
     """Run folder: SAE folder(s), metrics.jsonl, plots, checkpoints."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N or auto."""
-    dtype: str = "float32"
-    """Model dtype: float32, bfloat16 or float16 (SAEs always keep float32 weights)."""
     autocast: bool = False
     """Run SAE forward/backward under bfloat16 autocast (float32 master weights)."""
     threads: int = 0
@@ -121,11 +102,11 @@ class TrainConfig:
     # --- logging, evaluation, checkpoints
     log_every: int = 5
     """Steps between metric lines in metrics.jsonl."""
-    eval_every_tokens: int = 0
+    eval_every_tokens: Count = 0
     """Evaluate on held-back tokens every this many training tokens (0: only at the end)."""
-    eval_tokens: int = 16_384
+    eval_tokens: Count = 16_384
     """Held-back tokens per evaluation (0 disables evaluation)."""
-    checkpoint_every: int = 0
+    checkpoint_every: Count = 0
     """Write a checkpoint every this many tokens (0: only on interrupt)."""
     wandb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
@@ -135,6 +116,7 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.validate()
 
     def validate(self) -> None:
@@ -144,15 +126,17 @@ class TrainConfig:
             ("dead_feature_method", self.dead_feature_method, DEAD_FEATURE_METHODS),
             ("b_dec_init", self.b_dec_init, B_DEC_INITS),
             ("normalize_activations", self.normalize_activations, NORMALIZATIONS),
-            ("dtype", self.dtype, MODEL_DTYPES),
             ("sae_placement", self.sae_placement, ("replicate", "shard")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-        for name in ("tokens", "batch_tokens", "context", "buffer_tokens", "forward_rows",
-                     "dist_timeout"):
+        for name in ("tokens", "batch_tokens", "buffer_tokens", "dist_timeout", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "Count" and value < 0:
+                raise ValueError(f"{f.name} must be 0 or more, got {value}")
         if 2 * self.batch_tokens > self.buffer_tokens:
             raise ValueError(
                 f"buffer_tokens={self.buffer_tokens} must be at least twice batch_tokens={self.batch_tokens}"
@@ -167,7 +151,7 @@ class TrainConfig:
             raise ValueError("dead_feature_method=resample needs resample_every_tokens > 0")
         if self.resample_every_tokens and self.dead_feature_method != "resample":
             raise ValueError("resample_every_tokens is only used with dead_feature_method=resample")
-        if self.ks != (32,) and not any(a in ARCHITECTURES_WITH_K for a in self.archs):
+        if self.ks and not any(a in ARCHITECTURES_WITH_K for a in self.archs):
             raise ValueError(f"ks is only used by {', '.join(ARCHITECTURES_WITH_K)}")
         if self.l1s and not any(a in ARCHITECTURES_WITH_L1 for a in self.archs):
             raise ValueError(f"l1s is only used by {', '.join(ARCHITECTURES_WITH_L1)}")
@@ -175,57 +159,18 @@ class TrainConfig:
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return settings.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, refusing unknown keys by name."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**{k: _coerce(known[k], v) for k, v in data.items()})
+        """Build from a dict (a config file, a saved run), refusing unknown keys by name."""
+        data = dict(data)
+        if isinstance(data.get("sae_settings"), dict):
+            data["sae_settings"] = tuple(data["sae_settings"].items())
+        elif "sae_settings" in data:
+            data["sae_settings"] = tuple(tuple(item) for item in data["sae_settings"])
+        return settings.build(cls, data)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)
-
-
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Turn JSON/YAML lists back into the tuples the dataclass declares."""
-    if isinstance(value, list):
-        if f.name == "sae_settings":
-            return tuple(tuple(item) for item in value)
-        return tuple(value)
-    if isinstance(value, dict) and f.name == "sae_settings":
-        return tuple(value.items())
-    return value
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict of settings (keys with - or _ both work)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def field_docs() -> dict[str, str]:
-    """Field name -> the docstring written under it (used for CLI help)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(TrainConfig))
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())  # type: ignore[union-attr]
-    return docs

@@ -8,15 +8,16 @@ import itertools
 import json
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from saekit.data.provenance import Provenance, activation_source, default_hook, token_batches
 from saekit.dtypes import DTYPES
 from saekit.fileio import atomic_write_text
+from saekit.models.loading import resolve_device
 from saekit.training import distributed
 from saekit.training.checkpoint import (
     latest_checkpoint,
@@ -30,6 +31,7 @@ from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
 from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer
 
+EVAL_ROWS = 16  # held-back windows per evaluation forward
 COEFFICIENT_SETTING = {"relu": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient"}
 
 
@@ -44,22 +46,6 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class DataOrigin:
-    """Where the training activations come from: what evaluation and SAE metadata must match.
-
-    From the run's settings for a live model, from the manifest for an activation cache.
-    """
-
-    model: str
-    dataset: str
-    context: int
-    prepend_bos: bool
-    exclude_special_tokens: bool
-    holdout_every: int
-    text_column: str = "text"
-
-
-@dataclass(frozen=True)
 class UnitSpec:
     """One SAE of a (possibly swept) run."""
 
@@ -71,40 +57,6 @@ class UnitSpec:
     settings: tuple[tuple[str, Any], ...]
 
 
-class RepeatedDocuments:
-    """The training documents of a dataset, epoch after epoch (so small datasets repeat)."""
-
-    def __init__(self, spec: str):
-        self.spec = spec
-
-    def __iter__(self) -> Iterator:
-        for _epoch in itertools.count():
-            yield from _training_documents(self.spec)
-
-
-def _training_documents(spec: str):
-    from saekit.data import HOLDOUT_EVERY, iter_documents
-
-    return iter_documents(spec, holdout_every=HOLDOUT_EVERY, holdout=False)
-
-
-def held_back_token_batches(origin: DataOrigin, tokenizer, rows: int = 16):
-    """Token batches of the held-back documents (never trained on), same masking as training."""
-    from saekit.evals.evaluate import heldout_token_batches
-
-    return heldout_token_batches(
-        origin.dataset, tokenizer, origin.context, rows,
-        prepend_bos=origin.prepend_bos, exclude_special_tokens=origin.exclude_special_tokens,
-        holdout_every=origin.holdout_every, text_column=origin.text_column,
-    )  # fmt: skip
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
     """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
     swept = {"k", *COEFFICIENT_SETTING.values()} & {key for key, _ in cfg.sae_settings}
@@ -113,9 +65,9 @@ def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[Unit
     specs = []
     for hook, arch in itertools.product(hooks, cfg.archs):
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
-        if arch in ARCHITECTURES_WITH_K:
+        if arch in ARCHITECTURES_WITH_K and cfg.ks:
             sparsity = [(("k", k),) for k in cfg.ks]
-        elif cfg.l1s:
+        elif arch not in ARCHITECTURES_WITH_K and cfg.l1s:
             sparsity = [((COEFFICIENT_SETTING[arch], c),) for c in cfg.l1s]
         else:
             sparsity = [()]  # the architecture's default coefficient
@@ -201,7 +153,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)
     main = distributed.is_main()
 
-    lm, buffer, hooks, dims, origin = _open_data(cfg, device)
+    lm, buffer, hooks, dims, prov = _open_data(cfg, device)
     units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, hooks, dims)]
     trainer = distributed.make_trainer(cfg, units)
     trainer.generator.manual_seed(cfg.seed)
@@ -222,8 +174,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         sample = buffer.peek(cfg.init_tokens)
         for unit in units:
             initialize_unit(unit, sample, cfg)
-        if main:
-            atomic_write_text(config_file, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if main:  # the run config records the provenance (a cache's, when training from one)
+            recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
+            atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")
 
     wandb_logger = (
         WandbLogger(cfg.wandb_project, run_dir.name, cfg.to_dict(), run_dir)
@@ -231,7 +184,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         else None
     )
     bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress and main)
-    eval_batches = _eval_batches_factory(cfg, lm, origin, device)
+    eval_batches = _eval_batches_factory(cfg, lm, prov, device)
 
     def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
         for name, metrics in per_sae.items():
@@ -273,7 +226,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     if not distributed.collect(trainer):  # not rank 0: rank 0 evaluates and writes results
         return TrainResult(run_dir, {}, {}, "")
 
-    folders = _save_saes(units, trainer, run_dir, origin)  # before anything else can fail
+    folders = _save_saes(units, trainer, run_dir, prov)  # before anything else can fail
     try:
         final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
     except (ValueError, RuntimeError, OSError) as err:
@@ -291,67 +244,64 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
 
 
 def _open_data(cfg: TrainConfig, device):
-    """The model (None when training from a cache), the shuffle buffer, hooks and widths."""
-    from saekit.data import (
-        HOLDOUT_EVERY,
-        ActivationSource,
-        CachedActivations,
-        ShuffleBuffer,
-        TokenWindows,
-    )
+    """The model (None when training from a cache), shuffle buffer, hooks, widths, provenance."""
+    from saekit.data import CachedActivations, ShuffleBuffer
     from saekit.data.activations import LimitedSource
 
     if cfg.activations:
         source = CachedActivations(cfg.activations, seed=cfg.seed, epochs=10**9, device=device)
-        manifest = source.manifest
-        hooks = list(cfg.hooks) or list(manifest["hooks"])
-        needed = hooks + ([cfg.hook_out] if cfg.hook_out else [])
-        missing = [h for h in needed if h not in manifest["hooks"]]
+        prov = cache_provenance(cfg, source.manifest)
+        hooks = list(cfg.hooks) or list(prov.hooks)
+        needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
+        missing = [h for h in needed if h not in prov.hooks]
         if missing:
-            raise ValueError(f"hooks {missing} are not in the cache; it holds {manifest['hooks']}")
-        source.hooks = list(dict.fromkeys(needed))
-        dims = {h: int(manifest["dims"][h]) for h in source.hooks}
-        source = distributed.strided_source(source, device)  # rank sharding under torchrun
-        source = LimitedSource(source, cfg.tokens)  # read no more than the run trains on
-        buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
-        origin = DataOrigin(
-            model=manifest["model"], dataset=manifest["dataset"],
-            context=int(manifest["context_size"]), prepend_bos=bool(manifest["prepend_bos"]),
-            exclude_special_tokens=bool(manifest["exclude_special_tokens"]),
-            holdout_every=int(manifest.get("holdout_every", 0)),
-            text_column=manifest.get("text_column", "text"),
-        )  # fmt: skip
-        return None, buffer, hooks, dims, origin
+            raise ValueError(f"hooks {missing} are not in the cache; it holds {list(prov.hooks)}")
+        source.hooks = needed
+        dims = {h: int(source.manifest["dims"][h]) for h in needed}
+        lm = None
+    else:
+        from saekit.models import load_model
 
-    from saekit.models import load_model
-
-    lm = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
-    hooks = list(cfg.hooks) or [f"blocks.{lm.n_layers // 2}.hook_resid_pre"]
-    needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
-    dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
-    windows = TokenWindows(
-        RepeatedDocuments(cfg.dataset), lm.tokenizer, cfg.context,
-        prepend_bos=cfg.prepend_bos, exclude_special_tokens=cfg.exclude_special_tokens,
-    )  # fmt: skip
-    source = ActivationSource(lm, needed, windows, cfg.forward_rows)
+        lm = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
+        hooks = list(cfg.hooks) or [default_hook(lm.n_layers)]
+        needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
+        dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
+        prov = Provenance.of(cfg).replace(hooks=tuple(needed))
+        source = activation_source(
+            prov, lm, cfg.forward_rows, "train" if prov.holdout_every else "all", repeat=True
+        )
     source = distributed.strided_source(source, device)  # rank sharding under torchrun
     source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
     buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
-    origin = DataOrigin(
-        cfg.model, cfg.dataset, cfg.context, cfg.prepend_bos, cfg.exclude_special_tokens,
-        HOLDOUT_EVERY,
-    )
-    return lm, buffer, hooks, dims, origin
+    return lm, buffer, hooks, dims, prov
 
 
-def _eval_batches_factory(cfg: TrainConfig, lm, origin: DataOrigin, device):
+def cache_provenance(cfg: TrainConfig, manifest: dict) -> Provenance:
+    """The cache's record; a data setting of `cfg` that differs from it (and from the default,
+    i.e. was set) is an error naming it, since the cache decides what the SAE trains on."""
+    prov = Provenance.from_manifest(manifest)
+    mine, default = Provenance.of(cfg), Provenance()
+    fields = {
+        f.name for f in dataclasses.fields(Provenance)
+        if f.name != "hooks" and getattr(mine, f.name) != getattr(default, f.name)
+    }  # fmt: skip
+    clashes = mine.conflicts(prov, fields)
+    if clashes:
+        raise ValueError(
+            f"--activations {cfg.activations}: the cache was made with other data settings "
+            f"({'; '.join(clashes)}, given != cache); drop these flags or make a new cache"
+        )
+    return prov
+
+
+def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
     """A function returning fresh held-back token batches, or None if evaluation is off."""
     if cfg.eval_tokens <= 0:
         return None
-    if origin.holdout_every < 2:
+    if prov.holdout_every < 2:
         warnings.warn(
-            f"no evaluation: the activation cache holds every document of {origin.dataset!r} "
-            "(cached with --holdout-every 0), so no text is held back from training",
+            f"no evaluation: holdout_every={prov.holdout_every} holds no document of "
+            f"{prov.dataset!r} back from training, so there is no unseen text to evaluate on",
             stacklevel=2,
         )
         return None
@@ -361,8 +311,8 @@ def _eval_batches_factory(cfg: TrainConfig, lm, origin: DataOrigin, device):
         if state["lm"] is None:  # training from a cache: load the model only to evaluate
             from saekit.models import load_model
 
-            state["lm"] = load_model(origin.model, device=device, dtype=DTYPES[cfg.dtype])
-        return state["lm"], held_back_token_batches(origin, state["lm"].tokenizer)
+            state["lm"] = load_model(prov.model, device=device, dtype=DTYPES[prov.dtype])
+        return state["lm"], token_batches(prov, state["lm"].tokenizer, EVAL_ROWS, "heldout")
 
     return batches
 
@@ -384,21 +334,13 @@ def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str
     }
 
 
-def _save_saes(units, trainer: Trainer, run_dir: Path, origin: DataOrigin) -> dict[str, Path]:
+def _save_saes(units, trainer: Trainer, run_dir: Path, prov: Provenance) -> dict[str, Path]:
     from saekit.evals.metrics import log10_feature_density
 
     folders = {}
     for unit in units:
         sae = raw_activation_sae(unit)
-        meta = sae.cfg.metadata
-        meta.model_name = origin.model
-        meta.hook_name = unit.hook_in
-        meta.hook_name_out = unit.hook_out if unit.hook_out != unit.hook_in else None
-        meta.context_size = origin.context
-        meta.dataset_path = origin.dataset
-        meta.prepend_bos = origin.prepend_bos
-        meta.exclude_special_tokens = origin.exclude_special_tokens
-        meta.extra["holdout_every"] = origin.holdout_every
+        prov.write_metadata(sae.cfg.metadata, unit.hook_in, unit.hook_out)
         folder = run_dir / unit.name
         sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
         folders[unit.name] = folder
