@@ -217,7 +217,7 @@ def test_a_failed_final_evaluation_keeps_the_trained_saes(tiny_model_dir, tmp_pa
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(archs=("gated",), ks=(32,), dead_feature_method="resample", resample_every_tokens=1024),
+        (dict(archs=("gated",), ks=(), dead_feature_method="resample", resample_every_tokens=1024),
          "resample needs a relu SAE"),
         (dict(sae_settings=(("k", 4),)), "set k with --k"),
     ],

@@ -23,11 +23,11 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from saekit.fileio import atomic_write_text
 from saekit.paths import cache_root
 
 Document = str | list[int]
@@ -196,10 +196,7 @@ def _python_docs_cached() -> tuple[str, ...]:
     docs = tuple(_walk_python_docs(stdlib))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(docs, fh)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(docs))
     except OSError:  # a read-only cache only costs time
         pass
     return docs

@@ -11,6 +11,7 @@ from saekit.data.provenance import DataSettings
 from saekit.settings import Count
 
 ARCHITECTURES_WITH_K = ("topk", "batchtopk", "matryoshka")
+DEFAULT_K = 32  # active features per token when no --k is given
 ARCHITECTURES_WITH_L1 = ("relu", "gated", "jumprelu")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DEAD_FEATURE_METHODS = ("auto", "auxk", "ghost_grads", "resample", "none")
@@ -38,7 +39,7 @@ class TrainConfig(DataSettings):
     expansion_factor: int | None = None
     """Dictionary size as a multiple of the hook width (8 when neither this nor d_saes is set)."""
     ks: tuple[int, ...] = ()
-    """Active features per token for topk, batchtopk and matryoshka; empty uses each default (32)."""
+    """Active features per token for topk, batchtopk and matryoshka; empty: 32."""
     l1s: tuple[float, ...] = ()
     """Sparsity coefficient(s) for relu, gated (L1) and jumprelu (L0); empty uses each default."""
     sae_settings: tuple[tuple[str, Any], ...] = ()

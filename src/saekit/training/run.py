@@ -24,7 +24,7 @@ from saekit.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from saekit.training.config import ARCHITECTURES_WITH_K, TrainConfig
+from saekit.training.config import ARCHITECTURES_WITH_K, DEFAULT_K, TrainConfig
 from saekit.training.dead import FiringStats
 from saekit.training.init import initialize_unit
 from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
@@ -65,8 +65,8 @@ def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[Unit
     specs = []
     for hook, arch in itertools.product(hooks, cfg.archs):
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
-        if arch in ARCHITECTURES_WITH_K and cfg.ks:
-            sparsity = [(("k", k),) for k in cfg.ks]
+        if arch in ARCHITECTURES_WITH_K:
+            sparsity = [(("k", k),) for k in cfg.ks or (DEFAULT_K,)]
         elif arch not in ARCHITECTURES_WITH_K and cfg.l1s:
             sparsity = [((COEFFICIENT_SETTING[arch], c),) for c in cfg.l1s]
         else:
