@@ -180,7 +180,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else f" (line {getattr(err, 'lineno', '?')})"
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=WRITABLE_FORMATS, default="saekit", help="output format")
     p.add_argument("--from", dest="src_format", choices=FORMATS, default=None,
                    help="input format (default: detected)")
+    p.add_argument("--force", action="store_true",
+                   help="replace DST if it exists (the new folder replaces it only once complete)")
     p.set_defaults(func=_convert)
 
     p = subparsers.add_parser("info", help="describe an SAE: architecture, sizes, model, hook")
@@ -31,11 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--dry-run", metavar="DIR", default=None,
                    help="write the files that would be uploaded (with README.md) to DIR instead")
+    p.add_argument("--force", action="store_true", help="with --dry-run: replace DIR if it exists")
     p.set_defaults(func=_push)
 
 
 def _convert(args: argparse.Namespace) -> int:
-    dst = convert(args.src, args.dst, to=args.to, src_format=args.src_format)
+    dst = convert(args.src, args.dst, to=args.to, src_format=args.src_format, force=args.force)
     print(f"wrote {args.to} folder {dst}")
     return 0
 
@@ -72,6 +75,8 @@ def _info(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from saekit.io.push import push_to_hub
 
-    result = push_to_hub(args.folder, args.repo, private=args.private, dry_run_dir=args.dry_run)
+    result = push_to_hub(
+        args.folder, args.repo, private=args.private, dry_run_dir=args.dry_run, force=args.force
+    )
     print(f"staged upload in {result}" if args.dry_run else f"uploaded: {result}")
     return 0

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saekit.fileio import atomic_write, atomic_write_text
+from saekit.fileio import atomic_folder, atomic_write, atomic_write_text
 from saekit.io.legacy import (
     LegacyFormatError,
     legacy_sae_settings,
@@ -432,18 +432,27 @@ def read_sae(path: str | Path, fmt: str | None = None, device: str = "cpu") -> S
     return parts_to_sae(read_parts(path, fmt), device=device)
 
 
-def convert(src: str | Path, dst: str | Path, to: str = "saekit", src_format: str | None = None) -> Path:
-    """Convert the SAE at `src` (any known format) into a `to`-format folder at `dst`."""
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: str = "saekit",
+    src_format: str | None = None,
+    *,
+    force: bool = False,
+) -> Path:
+    """Convert the SAE at `src` (any known format) into a new `to`-format folder at `dst`.
+
+    `dst` must not exist unless `force`; the folder appears complete or not at all.
+    """
     if to not in WRITABLE_FORMATS:
         raise ValueError(f"cannot convert to {to!r}; targets: {', '.join(WRITABLE_FORMATS)}")
     parts = read_parts(src, src_format)
-    if to == "saekit":
-        sae = parts_to_sae(parts)
-        sae.save(dst, sparsity=parts.sparsity)
-        return Path(dst)
-    # Through a saekit SAE, so every setting and tensor shape is checked once.
-    parts = sae_to_parts(parts_to_sae(parts), parts.sparsity)
-    return write_parts(parts, dst, to)
+    with atomic_folder(dst, force=force) as tmp:
+        if to == "saekit":
+            parts_to_sae(parts).save(tmp, sparsity=parts.sparsity)
+        else:  # through a saekit SAE, so every setting and tensor shape is checked once
+            write_parts(sae_to_parts(parts_to_sae(parts), parts.sparsity), tmp, to)
+    return Path(dst)
 
 
 # ----------------------------------------------------------------------------- file helpers

@@ -152,10 +152,25 @@ class TrainConfig(DataSettings):
             raise ValueError("dead_feature_method=resample needs resample_every_tokens > 0")
         if self.resample_every_tokens and self.dead_feature_method != "resample":
             raise ValueError("resample_every_tokens is only used with dead_feature_method=resample")
+        self._validate_architectures()
         if self.ks and not any(a in ARCHITECTURES_WITH_K for a in self.archs):
             raise ValueError(f"ks is only used by {', '.join(ARCHITECTURES_WITH_K)}")
         if self.l1s and not any(a in ARCHITECTURES_WITH_L1 for a in self.archs):
             raise ValueError(f"l1s is only used by {', '.join(ARCHITECTURES_WITH_L1)}")
+
+    def _validate_architectures(self) -> None:
+        from saekit.saes.config import ARCH_SETTINGS
+
+        for arch in self.archs:
+            if arch not in ARCH_SETTINGS:
+                raise ValueError(f"archs: {arch!r} is not one of {', '.join(ARCH_SETTINGS)}")
+        for key, _ in self.sae_settings:
+            if not any(key in ARCH_SETTINGS[a] for a in self.archs):
+                valid = sorted({name for a in self.archs for name in ARCH_SETTINGS[a]})
+                raise ValueError(
+                    f"sae_settings: {key!r} is not a setting of {', '.join(self.archs)} "
+                    f"(valid: {', '.join(valid)})"
+                )
 
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from saekit.data.provenance import Provenance, activation_source, default_hook, 
 from saekit.dtypes import DTYPES
 from saekit.fileio import atomic_write_text
 from saekit.models.loading import resolve_device
+from saekit.saes.config import ARCH_SETTINGS
 from saekit.training import distributed
 from saekit.training.checkpoint import (
     latest_checkpoint,
@@ -75,7 +76,8 @@ def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[Unit
             label = [f"{'k' if key == 'k' else 'c'}{value:g}" for key, value in setting]
             size = [f"d{d_sae}"] if len(d_saes) > 1 else []
             name = "-".join([hook, arch, *label, *size])
-            settings = (*setting, *cfg.sae_settings)
+            own = [(key, v) for key, v in cfg.sae_settings if key in ARCH_SETTINGS[arch]]
+            settings = (*setting, *own)  # a sweep's setting goes to the archs that have it
             if arch == "matryoshka" and "prefixes" not in dict(settings):
                 settings += (("prefixes", default_matryoshka_prefixes(d_sae)),)
             specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
