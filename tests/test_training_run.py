@@ -95,10 +95,54 @@ def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_pa
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_model_dir, tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "train_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="already holds a run"):
-        train(small_cfg(tiny_model_dir, tmp_path / "run"))
+    """A finished run or one with a checkpoint is refused; a run that failed before its first
+    checkpoint left nothing to keep, so a new run may start in its folder (it used to be
+    neither retryable nor resumable)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")  # died before its first checkpoint
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    cfg = small_cfg(tiny_model_dir, run, tokens=4096, eval_tokens=0)
+    train(cfg)
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train(cfg)
+    (run / "summary.txt").unlink()
+    for sae in run.glob("*/cfg.json"):
+        sae.unlink()
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000001" / "state.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step_00000001\n")
+    with pytest.raises(ValueError, match="holds a run with a checkpoint; continue it with --resume"):
+        train(cfg)
+
+
+def test_a_second_writer_is_refused_while_the_first_lives(tiny_model_dir, tmp_path):
+    """Two `saekit train` on one --out used to both 'succeed', interleaving metrics.jsonl."""
+    import subprocess
+    import sys
+    import textwrap
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from saekit.fileio import folder_lock
+            with folder_lock({str(run)!r}):
+                print("locked", flush=True)
+                time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = small_cfg(tiny_model_dir, run, tokens=4096, eval_tokens=0)
+        with pytest.raises(ValueError, match=rf"run folder {run} is in use \(pid {holder.pid}"):
+            train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    train(cfg)  # the holder is gone: so is its lock
+    assert (run / "summary.txt").is_file()
 
 
 def _final_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -76,3 +76,49 @@ def atomic_folder(dst: str | os.PathLike, *, force: bool = False, flag: str = "-
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class FolderBusyError(ValueError):
+    """Another live process holds the folder's lock."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "run folder"):
+    """Hold an advisory lock on `folder` for the life of the block.
+
+    A second process asking for it gets `FolderBusyError` naming the holder (pid, host,
+    command, start time). The lock is the kernel's (`flock`): it is released on exit and
+    when its holder dies, so a killed run never leaves a stale lock.
+    """
+    import fcntl
+    import json
+    import socket
+    import sys
+    import time
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, default_file_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            who = ", ".join(f"{k} {v}" for k, v in holder.items()) or "another process"
+            raise FolderBusyError(
+                f"{what} {folder} is in use ({who}); wait for it to finish or choose another folder"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:200]}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+LOCK_FILE = ".saekit.lock"

@@ -16,7 +16,7 @@ import torch
 
 from saekit.data.provenance import Provenance, activation_source, default_hook, token_batches
 from saekit.dtypes import DTYPES
-from saekit.fileio import atomic_write_text
+from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
 from saekit.training import distributed
@@ -138,17 +138,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     Under torchrun, every rank calls this; rank 0 alone writes files (see distributed.py).
     """
     with distributed.process_group(cfg, resolve_device(cfg.device)) as device:
-        return _train(cfg, resume, device)
+        if not distributed.is_main():
+            return _train(cfg, resume, device)
+        with folder_lock(cfg.out):  # one writer per run folder, released on exit or death
+            return _train(cfg, resume, device)
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Refuse to start over a run that can be continued or has finished.
+
+    A folder whose run failed before its first checkpoint holds nothing worth keeping
+    (no checkpoint, no SAE): a new run may start in it.
+    """
+    if resume:
+        return
+    if latest_checkpoint(run_dir) is not None:
+        raise ValueError(
+            f"run folder {run_dir} holds a run with a checkpoint; continue it with --resume "
+            "or choose another --out"
+        )
+    if (run_dir / "summary.txt").exists() or any(run_dir.glob("*/cfg.json")):
+        raise ValueError(f"run folder {run_dir} holds a finished run; choose another --out")
 
 
 def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     run_dir = Path(cfg.out)
     config_file = run_dir / "train_config.json"
-    if not resume and (config_file.exists() or (run_dir / "checkpoints").exists()):
-        raise ValueError(
-            f"run folder {run_dir} already holds a run; continue it with --resume "
-            "or choose another --out"
-        )
+    check_run_folder(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
