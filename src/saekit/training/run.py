@@ -285,8 +285,9 @@ def _open_data(cfg: TrainConfig, device):
         needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
         dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
         prov = Provenance.of(cfg).replace(hooks=tuple(needed))
+        part = "train" if prov.holdout_every else "all"
         source = activation_source(
-            prov, lm, cfg.forward_rows, "train" if prov.holdout_every else "all", repeat=True
+            prov, lm, cfg.forward_rows, part, repeat=True, expected_tokens=cfg.tokens
         )
     source = distributed.strided_source(source, device)  # rank sharding under torchrun
     source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
