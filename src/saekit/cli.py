@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
         print(f"saekit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -101,9 +101,15 @@ class LanguageModel:
         hooks.resolve_hook(self, name)  # ValueError for unknown names
         if self.backend == "hf" and name.startswith("blocks."):
             return self.d_model
-        if name not in self._dims:  # a raw module path or TL hook: run one token to see
-            ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-            self._dims[name] = self.run_to_hooks(ids, [name])[name].shape[-1]
+        if name not in self._dims:  # a raw module path or TL hook: run a tiny batch to see
+            ids = torch.zeros(2, 3, dtype=torch.long, device=self.device)
+            shape = tuple(self.run_to_hooks(ids, [name])[name].shape)
+            if len(shape) != 3 or shape[:2] != (2, 3):
+                raise ValueError(
+                    f"hook {name!r} gives {list(shape)} for a [2, 3] batch of tokens, not a "
+                    "[batch, position, width] activation; hook a module that outputs one"
+                )
+            self._dims[name] = shape[-1]
         return self._dims[name]
 
     def _forward(self, input_ids_BT: Tensor, attention_mask: Tensor | None) -> object:
