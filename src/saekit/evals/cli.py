@@ -125,7 +125,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
         print(format_table(report))
         if out_dir is not None:
             print(f"\nwrote {out_dir / RESULT_FILE} and {out_dir / HISTOGRAM_FILE}")
+    broken = [k for k in MUST_BE_FINITE if not math.isfinite(report[k])]
+    if broken:
+        print(f"saekit eval: error: {', '.join(broken)} not finite: the SAE's outputs hold "
+              "NaN/inf", file=sys.stderr)
+        return 3
     return 0
+
+
+# Metrics that are finite for any SAE whose outputs are (CE loss recovered may be undefined).
+MUST_BE_FINITE = ("mse", "explained_variance", "l0", "ce_loss_spliced", "kl_div")
 
 
 _TABLE_ROWS = (

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="describe an SAE: architecture, sizes, model, hook")
     p.add_argument("spec", help="SAE folder, .pt file, hf://OWNER/REPO/PATH or release name")
     p.add_argument("--sae-id", default=None, help="SAE id within a release or hub repo")
+    p.add_argument("--no-check-weights", dest="check_weights", action="store_false",
+                   help="load NaN/inf weights anyway, to inspect a broken file")
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser("push", help="upload an SAE folder to the HF hub with a model card")
@@ -46,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from saekit.io.load import load_sae
 
-    sae = load_sae(args.spec, args.sae_id)
+    sae = load_sae(args.spec, args.sae_id, check_weights=args.check_weights)
     cfg, meta = sae.cfg, sae.cfg.metadata
     local = Path(args.spec)
     source = detect_format(local) if local.exists() else f"hub: {args.spec}"

@@ -78,7 +78,9 @@ def detect_format(path: str | Path) -> str:
     if (path / "ae.pt").is_file():
         return "dictionary_learning"
     if (path / "sae_weights.safetensors").is_file() and (path / "cfg.json").is_file():
-        cfg = json.loads((path / "cfg.json").read_text())
+        from saekit.saes.folder import read_cfg
+
+        cfg = read_cfg(path)
         return "saekit" if cfg.get("metadata", {}).get("saekit_version") or _is_saekit_cfg(cfg) else "saelens"
     raise ValueError(
         f"{path}: not an SAE folder (expected cfg.json + sae_weights.safetensors, "
@@ -422,14 +424,22 @@ def sae_to_parts(sae: SAE, sparsity: torch.Tensor | None = None) -> SAEParts:
     return SAEParts(cfg, tensors, sparsity)
 
 
-def read_sae(path: str | Path, fmt: str | None = None, device: str = "cpu") -> SAE:
-    """A saekit SAE from a local file or folder in any known format."""
+def read_sae(
+    path: str | Path, fmt: str | None = None, device: str = "cpu", *, check_weights: bool = True
+) -> SAE:
+    """A saekit SAE from a local file or folder in any known format (NaN/inf weights refused
+    unless `check_weights=False`)."""
     fmt = fmt or detect_format(path)
     if fmt == "saekit":
         from saekit.saes import SAE
 
-        return SAE.load(path, device=device)
-    return parts_to_sae(read_parts(path, fmt), device=device)
+        return SAE.load(path, device=device, check_weights=check_weights)
+    sae = parts_to_sae(read_parts(path, fmt), device=device)
+    if check_weights:
+        from saekit.saes.folder import check_weights as check
+
+        check(sae, path)
+    return sae
 
 
 def convert(

@@ -116,16 +116,19 @@ class SAE(nn.Module):
 
     def save(self, folder: str | os.PathLike[str], sparsity: Tensor | None = None) -> None:
         """Write `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`)."""
-        from saekit.io.folder import save_sae_folder
+        from saekit.saes.folder import save_sae_folder
 
         save_sae_folder(self, folder, sparsity=sparsity)
 
     @staticmethod
-    def load(folder: str | os.PathLike[str], device: str | None = None) -> SAE:
-        """Load an SAE folder (saekit's or SAELens 6's), in eval mode."""
-        from saekit.io.folder import load_sae_folder
+    def load(
+        folder: str | os.PathLike[str], device: str | None = None, *, check_weights: bool = True
+    ) -> SAE:
+        """Load an SAE folder (saekit's or SAELens 6's), in eval mode; NaN/inf weights are
+        refused unless `check_weights=False`."""
+        from saekit.saes.folder import load_sae_folder
 
-        return load_sae_folder(folder, device=device)
+        return load_sae_folder(folder, device=device, check_weights=check_weights)
 
     # ---- per-architecture hooks ------------------------------------------------------
 
