@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ def parse_count(text: str | int | float) -> int:
     except ValueError:
         raise ValueError(f"not a count: {text!r} (write e.g. 409600, 400k, 1M or 1.5M)") from None
     value = number * scale
+    if not math.isfinite(value):
+        raise ValueError(f"not a count: {text!r} (write e.g. 409600, 400k, 1M or 1.5M)")
     if value != int(value):
         raise ValueError(f"not a whole count: {text!r}")
     return int(value)
@@ -68,37 +71,73 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _kind(f: dataclasses.Field) -> str:
-    """'count', 'bool', 'tuple:<item>', 'int', 'float', 'optional-int' or 'str', from the annotation."""
+    """'count', 'bool', 'int', 'float', 'str', 'pairs' or 'tuple:<item>', from the annotation;
+    '?' appended when None is allowed."""
     t = str(f.type).replace(" ", "")
-    if t == "Count":
-        return "count"
-    if t.startswith("tuple["):
-        return "tuple:" + t[len("tuple[") :].split(",")[0].rstrip("]")
-    return {"bool": "bool", "int": "int", "float": "float", "int|None": "int"}.get(t, "str")
+    optional = t.endswith("|None")
+    t = t.removesuffix("|None")
+    if t.startswith("tuple[tuple["):
+        kind = "pairs"
+    elif t.startswith("tuple["):
+        kind = "tuple:" + t[len("tuple[") :].split(",")[0].rstrip("]")
+    else:
+        kind = {"Count": "count", "bool": "bool", "int": "int", "float": "float"}.get(t, "str")
+    return kind + ("?" if optional else "")
 
 
 def _convert(kind: str, value: Any, name: str) -> Any:
-    """A value from a file, a flag or Python into the field's type (counts parsed)."""
+    """A value from a file, a flag or Python into the field's type; ValueError naming `name`."""
+    if kind.endswith("?"):
+        return None if value is None else _convert(kind[:-1], value, name)
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"{name}: expected {expected}, got {value!r}")
+
     if kind == "count":
+        if isinstance(value, (bool, type(None), list, dict)):
+            raise bad("a token count (409600, 400k, 1M)")
         try:
             return parse_count(value)
-        except ValueError as err:
+        except (ValueError, OverflowError) as err:
             raise ValueError(f"{name}: {err}") from None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad("a number")
+        try:
+            number = float(value) if kind == "float" else int(value)
+        except (ValueError, OverflowError):
+            raise bad("a number") from None
+        if kind == "int" and isinstance(value, float) and value != number:
+            raise bad("a whole number")
+        return number
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("text")
+        return value
+    if kind == "pairs":
+        items = value.items() if isinstance(value, dict) else value
+        if not isinstance(items, (list, tuple, type({}.items()))):
+            raise bad("KEY=VALUE settings")
+        pairs = []
+        for item in items:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
+                raise bad("KEY=VALUE settings")
+            pairs.append((item[0], item[1]))
+        return tuple(pairs)
     if kind.startswith("tuple:"):
         item = kind.split(":", 1)[1]
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        out = []
-        for part in parts:
-            if isinstance(part, str) and not part.strip():
-                continue
-            out.append(_convert(item, part.strip() if isinstance(part, str) else part, name))
-        return tuple(out)
-    if kind in ("int", "float") and isinstance(value, str):
-        try:
-            return int(value) if kind == "int" else float(value)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    return value
+        if isinstance(value, str):
+            parts: list[Any] = [p.strip() for p in value.split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        else:
+            raise bad("a list (or a comma list)")
+        return tuple(_convert(item, part, name) for part in parts)
+    raise ValueError(f"{name}: unknown setting kind {kind!r}")
 
 
 def flag_name(field_name: str, renames: dict[str, str] | None = None) -> str:
@@ -126,7 +165,7 @@ def add_arguments(
         if name in skip:
             continue
         f = fields[name]
-        kind = _kind(f)
+        kind = _kind(f).rstrip("?")
         shown = (defaults or {}).get(name, show_default(f.default))
         help_text = f"{docs.get(name, '')} (default: {shown})".replace("%", "%%")
         common = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}

@@ -81,7 +81,9 @@ def detect_format(path: str | Path) -> str:
         from saekit.saes.folder import read_cfg
 
         cfg = read_cfg(path)
-        return "saekit" if cfg.get("metadata", {}).get("saekit_version") or _is_saekit_cfg(cfg) else "saelens"
+        meta = cfg.get("metadata")
+        marked = isinstance(meta, dict) and meta.get("saekit_version")
+        return "saekit" if marked or _is_saekit_cfg(cfg) else "saelens"
     raise ValueError(
         f"{path}: not an SAE folder (expected cfg.json + sae_weights.safetensors, "
         "cfg.json + sae.safetensors (sparsify), or ae.pt (dictionary_learning))"
@@ -89,7 +91,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def _is_saekit_cfg(cfg: dict[str, Any]) -> bool:
-    return cfg.get("architecture") in {"relu", "batchtopk", "matryoshka"} or "decoder_norm" in cfg
+    arch = cfg.get("architecture")
+    return (isinstance(arch, str) and arch in {"relu", "batchtopk", "matryoshka"}) or "decoder_norm" in cfg
 
 
 # ----------------------------------------------------------------------------- readers

@@ -142,6 +142,8 @@ class TrainConfig(DataSettings):
             raise ValueError(
                 f"buffer_tokens={self.buffer_tokens} must be at least twice batch_tokens={self.batch_tokens}"
             )
+        if not 0.0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ValueError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
         if self.d_saes and self.expansion_factor is not None:
@@ -180,11 +182,6 @@ class TrainConfig(DataSettings):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict (a config file, a saved run), refusing unknown keys by name."""
-        data = dict(data)
-        if isinstance(data.get("sae_settings"), dict):
-            data["sae_settings"] = tuple(data["sae_settings"].items())
-        elif "sae_settings" in data:
-            data["sae_settings"] = tuple(tuple(item) for item in data["sae_settings"])
         return settings.build(cls, data)
 
     def replace(self, **changes: Any) -> TrainConfig:
