@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from saekit.fileio import DiskFullError
+
 # Each module defines `register(subparsers)`; the sub-command stores its handler in `func`.
 COMMAND_MODULES: list[str] = [
     "saekit.training.cli",
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError, DiskFullError) as err:
         print(f"saekit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

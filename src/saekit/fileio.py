@@ -5,6 +5,7 @@ A reader sees the old file or the new one, never half of one, whatever happens m
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -13,8 +14,39 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` to fill a temporary file next to `path`, then move it there."""
+class DiskFullError(OSError):
+    """No space left where saekit was writing; the message names the place and the size."""
+
+
+def as_disk_full(err: BaseException, path: str | os.PathLike, need: int | None = None) -> DiskFullError | None:
+    """A `DiskFullError` naming `path` if `err` is a full disk (OSError or safetensors'), else None."""
+    text = str(err)
+    full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or any(
+        mark in text for mark in ("No space left", "StorageFull", "code: 28")
+    )
+    if not full:
+        return None
+    where = Path(path)
+    size = f" (about {need / 2**20:.1f} MiB needed)" if need else ""
+    try:
+        free = f"; {shutil.disk_usage(where.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = ""
+    error = DiskFullError(
+        f"no space left on the device of {where.parent} to write {where.name}{size}{free}; "
+        "free some space and rerun (with --resume for training)"
+    )
+    error.errno = errno.ENOSPC
+    return error
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], None], need: int | None = None
+) -> None:
+    """Call `write(tmp_path)` to fill a temporary file next to `path`, then move it there.
+
+    On any failure the temporary file is removed; a full disk becomes `DiskFullError`.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -24,8 +56,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        full = as_disk_full(err, path, need)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -47,7 +82,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), need=len(data))
 
 
 @contextmanager
