@@ -117,3 +117,14 @@ def test_push_dry_run_stages_folder_and_card(tmp_path, capsys):
     # the staged folder is itself a loadable SAE
     x = torch.randn(2, 8)
     torch.testing.assert_close(SAE.load(stage).encode(x), sae.encode(x))
+
+
+def test_info_shows_what_the_folder_records_about_quality(tmp_path, capsys):
+    sae = SAE.create("relu", d_in=4, d_sae=8)
+    density = torch.tensor([1e-3, 0, 0.1, 0.2, 0, 1e-2, 1e-4, 0.5], dtype=torch.float64)
+    sae.save(tmp_path / "s", sparsity=torch.log10(density + 1e-10).float())
+    (tmp_path / "s" / "eval.json").write_text(json.dumps({"l0": 12.5, "explained_variance": 0.91}))
+    assert main(["info", str(tmp_path / "s")]) == 0
+    info = _table(capsys.readouterr().out)
+    assert info["eval l0"] == "12.5" and info["eval explained_variance"] == "0.91"
+    assert info["training density"].startswith("median 10^-3.00") and "25.0% never fired" in info["training density"]

@@ -68,10 +68,39 @@ def _info(args: argparse.Namespace) -> int:
         ("context_size", meta.context_size),
         ("source format", source),
     ]
+    if local.is_dir():
+        rows += _recorded_metrics(local)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value if value is not None else '-'}")
     return 0
+
+
+def _recorded_metrics(folder: Path) -> list[tuple[str, object]]:
+    """What the folder records about the SAE's quality: its `saekit eval` report and the
+    firing densities saved with it."""
+    from saekit.io.push import read_metrics
+    from saekit.saes.folder import load_sparsity
+
+    rows: list[tuple[str, object]] = []
+    report = read_metrics(folder)
+    for key in ("l0", "explained_variance", "ce_loss_recovered", "kl_div", "dead_fraction", "tokens"):
+        if isinstance(report.get(key), (int, float)):
+            value = report[key]
+            rows.append((f"eval {key}", f"{value:.4g}" if isinstance(value, float) else value))
+    try:
+        density = load_sparsity(folder)
+    except (ValueError, OSError):
+        density = None
+    if density is not None and density.numel():
+        import math
+
+        from saekit.evals.metrics import DENSITY_EPS
+
+        dead = float((density <= math.log10(DENSITY_EPS) + 1e-6).float().mean())
+        rows.append(("training density", f"median 10^{float(density.median()):.2f}, "
+                     f"{dead:.1%} never fired (sparsity.safetensors)"))
+    return rows
 
 
 def _push(args: argparse.Namespace) -> int:
