@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.saes.base import SAE
+from saekit.saes.pairs import DenseActs
 from saekit.saes.registry import register
 
 
@@ -69,6 +70,7 @@ class StepFn(torch.autograd.Function):
 @register
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
+    sparsity_setting = "l0_coefficient"
     threshold: nn.Parameter
 
     def init_extra(self, kw) -> None:
@@ -79,18 +81,14 @@ class JumpReLUSAE(SAE):
     def unit_norm_decoder(self) -> bool:
         return self.cfg.sparsity_mode == "step"
 
-    @property
-    def sparsity_coefficient(self) -> float:
-        return self.cfg.l0_coefficient
-
     def encode_parts(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
         pre_BF = self.sae_in(x_BD) @ self.W_enc + self.b_enc
         return pre_BF, JumpReLUFn.apply(pre_BF, self.threshold, self.cfg.bandwidth)
 
-    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor:
+    def sparsity_penalty(self, pre_BF: Tensor, acts: DenseActs) -> Tensor:
         if self.cfg.sparsity_mode == "step":
             return StepFn.apply(pre_BF, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        scaled_BF = self.cfg.tanh_scale * f_BF * self.W_dec.norm(dim=1)
+        scaled_BF = self.cfg.tanh_scale * acts.f_BF * self.W_dec.norm(dim=1)
         return torch.tanh(scaled_BF).sum(-1).mean()
 
     @torch.no_grad()

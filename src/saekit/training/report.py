@@ -93,5 +93,10 @@ def summary_text(
             f"{label} {fmt.format(metrics[key])}" for key, label, fmt in keys if key in metrics
         ]
         lines.append(f"  {name}: " + ", ".join(shown))
+        if "selection_agreement" in metrics:
+            lines.append(
+                f"    approx-selection: {metrics['selection_agreement']:.2%} of the active "
+                "(token, feature) pairs chosen in bfloat16 as in float32 (last check)"
+            )
         lines.append(f"    SAE folder: {folders[name]}")
     return "\n".join(lines)
