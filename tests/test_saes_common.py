@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from saekit.saes import SAE, SAE_CLASSES, SAEConfig, fvu
+from saekit.evals.metrics import fvu
+from saekit.saes import SAE, SAE_CLASSES, SAEConfig
 
 SETTINGS = {
     "relu": {},
@@ -51,7 +52,7 @@ def test_shapes_and_leading_dims(arch):
     torch.testing.assert_close(out.sae_out.reshape(10, 4), flat.sae_out)
     torch.testing.assert_close(out.mse_loss, flat.mse_loss)
     if arch != "matryoshka":  # (matryoshka sums the FVU over prefixes)
-        torch.testing.assert_close(out.mse_loss, fvu(flat.sae_out, target.reshape(10, 4)))
+        torch.testing.assert_close(out.mse_loss, fvu(target.reshape(10, 4), flat.sae_out))
     with pytest.raises(ValueError, match="expected inputs"):
         sae(torch.randn(3, 4))
 
@@ -194,5 +195,8 @@ def test_create_errors():
 def test_fvu_is_fraction_of_variance_unexplained():
     target = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
     # predicting the mean explains nothing
-    torch.testing.assert_close(fvu(target.mean(0).expand(2, 2), target), torch.tensor(1.0))
+    torch.testing.assert_close(fvu(target, target.mean(0).expand(2, 2)), torch.tensor(1.0))
+    # SSE 1 + 4 over the squared deviations from the mean [2, 2]: 1 + 4 + 1 + 4
+    torch.testing.assert_close(fvu(target, target + torch.tensor([[1.0, 0.0], [0.0, 2.0]])),
+                               torch.tensor(5.0 / 10.0))
     torch.testing.assert_close(fvu(target, target), torch.tensor(0.0))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.dtypes import DTYPES
+from saekit.evals.metrics import fvu
 from saekit.saes.config import SAEConfig, SAEMetadata
 from saekit.saes.pairs import Acts, DenseActs, PairActs, SparseCode, code_from_topk
 
@@ -28,24 +29,13 @@ class SAEOutput(NamedTuple):
     loss: Tensor
     """mse_loss + sparsity_loss + aux_loss: the quantity to minimise."""
     mse_loss: Tensor
-    """Fraction of variance unexplained: sum_d (target - sae_out)^2 averaged over the batch,
-    divided by the batch's total variance of the target (matryoshka: summed over prefixes)."""
+    """Fraction of variance unexplained, `evals.metrics.fvu(target, sae_out)`: the squared
+    error over the batch's total variance of the target (matryoshka: summed over prefixes)."""
     sparsity_loss: Tensor
     """Coefficient times the penalty (L1 for relu/gated, L0 for jumprelu; 0 for k-sparse)."""
     aux_loss: Tensor
     """AuxK (topk, batchtopk, matryoshka) or ghost grads (relu) when `dead_mask` is given;
     gated's frozen-decoder reconstruction loss; otherwise 0."""
-
-
-def fvu(pred_BO: Tensor, target_BO: Tensor) -> Tensor:
-    """Fraction of variance unexplained: the MSE part of every loss in saekit.
-
-    Squared error summed over features and averaged over the batch, divided by the
-    target's total variance over the batch (sum over dims of each dim's variance).
-    """
-    err = (pred_BO - target_BO).pow(2).sum(-1).mean()
-    var = (target_BO - target_BO.mean(0)).pow(2).sum(-1).mean()
-    return err / var.clamp_min(torch.finfo(var.dtype).tiny)
 
 
 class SAE(nn.Module):
@@ -197,7 +187,7 @@ class SAE(nn.Module):
 
     def reconstruction_loss(self, acts: Acts, sae_out_BO: Tensor, target_BO: Tensor) -> Tensor:
         """The MSE part of the loss: the FVU of the reconstruction."""
-        return fvu(sae_out_BO, target_BO)
+        return fvu(target_BO, sae_out_BO)
 
     @property
     def unit_norm_decoder(self) -> bool:
@@ -325,4 +315,4 @@ def auxk_loss(
         code = code_from_topk(dead_pre_BF.topk(k_aux, dim=-1, sorted=False).indices)
     vals_N = pre_at(code).relu() * dead_mask_F[code.cols]
     aux_out_BO = PairActs(code, vals_N).decode(sae.W_dec)
-    return sae.cfg.aux_coefficient * fvu(aux_out_BO, residual_BO)
+    return sae.cfg.aux_coefficient * fvu(residual_BO, aux_out_BO)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from saekit.saes.base import SAE, fvu
+from saekit.evals.metrics import fvu
+from saekit.saes.base import SAE
 from saekit.saes.pairs import DenseActs
 from saekit.saes.registry import register
 
@@ -45,4 +46,4 @@ class GatedSAE(SAE):
         return (pre_BF.relu() * self.W_dec.norm(dim=1)).sum(-1).mean()
 
     def aux_loss(self, x_BD, target_BO, pre_BF, f_BF, sae_out_BO, mse, dead_mask_F):
-        return fvu(pre_BF.relu() @ self.W_dec.detach() + self.b_dec.detach(), target_BO)
+        return fvu(target_BO, pre_BF.relu() @ self.W_dec.detach() + self.b_dec.detach())

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from saekit.saes.base import fvu
+from saekit.evals.metrics import fvu
 from saekit.saes.batchtopk import BatchTopKSAE
 from saekit.saes.pairs import Acts
 from saekit.saes.registry import register
@@ -34,6 +34,6 @@ class MatryoshkaSAE(BatchTopKSAE):
         loss, start = sae_out_BO.new_zeros(()), 0
         for end in self.cfg.prefixes:
             partial_BO = partial_BO + acts.decode(self.W_dec, start, end)
-            loss = loss + fvu(partial_BO, target_BO)
+            loss = loss + fvu(target_BO, partial_BO)
             start = end
         return loss

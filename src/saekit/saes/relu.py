@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from saekit.saes.base import SAE, fvu
+from saekit.evals.metrics import fvu
+from saekit.saes.base import SAE
 from saekit.saes.pairs import Acts, SparseCode, code_from_mask
 from saekit.saes.registry import register
 from saekit.saes.sparse import SPARSE_MAX_DENSITY, SparseMixin
@@ -56,5 +57,5 @@ class ReLUSAE(SparseMixin, SAE):
         norm_ratio_B1 = residual_BO.norm(dim=-1, keepdim=True) / (
             2 * ghost_BO.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         )
-        ghost_mse = fvu(ghost_BO * norm_ratio_B1.detach(), residual_BO)
+        ghost_mse = fvu(residual_BO, ghost_BO * norm_ratio_B1.detach())
         return ghost_mse * (mse / ghost_mse.clamp_min(1e-12)).detach()
