@@ -55,6 +55,11 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert [r["step"] for r in train_rows] == list(range(2, 33, 2))
     assert train_rows[-1]["explained_variance"] > train_rows[0]["explained_variance"]
     assert all(r["l0"] == pytest.approx(8.0) for r in train_rows)
+    from saekit.saes.sparse import native_bf16
+
+    if native_bf16("cpu"):  # auto: the pairs are chosen in bfloat16, and the run says how well
+        assert all(0.9 < r["selection_agreement"] <= 1 for r in train_rows)
+        assert "approx-selection: " in result.summary
     final_eval = [r for r in records if r["kind"] == "eval"][-1]
     assert final_eval["tokens"] == 16_384  # the training position of the evaluation
     assert final_eval["eval_tokens"] >= 1024 and 0 <= final_eval["dead_fraction"] <= 1
@@ -301,6 +306,42 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path):
         trainer.fit(iter(batches))
     assert checkpoints == [1, 2, 3]  # the last good state is step 3; nothing after it
     assert torch.isfinite(unit.sae.W_enc).all()
+
+
+@pytest.mark.parametrize("setting", ["on", "off", "auto"])
+def test_approx_selection_is_the_trainers_choice_and_is_reported(tmp_path, setting):
+    """The trainer asks for bfloat16 pair selection (the SAE never chooses it by itself),
+    measures its agreement with the exact choice and logs and summarises it."""
+    import copy
+
+    from saekit.saes.sparse import native_bf16, selection_agreement
+    from saekit.training.report import summary_text
+    from saekit.training.run import UnitSpec, build_unit
+    from saekit.training.trainer import Trainer
+
+    cfg = TrainConfig(out=str(tmp_path), tokens=512 * 3, batch_tokens=512, buffer_tokens=1024,
+                      progress=False, log_every=1, approx_selection=setting)
+    unit = build_unit(UnitSpec("h", "h", "h", "topk", 256, (("k", 4),)), cfg, {"h": 16}, "cpu")
+    on = setting == "on" or (setting == "auto" and native_bf16("cpu"))
+    assert unit.approx_selection == on and unit.sae.training
+    relu = build_unit(UnitSpec("r", "r", "r", "relu", 256, ()), cfg, {"r": 16}, "cpu")
+    assert not relu.approx_selection  # relu SAEs always choose exactly
+    torch.manual_seed(0)
+    batches = [{"h": torch.randn(512, 16) * 3} for _ in range(3)]
+    expected = selection_agreement(copy.deepcopy(unit.sae), batches[0]["h"])
+    logged = []
+    trainer = Trainer(cfg, [unit])
+    trainer.callbacks.on_log = lambda step, tokens, metrics: logged.append(metrics["h"])
+    trainer.fit(iter(batches))
+    assert len(logged) == 3
+    summary = summary_text(tmp_path, 1, 1.0, {"h": logged[-1]}, {"h": tmp_path})
+    if not on:
+        assert all("selection_agreement" not in m for m in logged)
+        assert "approx-selection" not in summary
+        return
+    assert logged[0]["selection_agreement"] == pytest.approx(expected)
+    assert all(0.9 < m["selection_agreement"] <= 1 for m in logged)
+    assert f"approx-selection: {logged[-1]['selection_agreement']:.2%} of the active" in summary
 
 
 def test_wandb_offline_logs_metrics_and_density(tiny_model_dir, tmp_path, monkeypatch):

@@ -25,15 +25,14 @@ from saekit.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from saekit.training.config import ARCHITECTURES_WITH_K, DEFAULT_K, TrainConfig
-from saekit.training.dead import FiringStats
+from saekit.training.config import DEFAULT_K, TrainConfig
+from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
 from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
 from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
-from saekit.training.trainer import Callbacks, SAEUnit, Trainer
+from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
-COEFFICIENT_SETTING = {"relu": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient"}
 
 
 @dataclass
@@ -60,16 +59,19 @@ class UnitSpec:
 
 def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
     """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
-    swept = {"k", *COEFFICIENT_SETTING.values()} & {key for key, _ in cfg.sae_settings}
+    from saekit.saes import SAE_CLASSES, get_sae_class
+
+    swept = {c.sparsity_setting for c in SAE_CLASSES.values()} & dict(cfg.sae_settings).keys()
     if swept:
         raise ValueError(f"set {', '.join(sorted(swept))} with --k / --l1, not --sae-setting")
     specs = []
     for hook, arch in itertools.product(hooks, cfg.archs):
+        cls = get_sae_class(arch)
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
-        if arch in ARCHITECTURES_WITH_K:
+        if cls.sparsity_setting == "k":
             sparsity = [(("k", k),) for k in cfg.ks or (DEFAULT_K,)]
-        elif arch not in ARCHITECTURES_WITH_K and cfg.l1s:
-            sparsity = [((COEFFICIENT_SETTING[arch], c),) for c in cfg.l1s]
+        elif cfg.l1s:
+            sparsity = [((cls.sparsity_setting, c),) for c in cfg.l1s]
         else:
             sparsity = [()]  # the architecture's default coefficient
         for d_sae, setting in itertools.product(d_saes, sparsity):
@@ -78,21 +80,16 @@ def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[Unit
             name = "-".join([hook, arch, *label, *size])
             own = [(key, v) for key, v in cfg.sae_settings if key in ARCH_SETTINGS[arch]]
             settings = (*setting, *own)  # a sweep's setting goes to the archs that have it
-            if arch == "matryoshka" and "prefixes" not in dict(settings):
-                settings += (("prefixes", default_matryoshka_prefixes(d_sae)),)
+            defaults = cls.size_defaults(d_sae).items()
+            settings += tuple((k, v) for k, v in defaults if k not in dict(settings))
             specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
     if len(specs) == 1:  # a single SAE is named after its hook, like its folder
         return [dataclasses.replace(specs[0], name=specs[0].hook_in)]
     return specs
 
 
-def default_matryoshka_prefixes(d_sae: int) -> list[int]:
-    """Nested dictionary sizes d_sae/8, d_sae/4, d_sae/2, d_sae (when no `prefixes` is set)."""
-    return sorted({max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
-
-
 def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -> SAEUnit:
-    """A fresh SAE, its Adam optimizer and firing statistics."""
+    """A fresh SAE (in training mode), its Adam optimizer and firing statistics."""
     from saekit.saes import SAE
 
     sae = SAE.create(
@@ -102,14 +99,8 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         d_out=dims[spec.hook_out],
         apply_b_dec_to_input=spec.hook_in == spec.hook_out,  # transcoders: input and output differ
         **dict(spec.settings),
-    ).to(device)
-    method = cfg.dead_feature_method
-    if method == "auto":
-        method = "auxk" if spec.arch in ARCHITECTURES_WITH_K else "none"
-    if method == "auxk" and spec.arch not in ARCHITECTURES_WITH_K:
-        raise ValueError(f"dead_feature_method=auxk needs a TopK-family SAE, not {spec.arch}")
-    if method in ("ghost_grads", "resample") and spec.arch != "relu":
-        raise ValueError(f"dead_feature_method={method} needs a relu SAE, not {spec.arch}")
+    ).to(device).train()
+    method = dead_feature_method(cfg.dead_feature_method, spec.arch)
     fused = torch.device(device).type in ("cpu", "cuda")  # one kernel per step: measured faster
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
     return SAEUnit(
@@ -119,8 +110,9 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         sae=sae,
         optimizer=optimizer,
         firing=FiringStats(spec.d_sae, cfg.dead_after_tokens, device),
-        use_dead_mask=method in ("auxk", "ghost_grads"),
+        use_dead_mask=method == sae.dead_feature_loss,
         resample=method == "resample",
+        approx_selection=wants_approx_selection(cfg.approx_selection, sae, device),
     )
 
 

@@ -11,11 +11,14 @@ import torch
 from torch import Tensor
 
 from saekit.evals.metrics import explained_variance, firing_counts
+from saekit.saes.sparse import native_bf16, selection_agreement, use_sparse
 from saekit.training.config import TrainConfig
 from saekit.training.dead import FiringStats, resample_dead_features
 from saekit.training.schedules import lr_factor, warmup_factor
 
 Batch = dict[str, Tensor]  # hook name -> activations [batch_tokens, width]
+AGREEMENT_CHECKS = 8
+"""Approximate pair selection is compared with the exact one about this many times a run."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,9 +41,13 @@ class SAEUnit:
     firing: FiringStats
     use_dead_mask: bool
     resample: bool = False
+    approx_selection: bool = False
+    """Ask the SAE to choose its active pairs in bfloat16 (see `wants_approx_selection`)."""
     scale_in: float = 1.0
     scale_out: float = 1.0
     last_density_F: Tensor | None = None
+    selection_agreement: float | None = None
+    """Latest measured fraction of exactly chosen pairs that the approximate choice kept."""
 
     def inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Normalised (input, target) for this SAE from a batch of raw activations."""
@@ -66,6 +73,15 @@ class SAEUnit:
         self.scale_in = float(state["scale_in"])
         self.scale_out = float(state["scale_out"])
         self.last_density_F = state["last_density"]
+
+
+def wants_approx_selection(setting: str, sae: torch.nn.Module, device: torch.device | str) -> bool:
+    """Whether the trainer asks `sae` (in training mode) for approximate pair selection:
+    `setting` is on, or auto where bfloat16 is natively fast, and the SAE takes the sparse
+    path on `device` with an architecture that allows it (`approximate_selection`)."""
+    if setting == "off" or not getattr(sae, "approximate_selection", False):
+        return False
+    return use_sparse(sae, device) and (setting == "on" or native_bf16(device))
 
 
 @dataclass
@@ -169,11 +185,17 @@ class Trainer:
             self.step, self._every(cfg.sparsity_warmup_tokens)
         )
         dead_mask_F = unit.firing.dead_mask() if unit.use_dead_mask else None
+        check_every = max(1, self.total_steps // AGREEMENT_CHECKS)
+        if unit.approx_selection and (
+            self.step % check_every == 0 or unit.selection_agreement is None
+        ):
+            unit.selection_agreement = selection_agreement(unit.sae, x_BD)
         device_type = x_BD.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast):
             out = unit.sae(
                 x_BD, target_BD, dead_mask=dead_mask_F, sparsity_coefficient=coefficient,
                 sparse_feature_acts=True,  # only the firing counts are read below
+                approx_selection=unit.approx_selection,
             )  # fmt: skip
         out = self._global_loss(unit, out, target_BD)
         loss = out.loss
@@ -201,17 +223,18 @@ class Trainer:
         if unit.firing.window_tokens >= cfg.dead_after_tokens:
             unit.last_density_F = unit.firing.window_density()
             unit.firing.reset_window()
-        values = self._reduce_metrics(torch.stack(
-            [
-                loss.detach().float(),
-                out.mse_loss.detach().float(),
-                out.sparsity_loss.detach().float(),
-                out.aux_loss.detach().float(),
-                l0_value.float(),
-                explained_variance(target_BD, out.sae_out.detach()).float(),
-            ]
-        )).tolist()  # one device sync for all metrics
-        names = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
+        metrics = {
+            "loss": loss.detach().float(),
+            "mse_loss": out.mse_loss.detach().float(),
+            "sparsity_loss": out.sparsity_loss.detach().float(),
+            "aux_loss": out.aux_loss.detach().float(),
+            "l0": l0_value.float(),
+            "explained_variance": explained_variance(target_BD, out.sae_out.detach()).float(),
+        }
+        if unit.selection_agreement is not None:
+            metrics["selection_agreement"] = l0_value.new_tensor(unit.selection_agreement)
+        names = tuple(metrics)
+        values = self._reduce_metrics(torch.stack(list(metrics.values()))).tolist()  # one sync
         return {**dict(zip(names, values, strict=True)), "lr": cfg.lr * factor}
 
     def _with_firing(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
