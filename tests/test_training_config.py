@@ -155,3 +155,19 @@ def test_every_setting_has_help():
                  "--device", "--dtype", "--wandb", "--activations", "--checkpoint-every", "--resume"):
         assert flag in help_text
     assert "(default: " in help_text
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["--arch", "relu", "--k", "32"], "saekit train: error: --k is only used by topk"),
+        (["--log-every", "0"], "saekit train: error: --log-every must be positive, got 0"),
+        (["--sae-setting", "x=1"], "saekit train: error: --sae-setting: 'x' is not a setting of topk"),
+        (["--d-sae", "9", "--expansion-factor", "2"], "give either --d-sae or --expansion-factor"),
+    ],
+)
+def test_cli_errors_name_flags_not_fields(argv, line, capsys):
+    from saekit.cli import main
+
+    assert main(["train", *argv]) == 2
+    assert line in capsys.readouterr().err

@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError, DiskFullError) as err:
-        print(f"saekit {args.command}: error: {err}", file=sys.stderr)
+        from saekit.settings import with_flag_names
+        from saekit.training.cli import FLAG_RENAMES
+        from saekit.training.config import TrainConfig
+
+        message = with_flag_names(str(err), TrainConfig, FLAG_RENAMES)  # flags, not field names
+        print(f"saekit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

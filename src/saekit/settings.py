@@ -145,6 +145,23 @@ def flag_name(field_name: str, renames: dict[str, str] | None = None) -> str:
     return "--" + (renames or {}).get(field_name, field_name).replace("_", "-")
 
 
+def with_flag_names(message: str, cls: type, renames: dict[str, str] | None = None) -> str:
+    """`message` with the settings of `cls` it names written as flags, for the command line.
+
+    Names with an underscore or a flag rename are rewritten wherever they stand as a word
+    (`l1s is only used` -> `--l1 is only used`); a plain name (`tokens`) only at the start.
+    """
+    import re
+
+    for name in sorted((f.name for f in dataclasses.fields(cls)), key=len, reverse=True):
+        flag = flag_name(name, renames)
+        if "_" in name or name in (renames or {}):
+            message = re.sub(rf"(?<![\w.'\"-]){re.escape(name)}(?![\w'\"-])", flag, message)
+        elif message.startswith(name + " ") or message.startswith(name + "=") or message.startswith(name + ":"):
+            message = flag + message[len(name):]
+    return message
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
