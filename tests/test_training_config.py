@@ -171,3 +171,24 @@ def test_cli_errors_name_flags_not_fields(argv, line, capsys):
 
     assert main(["train", *argv]) == 2
     assert line in capsys.readouterr().err
+
+
+def test_checkpoints_by_default_by_tokens_and_by_time():
+    import time as _time
+
+    from saekit.training.trainer import Trainer
+
+    trainer = Trainer(TrainConfig(tokens=409_600, batch_tokens=4096), [])
+    assert trainer.total_steps == 100 and trainer.checkpoint_interval() == 25  # a quarter
+    assert Trainer(TrainConfig(checkpoint_every=0), []).checkpoint_interval() == 0
+    assert Trainer(TrainConfig(checkpoint_every=8192, batch_tokens=4096), []).checkpoint_interval() == 2
+    timed = Trainer(TrainConfig(checkpoint_every=0, checkpoint_minutes=0.5), [])
+    timed.step, timed._last_checkpoint = 3, _time.monotonic()
+    assert not timed._checkpoint_due(0)
+    timed._last_checkpoint -= 31
+    assert timed._checkpoint_due(0)
+    timed.step = timed.total_steps  # never at the last step: the run saves its SAEs then
+    assert not timed._checkpoint_due(0)
+    off = Trainer(TrainConfig(checkpoint_every=0, checkpoint_minutes=0), [])
+    off.step, off._last_checkpoint = 3, -1e9
+    assert not off._checkpoint_due(0)

@@ -30,7 +30,8 @@ def cli_args(cfg: TrainConfig) -> list[str]:
     for name in ("context", "tokens", "batch_tokens", "buffer_tokens", "forward_rows",
                  "init_tokens", "expansion_factor", "eval_tokens", "dead_after_tokens",
                  "log_every", "checkpoint_every", "threads", "seed"):
-        args += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
+        if getattr(cfg, name) is not None:
+            args += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
     args += ["--k", ",".join(map(str, cfg.ks)), "--no-progress"]
     return args
 
@@ -155,7 +156,10 @@ def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, tmp_path):
-    changes = dict(tokens=40_960, checkpoint_every=2048, eval_tokens=0)
+    """A run started with no checkpoint flag checkpoints by itself (every quarter of the run),
+    so `--resume` after SIGKILL continues it bit-identically."""
+    changes = dict(tokens=40_960, eval_tokens=0)
+    assert small_cfg(tiny_model_dir, tmp_path / "x", **changes).checkpoint_every is None
     reference = train(small_cfg(tiny_model_dir, tmp_path / "whole", **changes))
 
     cfg = small_cfg(tiny_model_dir, tmp_path / "killed", **changes)

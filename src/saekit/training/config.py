@@ -111,8 +111,11 @@ class TrainConfig(DataSettings):
     """Evaluate on held-back tokens every this many training tokens (0: only at the end)."""
     eval_tokens: Count = 16_384
     """Held-back tokens per evaluation (0 disables evaluation)."""
-    checkpoint_every: Count = 0
-    """Write a checkpoint every this many tokens (0: only on interrupt)."""
+    checkpoint_every: Count | None = None
+    """Write a checkpoint every this many tokens; default: every quarter of the run; 0: only by
+    time (checkpoint_minutes) and on interrupt. A killed run continues with --resume."""
+    checkpoint_minutes: float = 10.0
+    """Also write a checkpoint when this many minutes passed since the last one (0: never)."""
     wandb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
     wandb_project: str = "saekit"
@@ -141,12 +144,14 @@ class TrainConfig(DataSettings):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type == "Count" and value < 0:
+            if f.type.startswith("Count") and value is not None and value < 0:
                 raise ValueError(f"{f.name} must be 0 or more, got {value}")
         if 2 * self.batch_tokens > self.buffer_tokens:
             raise ValueError(
                 f"buffer_tokens={self.buffer_tokens} must be at least twice batch_tokens={self.batch_tokens}"
             )
+        if not 0.0 <= self.checkpoint_minutes < float("inf"):
+            raise ValueError(f"checkpoint_minutes must be 0 or more, got {self.checkpoint_minutes}")
         if not 0.0 < self.lr < float("inf"):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:

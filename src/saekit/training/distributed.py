@@ -335,6 +335,13 @@ class DistributedTrainer(Trainer):
         if self._owns(unit):  # replicate: every rank, on the same global batch
             super()._resample(unit, batch)
 
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's clock decides a time-based checkpoint for every rank."""
+        device = self.units[0].firing.window_counts_F.device
+        value = torch.tensor([int(flag)], device=device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
     def _stopping(self) -> bool:
         """A stop signal on any rank stops every rank at the same step."""
         device = self.units[0].firing.window_counts_F.device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class Trainer:
     step: int = 0
     generator: torch.Generator = field(default_factory=torch.Generator)
     _stop_signal: int | None = None
+    _last_checkpoint: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -121,7 +123,8 @@ class Trainer:
         """Train from `self.step` to the end, reading one batch per step."""
         cfg = self.cfg
         eval_every = self._every(cfg.eval_every_tokens)
-        ckpt_every = self._every(cfg.checkpoint_every)
+        ckpt_every = self.checkpoint_interval()
+        self._last_checkpoint = time.monotonic()
         resample_every = self._every(cfg.resample_every_tokens)
         with self._catch_stop_signals():
             while self.step < self.total_steps:
@@ -159,13 +162,27 @@ class Trainer:
                         f"stopped by signal {signal.Signals(self._stop_signal).name} at step "
                         f"{self.step}; resume with --resume"
                     )
-                if (
-                    self.callbacks.on_checkpoint
-                    and ckpt_every
-                    and self.step % ckpt_every == 0
-                    and self.step < self.total_steps
-                ):
+                if self.callbacks.on_checkpoint and self._checkpoint_due(ckpt_every):
                     self.callbacks.on_checkpoint(self.step, tokens_seen)
+                    self._last_checkpoint = time.monotonic()
+
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints by tokens: the setting, else a quarter of the run."""
+        if self.cfg.checkpoint_every is None:
+            return max(1, self.total_steps // 4)
+        return self._every(self.cfg.checkpoint_every)
+
+    def _checkpoint_due(self, every: int) -> bool:
+        """By tokens (every `every` steps) or by wall time, never at the last step."""
+        if self.step >= self.total_steps:
+            return False
+        minutes = self.cfg.checkpoint_minutes
+        late = bool(minutes) and time.monotonic() - self._last_checkpoint >= 60 * minutes
+        return bool(every and self.step % every == 0) or (bool(minutes) and self._agree(late))
+
+    def _agree(self, flag: bool) -> bool:
+        """One process decides alone (under torchrun, the ranks agree: see distributed.py)."""
+        return flag
 
     def _train_unit(self, unit: SAEUnit, batch: Batch) -> dict[str, float]:
         """One optimizer step of one SAE; returns its batch metrics."""
