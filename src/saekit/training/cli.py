@@ -89,6 +89,11 @@ def run_train_command(args: argparse.Namespace) -> int:
     from saekit.training.trainer import NonFiniteLossError, TrainingInterrupted
 
     cfg = config_from_args(args)
+    summary = Path(cfg.out) / "summary.txt"
+    if getattr(args, "resume", False) and summary.is_file():  # nothing left to continue
+        print(f"saekit train: {cfg.out} holds a finished run; nothing to resume\n")
+        print(summary.read_text().rstrip())
+        return 0
     if getattr(args, "nproc", 1) > 1:
         return launch_torchrun(cfg, args.nproc, resume=getattr(args, "resume", False))
     try:
