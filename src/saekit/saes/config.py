@@ -46,6 +46,11 @@ ARCH_SETTINGS: dict[str, dict[str, Any]] = {
 }
 SETTING_NAMES = sorted({name for s in ARCH_SETTINGS.values() for name in s})
 
+SKIP_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+"""Architectures whose reconstruction may add a linear skip path (`skip=True`)."""
+# SAELens 6's skip-transcoder classes (W_skip [d_in, d_out]) by saekit architecture.
+_SKIP_TO_SAELENS = {"relu": "skip_transcoder", "batchtopk": "jumprelu_skip_transcoder",
+                    "jumprelu": "jumprelu_skip_transcoder"}  # fmt: skip
 # (saekit architecture, is_transcoder) -> the `architecture` SAELens 6 reads.
 _TO_SAELENS = {
     ("relu", False): "standard",
@@ -66,6 +71,8 @@ _FROM_FILE = {
     "standard": "relu",
     "transcoder": "relu",
     "jumprelu_transcoder": "jumprelu",
+    "skip_transcoder": "relu",
+    "jumprelu_skip_transcoder": "jumprelu",
     **{name: name for name in ARCH_SETTINGS},
 }
 
@@ -143,6 +150,7 @@ class SAEConfig:
     normalize_activations: str = "none"
     reshape_activations: str = "none"
     metadata: SAEMetadata = field(default_factory=SAEMetadata)
+    skip: bool = False  # skip transcoder: sae_out adds x @ W_skip [d_in, d_out]
     # architecture settings (None: not set / not applicable)
     k: int | None = None
     aux_k: int | None = None
@@ -179,6 +187,11 @@ class SAEConfig:
             raise ValueError(
                 f"apply_b_dec_to_input=True is impossible when d_out ({self.d_out}) != d_in "
                 f"({self.d_in}): b_dec lives in the output space"
+            )
+        if self.skip and self.architecture not in SKIP_ARCHITECTURES:
+            raise ValueError(
+                f"skip=True is not supported by {self.architecture!r}; "
+                f"skip transcoders are {', '.join(SKIP_ARCHITECTURES)}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
@@ -223,6 +236,8 @@ class SAEConfig:
     def to_dict(self) -> dict[str, Any]:
         """The `cfg.json` content (SAELens 6 keys + saekit settings)."""
         saelens_arch = _TO_SAELENS[(self.architecture, self.is_transcoder)]
+        if self.skip:
+            saelens_arch = _SKIP_TO_SAELENS.get(self.architecture, saelens_arch)
         out: dict[str, Any] = {"architecture": saelens_arch}
         if saelens_arch != self.architecture:
             out["saekit_architecture"] = self.architecture
@@ -230,6 +245,8 @@ class SAEConfig:
             if f.name in ("architecture", "metadata") or f.name in SETTING_NAMES:
                 continue
             out[f.name] = getattr(self, f.name)
+        if not self.skip:  # written only where it holds, so other folders keep their keys
+            del out["skip"]
         out.update(self.settings())
         out["metadata"] = self.metadata.to_dict()
         return out
@@ -250,9 +267,12 @@ class SAEConfig:
                     f"unknown architecture {file_arch!r}; saekit reads {sorted(_FROM_FILE)}"
                 )
             arch = _FROM_FILE[file_arch]
+            if file_arch.endswith("skip_transcoder"):
+                data["skip"] = True
         elif arch not in ARCH_SETTINGS or file_arch not in (
             _TO_SAELENS.get((arch, False)),
             _TO_SAELENS.get((arch, True)),
+            _SKIP_TO_SAELENS.get(arch),
             arch,
         ):
             raise ValueError(

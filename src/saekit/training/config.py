@@ -27,6 +27,12 @@ class TrainConfig(DataSettings):
     # --- what to train on
     hook_out: str | None = None
     """Train transcoders: read the input at `hooks`, reconstruct the activation at this hook."""
+    transcoders: str | None = None
+    """Train a transcoder per layer, from MLP input (`blocks.L.ln2.hook_normalized`) to MLP
+    output (`blocks.L.hook_mlp_out`), all from one model pass: `all`, a layer `L` or a
+    half-open range `A:B` (e.g. 0:10). Replaces hooks/hook_out."""
+    skip: bool = False
+    """Transcoders only: add a linear skip path `x @ W_skip` [d_in, d_out], trained jointly."""
     activations: str | None = None
     """Train from an activation cache written by `saekit cache` instead of the live model."""
 
@@ -155,6 +161,14 @@ class TrainConfig(DataSettings):
             raise ValueError("give either d_saes or expansion_factor, not both")
         if self.hook_out is not None and len(self.hooks) > 1:
             raise ValueError("hook_out (transcoders) takes exactly one input hook")
+        if self.transcoders is not None:
+            from saekit.training.transcoders import check_layer_spec
+
+            check_layer_spec(self.transcoders)
+            if self.hooks or self.hook_out:
+                raise ValueError("transcoders chooses the hooks itself; drop hooks and hook_out")
+        if self.skip and not (self.transcoders or self.hook_out):
+            raise ValueError("skip is for transcoders: also give transcoders or hook_out")
         if self.dead_feature_method == "resample" and self.resample_every_tokens <= 0:
             raise ValueError("dead_feature_method=resample needs resample_every_tokens > 0")
         if self.resample_every_tokens and self.dead_feature_method != "resample":
