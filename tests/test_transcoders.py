@@ -92,10 +92,13 @@ def test_all_layer_transcoders_equal_separate_runs(tiny_model_dir, tmp_path):
 
 def test_skip_transcoders_train_and_save_W_skip(tiny_model_dir, tmp_path):
     cfg = small_train_config(
-        tiny_model_dir, tmp_path / "run", hooks=(), transcoders="3", skip=True, tokens=2048,
+        tiny_model_dir, tmp_path / "run", hooks=(), transcoders="2:", skip=True, tokens=2048,
         ks=(8,), eval_tokens=512,
     )  # fmt: skip
     result = train(cfg)
+    replacement = result.final_metrics["replacement"]  # layers 2 and 3 spliced together
+    assert len(replacement["fvu_per_layer"]) == 2 and replacement["l0_per_layer"] == [8.0, 8.0]
+    assert replacement["ce_loss_replaced"] > 0 and replacement["kl_div"] >= 0
     folder = result.sae_folders[mlp_hooks(3)[0]]
     assert load_file(str(folder / "sae_weights.safetensors"))["W_skip"].abs().sum() > 0
     assert SAE.load(folder).cfg.skip

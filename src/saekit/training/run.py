@@ -20,11 +20,8 @@ from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
 from saekit.training import distributed
-from saekit.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from saekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.clt import CLTUnit, build_clt_unit, evaluate_replacement_units, initialize_clt
 from saekit.training.config import DEFAULT_K, TrainConfig
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
@@ -124,6 +121,8 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
 
 def raw_activation_sae(unit: SAEUnit) -> torch.nn.Module:
     """A copy of the unit's SAE that works on raw (unnormalised) activations."""
+    if isinstance(unit, CLTUnit):
+        return unit.raw_clt()
     sae = copy.deepcopy(unit.sae)
     sae.fold_activation_scale(unit.scale_in, unit.scale_out)
     sae.eval()
@@ -170,7 +169,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     main = distributed.is_main()
 
     lm, buffer, pairs, dims, prov = _open_data(cfg, device)
-    units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)]
+    units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
+        build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
+    ]
     trainer = distributed.make_trainer(cfg, units)
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -189,7 +190,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
             log.path.unlink(missing_ok=True)
         sample = buffer.peek(cfg.init_tokens)
         for unit in units:
-            initialize_unit(unit, sample, cfg)
+            (initialize_clt if isinstance(unit, CLTUnit) else initialize_unit)(unit, sample, cfg)
         if main:  # the run config records the provenance (a cache's, when training from one)
             recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
             atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")
@@ -209,7 +210,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
             wandb_logger.log(step, per_sae)
 
     def evaluate(step: int, tokens: int) -> dict[str, dict[str, float]]:
-        results = _evaluate_units(units, cfg, eval_batches)
+        per_hook = [u for u in units if not isinstance(u, CLTUnit)]
+        results = _evaluate_units(per_hook, cfg, eval_batches) if per_hook else {}
+        results |= evaluate_replacement_units(units, cfg, eval_batches, raw_activation_sae)
         for name, result in results.items():
             density = result.pop("log10_feature_density")
             result["eval_tokens"] = result.pop("tokens")  # "tokens" is the training position
@@ -361,6 +364,8 @@ def _save_saes(units, trainer: Trainer, run_dir: Path, prov: Provenance) -> dict
     for unit in units:
         sae = raw_activation_sae(unit)
         prov.write_metadata(sae.cfg.metadata, unit.hook_in, unit.hook_out)
+        if isinstance(unit, CLTUnit):  # every layer's hooks
+            sae.cfg.metadata.extra |= {"hook_names": unit.hooks_in, "hook_names_out": unit.hooks_out}
         folder = run_dir / unit.name
         sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
         folders[unit.name] = folder
@@ -378,7 +383,7 @@ def _final_metrics(units, trainer: Trainer, log: MetricsLog, final: dict) -> dic
         merged = {k: v for k, v in last_train.get(unit.name, {}).items() if isinstance(v, float)}
         merged.update(final.get(unit.name, {}))
         out[unit.name] = merged
-    return out
+    return out | {name: final[name] for name in final.keys() - out.keys()}  # the replacement
 
 
 def _write_reports(run_dir: Path, log: MetricsLog, units, trainer: Trainer) -> None:
