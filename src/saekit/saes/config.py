@@ -48,9 +48,8 @@ SETTING_NAMES = sorted({name for s in ARCH_SETTINGS.values() for name in s})
 
 SKIP_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 """Architectures whose reconstruction may add a linear skip path (`skip=True`)."""
-# SAELens 6's skip-transcoder classes (W_skip [d_in, d_out]) by saekit architecture.
-_SKIP_TO_SAELENS = {"relu": "skip_transcoder", "batchtopk": "jumprelu_skip_transcoder",
-                    "jumprelu": "jumprelu_skip_transcoder"}  # fmt: skip
+# SAELens's skip-transcoder files are not read (their W_skip layout is unverified here), so a
+# saekit skip transcoder keeps its plain architecture name and adds `skip: true`.
 # (saekit architecture, is_transcoder) -> the `architecture` SAELens 6 reads.
 _TO_SAELENS = {
     ("relu", False): "standard",
@@ -71,8 +70,6 @@ _FROM_FILE = {
     "standard": "relu",
     "transcoder": "relu",
     "jumprelu_transcoder": "jumprelu",
-    "skip_transcoder": "relu",
-    "jumprelu_skip_transcoder": "jumprelu",
     **{name: name for name in ARCH_SETTINGS},
 }
 
@@ -236,8 +233,6 @@ class SAEConfig:
     def to_dict(self) -> dict[str, Any]:
         """The `cfg.json` content (SAELens 6 keys + saekit settings)."""
         saelens_arch = _TO_SAELENS[(self.architecture, self.is_transcoder)]
-        if self.skip:
-            saelens_arch = _SKIP_TO_SAELENS.get(self.architecture, saelens_arch)
         out: dict[str, Any] = {"architecture": saelens_arch}
         if saelens_arch != self.architecture:
             out["saekit_architecture"] = self.architecture
@@ -267,12 +262,9 @@ class SAEConfig:
                     f"unknown architecture {file_arch!r}; saekit reads {sorted(_FROM_FILE)}"
                 )
             arch = _FROM_FILE[file_arch]
-            if file_arch.endswith("skip_transcoder"):
-                data["skip"] = True
         elif arch not in ARCH_SETTINGS or file_arch not in (
             _TO_SAELENS.get((arch, False)),
             _TO_SAELENS.get((arch, True)),
-            _SKIP_TO_SAELENS.get(arch),
             arch,
         ):
             raise ValueError(
