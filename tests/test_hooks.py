@@ -139,7 +139,10 @@ def test_attn_and_mlp_out_add_up_to_the_residual_stream(family_lm):
         ("llama", "blocks.1.hook_attn_out", "model.layers.1.self_attn", "output"),
         ("llama", "blocks.1.hook_mlp_out", "model.layers.1.mlp", "output"),
         ("llama", "blocks.1.hook_resid_mid", "model.layers.1.post_attention_layernorm", "input"),
+        ("llama", "blocks.1.ln2.hook_normalized", "model.layers.1.mlp", "input"),
         ("gpt2", "blocks.2.hook_attn_out", "transformer.h.2.attn", "output"),
+        ("gpt2", "blocks.2.ln2.hook_normalized", "transformer.h.2.mlp", "input"),
+        ("gemma2", "blocks.1.ln2.hook_normalized", "model.layers.1.mlp", "input"),
         ("gpt2", "blocks.2.hook_resid_mid", "transformer.h.2.ln_2", "input"),
         ("pythia", "blocks.0.hook_attn_out", "gpt_neox.layers.0.attention", "output"),
         ("gemma2", "blocks.1.hook_attn_out", "model.layers.1.post_attention_layernorm", "output"),
@@ -350,7 +353,7 @@ def test_hook_names_and_errors(tiny_lm):
         "blocks.0.hook_attn_out",
         "blocks.0.hook_mlp_out",
     ]
-    assert len(names) == 4 * 5 + 1 and names[-1] == "blocks.4.hook_resid_pre"
+    assert len(names) == 4 * 6 + 1 and names[-1] == "blocks.4.hook_resid_pre"
     for bad, why in [
         ("blocks.4.hook_resid_post", "layer 4 out of range, the model has 4 layers"),
         ("blocks.9.hook_resid_pre", "layer 9 out of range"),
@@ -364,6 +367,18 @@ def test_hook_names_and_errors(tiny_lm):
         assert why in msg and repr(bad) in msg
         assert "blocks.{0..3}.hook_resid_pre" in msg and "blocks.{0..3}.hook_mlp_out" in msg
         assert "e.g. model.layers.0.mlp" in msg and "model.norm (the final norm's output)" in msg
+
+
+def test_mlp_input_is_the_normed_residual_mid(tiny_lm):
+    """blocks.L.ln2.hook_normalized = post_attention_layernorm(resid_mid), the MLP's input."""
+    ids = ids_BT(seed=5)
+    names = ["blocks.2.hook_resid_mid", "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"]
+    acts = tiny_lm.run_to_hooks(ids, names)
+    layer = tiny_lm.model.model.layers[2]
+    with torch.no_grad():
+        normed = layer.post_attention_layernorm(acts[names[0]])
+        torch.testing.assert_close(acts[names[1]], normed)
+        torch.testing.assert_close(acts[names[2]], layer.mlp(normed))
 
 
 def test_parallel_residual_has_no_resid_mid():

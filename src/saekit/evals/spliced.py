@@ -79,8 +79,9 @@ def reconstruct(
     """
     param = sae.W_enc
     x_ND = x_ND.to(device=param.device, dtype=param.dtype)
-    feats = sae.encode(x_ND * scale_in if scale_in != 1.0 else x_ND)
-    x_hat_ND = sae.decode(feats)
+    x_ND = x_ND * scale_in if scale_in != 1.0 else x_ND
+    feats = sae.encode(x_ND)
+    x_hat_ND = sae.add_skip(x_ND, sae.decode(feats))
     return (x_hat_ND / scale_out if scale_out != 1.0 else x_hat_ND), feats
 
 

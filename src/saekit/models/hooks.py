@@ -27,8 +27,11 @@ _BLOCK_HOOKS: dict[str, tuple[str | None, Literal["input", "output"]]] = {
     "hook_resid_post": (None, "output"),
     "hook_attn_out": ("attn_out", "output"),
     "hook_mlp_out": ("mlp_out", "output"),
+    "ln2.hook_normalized": ("mlp_in", "input"),  # the MLP's input: after its norm
 }
-_BLOCK_NAME = re.compile(r"blocks\.(\d+)\.(\w+)")
+MLP_IN, MLP_OUT = "ln2.hook_normalized", "hook_mlp_out"
+"""The hooks a transcoder of layer L reads and writes: `blocks.L.{MLP_IN}` -> `blocks.L.{MLP_OUT}`."""
+_BLOCK_NAME = re.compile(r"blocks\.(\d+)\.([\w.]+)")
 _LAYER_IN_PATH = re.compile(r"\.(\d+)(?:\.|$)")
 
 

@@ -38,6 +38,7 @@ class Layout:
         final_norm: path of the norm before the unembedding, or None.
         attn_out: module whose output is what attention adds to the residual stream.
         mlp_out: module whose output is what the MLP adds to the residual stream.
+        mlp_in: the MLP module, whose *input* (after the norm before it) is what the MLP reads.
         resid_mid: module whose *input* is the residual stream between attention and MLP;
             None for parallel-residual models (GPT-J, Pythia), where that point does not exist.
     """
@@ -46,6 +47,7 @@ class Layout:
     final_norm: str | None
     attn_out: str | None
     mlp_out: str | None
+    mlp_in: str | None
     resid_mid: str | None
 
 
@@ -65,7 +67,7 @@ def detect_layout(model: nn.Module) -> Layout:
     first = f"{layers}.0."
     has = lambda sub: first + sub in names  # noqa: E731
     attn = _first(_ATTENTIONS, names, first)
-    mlp = _first(_MLPS, names, first)
+    mlp = mlp_in = _first(_MLPS, names, first)
     parallel = bool(getattr(model.config, "use_parallel_residual", False)) or (
         model.config.model_type in {"gptj", "phi", "falcon", "cohere"}
     )
@@ -86,5 +88,6 @@ def detect_layout(model: nn.Module) -> Layout:
         final_norm=_first(_FINAL_NORMS, names),
         attn_out=attn,
         mlp_out=mlp,
+        mlp_in=mlp_in,
         resid_mid=resid_mid,
     )

@@ -47,7 +47,8 @@ class SAE(nn.Module):
     `approx_selection=True` to `forward` gets an approximate choice of active features.
 
     Parameters: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`,
-    `b_dec [d_out]` (+ `threshold [d_sae]` for jumprelu/batchtopk/matryoshka; gated has
+    `b_dec [d_out]` (+ `W_skip [d_in, d_out]` for skip transcoders, `cfg.skip`;
+    + `threshold [d_sae]` for jumprelu/batchtopk/matryoshka; gated has
     `b_gate, b_mag, r_mag` instead of `b_enc`). `state_dict()` keys are the tensor names of
     `sae_weights.safetensors`.
     """
@@ -91,6 +92,8 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W_enc_DF.contiguous())
         self.W_dec = nn.Parameter(W_dec_FO)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out, **kw))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out, **kw))
         self.init_extra(kw)
 
     # ---- construction and files -------------------------------------------------------
@@ -208,6 +211,10 @@ class SAE(nn.Module):
         """Reconstruction [B, O] from feature activations [B, F]."""
         return f_BF @ self.W_dec + self.b_dec
 
+    def add_skip(self, x_BD: Tensor, sae_out_BO: Tensor) -> Tensor:
+        """`sae_out + x @ W_skip` for a skip transcoder (`cfg.skip`), else `sae_out`."""
+        return sae_out_BO + x_BD @ self.W_skip if self.cfg.skip else sae_out_BO
+
     def forward(
         self,
         x_BD: Tensor,
@@ -238,7 +245,7 @@ class SAE(nn.Module):
         lead = x_BD.shape[:-1]
         x_BD, target_BO = x_BD.reshape(-1, self.cfg.d_in), target_BO.reshape(-1, self.cfg.d_out)
         pre_BF, f_BF = self.encode_parts(x_BD)
-        sae_out_BO = self.decode(f_BF)
+        sae_out_BO = self.add_skip(x_BD, self.decode(f_BF))
         zero = sae_out_BO.new_zeros(())
         mse = self.reconstruction_loss(DenseActs(f_BF), sae_out_BO, target_BO)
         coef = self.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
@@ -284,6 +291,8 @@ class SAE(nn.Module):
         self.W_enc *= scale
         self.W_dec /= scale_out
         self.b_dec /= scale_out
+        if self.cfg.skip:
+            self.W_skip *= scale / scale_out
 
     def extra_repr(self) -> str:
         c = self.cfg

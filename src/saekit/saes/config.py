@@ -46,6 +46,10 @@ ARCH_SETTINGS: dict[str, dict[str, Any]] = {
 }
 SETTING_NAMES = sorted({name for s in ARCH_SETTINGS.values() for name in s})
 
+SKIP_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+"""Architectures whose reconstruction may add a linear skip path (`skip=True`)."""
+# SAELens's skip-transcoder files are not read (their W_skip layout is unverified here), so a
+# saekit skip transcoder keeps its plain architecture name and adds `skip: true`.
 # (saekit architecture, is_transcoder) -> the `architecture` SAELens 6 reads.
 _TO_SAELENS = {
     ("relu", False): "standard",
@@ -143,6 +147,7 @@ class SAEConfig:
     normalize_activations: str = "none"
     reshape_activations: str = "none"
     metadata: SAEMetadata = field(default_factory=SAEMetadata)
+    skip: bool = False  # skip transcoder: sae_out adds x @ W_skip [d_in, d_out]
     # architecture settings (None: not set / not applicable)
     k: int | None = None
     aux_k: int | None = None
@@ -179,6 +184,11 @@ class SAEConfig:
             raise ValueError(
                 f"apply_b_dec_to_input=True is impossible when d_out ({self.d_out}) != d_in "
                 f"({self.d_in}): b_dec lives in the output space"
+            )
+        if self.skip and self.architecture not in SKIP_ARCHITECTURES:
+            raise ValueError(
+                f"skip=True is not supported by {self.architecture!r}; "
+                f"skip transcoders are {', '.join(SKIP_ARCHITECTURES)}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
@@ -230,6 +240,8 @@ class SAEConfig:
             if f.name in ("architecture", "metadata") or f.name in SETTING_NAMES:
                 continue
             out[f.name] = getattr(self, f.name)
+        if not self.skip:  # written only where it holds, so other folders keep their keys
+            del out["skip"]
         out.update(self.settings())
         out["metadata"] = self.metadata.to_dict()
         return out

@@ -185,7 +185,7 @@ def sparse_forward(
     vals_N = gather_pre(sae, x_BD, pre_BF, code).relu()
     sae.observe_selection(vals_N.detach())
     acts = PairActs(code, vals_N)
-    sae_out_BO = acts.decode(sae.W_dec) + sae.b_dec
+    sae_out_BO = sae.add_skip(x_BD, acts.decode(sae.W_dec) + sae.b_dec)
     mse = sae.reconstruction_loss(acts, sae_out_BO, target_BO)
     coefficient = sae.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
     penalty = sae.sparsity_penalty(None, acts)

@@ -27,6 +27,16 @@ class TrainConfig(DataSettings):
     # --- what to train on
     hook_out: str | None = None
     """Train transcoders: read the input at `hooks`, reconstruct the activation at this hook."""
+    transcoders: str | None = None
+    """Train a transcoder per layer, from MLP input (`blocks.L.ln2.hook_normalized`) to MLP
+    output (`blocks.L.hook_mlp_out`), all from one model pass: `all`, a layer `L` or a
+    half-open range `A:B` (e.g. 0:10). Replaces hooks/hook_out."""
+    cross_layer: bool = False
+    """With transcoders: train one cross-layer transcoder over those layers instead (features
+    read at layer l write to the MLP outputs of l and every later layer); arch topk or
+    batchtopk sets the per-layer sparsity, k, d_sae the features per layer."""
+    skip: bool = False
+    """Transcoders only: add a linear skip path `x @ W_skip` [d_in, d_out], trained jointly."""
     activations: str | None = None
     """Train from an activation cache written by `saekit cache` instead of the live model."""
 
@@ -160,6 +170,16 @@ class TrainConfig(DataSettings):
             raise ValueError("give either d_saes or expansion_factor, not both")
         if self.hook_out is not None and len(self.hooks) > 1:
             raise ValueError("hook_out (transcoders) takes exactly one input hook")
+        if self.transcoders is not None:
+            from saekit.training.transcoders import check_layer_spec
+
+            check_layer_spec(self.transcoders)
+            if self.hooks or self.hook_out:
+                raise ValueError("transcoders chooses the hooks itself; drop hooks and hook_out")
+        if self.cross_layer:
+            self._validate_cross_layer()
+        if self.skip and not (self.transcoders or self.hook_out):
+            raise ValueError("skip is for transcoders: also give transcoders or hook_out")
         if self.dead_feature_method == "resample" and self.resample_every_tokens <= 0:
             raise ValueError("dead_feature_method=resample needs resample_every_tokens > 0")
         if self.resample_every_tokens and self.dead_feature_method != "resample":
@@ -170,6 +190,23 @@ class TrainConfig(DataSettings):
             raise ValueError(f"ks is only used by {', '.join(with_k)}")
         if self.l1s and not any(a in with_coefficient for a in self.archs):
             raise ValueError(f"l1s is only used by {', '.join(with_coefficient)}")
+
+    def _validate_cross_layer(self) -> None:
+        from saekit.saes.clt import CLT_ACTIVATIONS
+
+        if not self.transcoders:
+            raise ValueError("cross_layer needs transcoders (the layers, e.g. --transcoders 0:6)")
+        if len(self.archs) != 1 or self.archs[0] not in CLT_ACTIVATIONS:
+            raise ValueError(f"cross_layer: archs must be one of {', '.join(CLT_ACTIVATIONS)}")
+        if len(self.ks) > 1 or len(self.d_saes) > 1 or self.skip:
+            raise ValueError("cross_layer trains one CLT: give at most one k and d_sae, no skip")
+        allowed = ("aux_k", "aux_coefficient", "threshold_lr")
+        bad = [key for key, _ in self.sae_settings if key not in allowed]
+        if bad or self.dead_feature_method not in ("auto", "auxk", "none"):
+            raise ValueError(
+                f"cross_layer: sae_settings may be {', '.join(allowed)} (got {bad}); "
+                "dead_feature_method auto, auxk or none"
+            )
 
     def _validate_architectures(self) -> None:
         from saekit.saes.config import ARCH_SETTINGS

@@ -111,5 +111,6 @@ def summary_text(
                 f"    approx-selection: {metrics['selection_agreement']:.2%} of the active "
                 "(token, feature) pairs chosen in bfloat16 as in float32 (last check)"
             )
-        lines.append(f"    SAE folder: {folders[name]}")
+        if name in folders:  # not the replacement model of a run's transcoders
+            lines.append(f"    SAE folder: {folders[name]}")
     return "\n".join(lines)

@@ -20,17 +20,15 @@ from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
 from saekit.training import distributed
-from saekit.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from saekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.clt import CLTUnit, build_clt_unit, evaluate_replacement_units, initialize_clt
 from saekit.training.config import DEFAULT_K, TrainConfig
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
 from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
 from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
+from saekit.training.transcoders import hook_pairs, layers_in_cache
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
 
@@ -57,15 +55,18 @@ class UnitSpec:
     settings: tuple[tuple[str, Any], ...]
 
 
-def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
-    """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
+def sweep(
+    cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int]
+) -> list[UnitSpec]:
+    """One UnitSpec per combination of (input, output) hooks, architecture, size and sparsity
+    setting. With one combination per pair, each SAE is named after its input hook."""
     from saekit.saes import SAE_CLASSES, get_sae_class
 
     swept = {c.sparsity_setting for c in SAE_CLASSES.values()} & dict(cfg.sae_settings).keys()
     if swept:
         raise ValueError(f"set {', '.join(sorted(swept))} with --k / --l1, not --sae-setting")
     specs = []
-    for hook, arch in itertools.product(hooks, cfg.archs):
+    for (hook, hook_out), arch in itertools.product(pairs, cfg.archs):
         cls = get_sae_class(arch)
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
         if cls.sparsity_setting == "k":
@@ -82,9 +83,11 @@ def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[Unit
             settings = (*setting, *own)  # a sweep's setting goes to the archs that have it
             defaults = cls.size_defaults(d_sae).items()
             settings += tuple((k, v) for k, v in defaults if k not in dict(settings))
-            specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
-    if len(specs) == 1:  # a single SAE is named after its hook, like its folder
-        return [dataclasses.replace(specs[0], name=specs[0].hook_in)]
+            if cfg.skip:
+                settings += (("skip", True),)
+            specs.append(UnitSpec(name, hook, hook_out, arch, d_sae, settings))
+    if len(specs) == len(pairs):  # one SAE per hook: named after it, like its folder
+        return [dataclasses.replace(s, name=s.hook_in) for s in specs]
     return specs
 
 
@@ -118,6 +121,8 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
 
 def raw_activation_sae(unit: SAEUnit) -> torch.nn.Module:
     """A copy of the unit's SAE that works on raw (unnormalised) activations."""
+    if isinstance(unit, CLTUnit):
+        return unit.raw_clt()
     sae = copy.deepcopy(unit.sae)
     sae.fold_activation_scale(unit.scale_in, unit.scale_out)
     sae.eval()
@@ -163,8 +168,10 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)
     main = distributed.is_main()
 
-    lm, buffer, hooks, dims, prov = _open_data(cfg, device)
-    units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, hooks, dims)]
+    lm, buffer, pairs, dims, prov = _open_data(cfg, device)
+    units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
+        build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
+    ]
     trainer = distributed.make_trainer(cfg, units)
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -183,7 +190,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
             log.path.unlink(missing_ok=True)
         sample = buffer.peek(cfg.init_tokens)
         for unit in units:
-            initialize_unit(unit, sample, cfg)
+            (initialize_clt if isinstance(unit, CLTUnit) else initialize_unit)(unit, sample, cfg)
         if main:  # the run config records the provenance (a cache's, when training from one)
             recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
             atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")
@@ -203,7 +210,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
             wandb_logger.log(step, per_sae)
 
     def evaluate(step: int, tokens: int) -> dict[str, dict[str, float]]:
-        results = _evaluate_units(units, cfg, eval_batches)
+        per_hook = [u for u in units if not isinstance(u, CLTUnit)]
+        results = _evaluate_units(per_hook, cfg, eval_batches) if per_hook else {}
+        results |= evaluate_replacement_units(units, cfg, eval_batches, raw_activation_sae)
         for name, result in results.items():
             density = result.pop("log10_feature_density")
             result["eval_tokens"] = result.pop("tokens")  # "tokens" is the training position
@@ -254,15 +263,17 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
 
 
 def _open_data(cfg: TrainConfig, device):
-    """The model (None when training from a cache), shuffle buffer, hooks, widths, provenance."""
+    """The model (None when training from a cache), shuffle buffer, (input, output) hook
+    pairs, widths, provenance."""
     from saekit.data import CachedActivations, ShuffleBuffer
     from saekit.data.activations import LimitedSource
 
     if cfg.activations:
         source = CachedActivations(cfg.activations, seed=cfg.seed, epochs=10**9, device=device)
         prov = cache_provenance(cfg, source.manifest)
-        hooks = list(cfg.hooks) or list(prov.hooks)
-        needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
+        hooks = cfg.hooks or (() if cfg.transcoders else prov.hooks)
+        pairs = hook_pairs(hooks, cfg.hook_out, cfg.transcoders, layers_in_cache(prov.hooks), "")
+        needed = list(dict.fromkeys(h for pair in pairs for h in pair))
         missing = [h for h in needed if h not in prov.hooks]
         if missing:
             raise ValueError(f"hooks {missing} are not in the cache; it holds {list(prov.hooks)}")
@@ -273,8 +284,9 @@ def _open_data(cfg: TrainConfig, device):
         from saekit.models import load_model
 
         lm = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
-        hooks = list(cfg.hooks) or [default_hook(lm.n_layers)]
-        needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
+        default = default_hook(lm.n_layers)
+        pairs = hook_pairs(cfg.hooks, cfg.hook_out, cfg.transcoders, lm.n_layers, default)
+        needed = list(dict.fromkeys(h for pair in pairs for h in pair))
         dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
         prov = Provenance.of(cfg).replace(hooks=tuple(needed))
         part = "train" if prov.holdout_every else "all"
@@ -284,7 +296,7 @@ def _open_data(cfg: TrainConfig, device):
     source = distributed.strided_source(source, device)  # rank sharding under torchrun
     source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
     buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
-    return lm, buffer, hooks, dims, prov
+    return lm, buffer, pairs, dims, prov
 
 
 def cache_provenance(cfg: TrainConfig, manifest: dict) -> Provenance:
@@ -352,6 +364,8 @@ def _save_saes(units, trainer: Trainer, run_dir: Path, prov: Provenance) -> dict
     for unit in units:
         sae = raw_activation_sae(unit)
         prov.write_metadata(sae.cfg.metadata, unit.hook_in, unit.hook_out)
+        if isinstance(unit, CLTUnit):  # every layer's hooks
+            sae.cfg.metadata.extra |= {"hook_names": unit.hooks_in, "hook_names_out": unit.hooks_out}
         folder = run_dir / unit.name
         sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
         folders[unit.name] = folder
@@ -369,7 +383,7 @@ def _final_metrics(units, trainer: Trainer, log: MetricsLog, final: dict) -> dic
         merged = {k: v for k, v in last_train.get(unit.name, {}).items() if isinstance(v, float)}
         merged.update(final.get(unit.name, {}))
         out[unit.name] = merged
-    return out
+    return out | {name: final[name] for name in final.keys() - out.keys()}  # the replacement
 
 
 def _write_reports(run_dir: Path, log: MetricsLog, units, trainer: Trainer) -> None:

@@ -1,0 +1,82 @@
+"""circuit-tracer transcoder layouts: exact round trips and the files' tensor names/shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from saekit.io.circuit_tracer import (
+    export_clt,
+    export_transcoder_set,
+    import_clt,
+    import_transcoder_set,
+)
+from saekit.saes import SAE
+from saekit.saes.clt import CLTConfig, CrossLayerTranscoder
+from saekit.training.transcoders import mlp_hooks
+
+
+def transcoders(arch: str, **settings) -> list[SAE]:
+    torch.manual_seed(0)
+    saes = []
+    for layer in range(3):
+        hook_in, hook_out = mlp_hooks(layer)
+        sae = SAE.create(arch, d_in=8, d_sae=16, d_out=8, apply_b_dec_to_input=False,
+                         metadata={"hook_name": hook_in, "hook_name_out": hook_out}, **settings)  # fmt: skip
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.normal_()
+        saes.append(sae)
+    return saes
+
+
+@pytest.mark.parametrize("arch, settings", [("topk", {"k": 4, "skip": True}), ("jumprelu", {}), ("relu", {})])
+def test_transcoder_set_round_trip(arch, settings, tmp_path):
+    saes = transcoders(arch, **settings)
+    export_transcoder_set(saes, tmp_path / "ct")
+    t = load_file(str(tmp_path / "ct" / "layer_1.safetensors"))
+    assert t["W_enc"].shape == (16, 8) and t["W_dec"].shape == (16, 8)
+    torch.testing.assert_close(t["W_enc"], saes[1].W_enc.T)
+    config = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
+    assert config["feature_input_hook"] == "mlp.hook_in" and config["feature_output_hook"] == "hook_mlp_out"
+    back = import_transcoder_set(tmp_path / "ct")
+    x = torch.randn(5, 8)
+    for a, b in zip(saes, back, strict=True):
+        assert b.cfg.metadata.hook_name == a.cfg.metadata.hook_name
+        assert b.cfg.metadata.hook_name_out == a.cfg.metadata.hook_name_out
+        assert b.cfg.architecture == a.cfg.architecture
+        torch.testing.assert_close(b(x, torch.zeros(5, 8)).sae_out, a(x, torch.zeros(5, 8)).sae_out)
+
+
+def test_skip_is_stored_as_circuit_tracers_transpose(tmp_path):
+    saes = transcoders("topk", k=4, skip=True)
+    export_transcoder_set(saes, tmp_path / "ct")
+    W_skip = load_file(str(tmp_path / "ct" / "layer_0.safetensors"))["W_skip"]
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(x @ W_skip.T, x @ saes[0].W_skip)  # what circuit-tracer computes
+
+
+def test_clt_round_trip_and_layout(tmp_path):
+    torch.manual_seed(0)
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=3, d_in=8, d_sae=16, k=4, activation="batchtopk"))
+    with torch.no_grad():
+        clt.threshold.uniform_(0, 0.5)
+        clt.b_enc.normal_()
+    export_clt(clt.eval(), tmp_path / "ct")
+    enc = load_file(str(tmp_path / "ct" / "W_enc_2.safetensors"))
+    assert enc["W_enc_2"].shape == (16, 8) and enc["threshold_2"].shape == (16,)
+    assert load_file(str(tmp_path / "ct" / "W_dec_0.safetensors"))["W_dec_0"].shape == (16, 3, 8)
+    back = import_clt(tmp_path / "ct", k=4)
+    x = torch.randn(6, 3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back.decode(back.encode(x)), clt.decode(clt.encode(x)))
+    for key, value in clt.state_dict_flat().items():
+        assert torch.equal(back.state_dict_flat()[key], value), key
+
+
+def test_topk_clt_export_is_refused(tmp_path):
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=8, d_sae=16, k=4))
+    with pytest.raises(ValueError, match="--arch batchtopk"):
+        export_clt(clt, tmp_path / "ct")

@@ -1,0 +1,209 @@
+"""Cross-layer transcoders: forward and loss against hand-written loops, files, training,
+the memory check, SIGKILL resume and the replacement model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import small_train_config
+from saekit.saes.clt import CLTConfig, CrossLayerTranscoder, load_clt
+from saekit.training.run import train
+from saekit.training.transcoders import mlp_hooks
+
+L, D, DO, F, K = 3, 6, 5, 16, 3
+
+
+def random_clt(activation: str = "topk", seed: int = 0) -> CrossLayerTranscoder:
+    torch.manual_seed(seed)
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=L, d_in=D, d_out=DO, d_sae=F, k=K, activation=activation))
+    with torch.no_grad():
+        clt.b_enc.normal_(0, 0.1)
+        clt.b_dec.normal_()
+    return clt
+
+
+def loop_forward(clt: CrossLayerTranscoder, x_BLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLT written as loops: per layer and token, top-k of the pre-activations, then each
+    output layer sums the decoders of all earlier-or-equal layers."""
+    B = x_BLD.shape[0]
+    f = torch.zeros(B, L, F)
+    for b in range(B):
+        for i in range(L):
+            pre = x_BLD[b, i] @ clt.W_enc[i] + clt.b_enc[i]
+            top = sorted(range(F), key=lambda j: -pre[j].item())[:K]
+            for j in top:
+                f[b, i, j] = max(pre[j].item(), 0.0)
+    y = torch.zeros(B, L, DO)
+    for b in range(B):
+        for out in range(L):
+            y[b, out] = clt.b_dec[out]
+            for src in range(out + 1):
+                y[b, out] += f[b, src] @ clt.W_dec[src][:, out - src]
+    return f, y
+
+
+def test_clt_forward_equals_a_loop_over_layers():
+    clt = random_clt()
+    x_BLD, t_BLO = torch.randn(7, L, D), torch.randn(7, L, DO)
+    with torch.no_grad():
+        out = clt(x_BLD, t_BLO)
+        f, y = loop_forward(clt, x_BLD)
+    torch.testing.assert_close(out.feature_acts, f.flatten(1))
+    torch.testing.assert_close(out.sae_out, y)
+    per_layer = [((y[:, i] - t_BLO[:, i]) ** 2).sum() / ((t_BLO[:, i] - t_BLO[:, i].mean(0)) ** 2).sum()
+                 for i in range(L)]  # fmt: skip
+    torch.testing.assert_close(out.mse_loss, torch.stack(per_layer).sum())
+    torch.testing.assert_close(out.loss, out.mse_loss)
+
+
+def test_batchtopk_keeps_k_per_token_of_each_layer_on_average():
+    clt = random_clt("batchtopk").train()
+    out = clt(torch.randn(10, L, D), torch.randn(10, L, DO))
+    f_BLF = out.feature_acts.view(10, L, F)
+    assert [(f_BLF[:, i] > 0).sum().item() for i in range(L)] == [K * 10] * L
+    assert (clt.threshold > 0).all()  # moved towards the smallest kept activation
+    clt.eval()
+    f_eval = clt.encode(torch.randn(4, L, D))
+    pre = clt.pre_acts(torch.zeros(1, L, D))
+    assert f_eval.shape == (4, L, F) and pre.shape == (1, L, F)
+
+
+def test_auxk_reconstructs_the_residual_with_dead_features():
+    clt = random_clt()
+    x_BLD, t_BLO = torch.randn(8, L, D), torch.randn(8, L, DO)
+    dead_LF = torch.zeros(L, F, dtype=torch.bool)
+    dead_LF[:, :4] = True
+    out = clt(x_BLD, t_BLO, dead_mask=dead_LF.flatten())
+    with torch.no_grad():
+        pre = clt.pre_acts(x_BLD)
+        k_aux = 4  # min(d_in // 2 = 3 ... ) -> aux_k default d_in // 2 = 3
+        k_aux = min(D // 2, 4)
+        aux_f = torch.zeros_like(pre)
+        for b in range(8):
+            for i in range(L):
+                vals = pre[b, i, :4].relu()
+                top = vals.topk(k_aux).indices
+                aux_f[b, i, top] = vals[top]
+        aux_y = clt.decode(aux_f, bias=False)
+        residual = t_BLO - out.sae_out
+        expected = sum(((aux_y[:, i] - residual[:, i]) ** 2).sum()
+                       / ((residual[:, i] - residual[:, i].mean(0)) ** 2).sum() for i in range(L))  # fmt: skip
+    torch.testing.assert_close(out.aux_loss, clt.cfg.aux_coefficient * expected)
+    out.loss.backward()
+    assert clt.W_enc.grad is not None
+
+
+def test_fold_activation_scale_keeps_features_and_rescales_outputs():
+    clt = random_clt()
+    s_in, s_out = torch.tensor([2.0, 0.5, 3.0]), torch.tensor([4.0, 1.5, 0.25])
+    x_BLD = torch.randn(5, L, D)
+    with torch.no_grad():
+        f_scaled = clt.encode(x_BLD * s_in[:, None])
+        y_scaled = clt.decode(f_scaled)
+        clt.fold_activation_scale(s_in, s_out)
+        torch.testing.assert_close(clt.encode(x_BLD), f_scaled)
+        torch.testing.assert_close(clt.decode(clt.encode(x_BLD)), y_scaled / s_out[:, None])
+
+
+def test_clt_folder_round_trip(tmp_path):
+    clt = random_clt("batchtopk")
+    clt.save(tmp_path / "clt")
+    again = load_clt(tmp_path / "clt")
+    x_BLD = torch.randn(4, L, D)
+    assert again.cfg.to_dict() == clt.cfg.to_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(again.decode(again.encode(x_BLD)), clt.eval().decode(clt.encode(x_BLD)))
+    cfg = json.loads((tmp_path / "clt" / "cfg.json").read_text())
+    assert cfg["architecture"] == "clt" and cfg["n_layers"] == L
+
+
+def clt_cfg(model_dir, out, **changes):
+    settings = dict(hooks=(), transcoders="1:4", cross_layer=True, expansion_factor=1, ks=(4,),
+                    tokens=2048, eval_tokens=256, dead_after_tokens=1024)  # fmt: skip
+    return small_train_config(model_dir, out, **{**settings, **changes})
+
+
+def test_clt_trains_and_reports_the_replacement_model(tiny_model_dir, tmp_path):
+    result = train(clt_cfg(tiny_model_dir, tmp_path / "run"))
+    clt = load_clt(result.sae_folders["clt"])
+    assert clt.cfg.n_layers == 3 and clt.cfg.d_sae == 64  # 1 x d_model
+    meta = clt.cfg.metadata
+    assert meta.extra["hook_names"] == [mlp_hooks(i)[0] for i in (1, 2, 3)]
+    assert meta.extra["hook_names_out"] == [mlp_hooks(i)[1] for i in (1, 2, 3)]
+    final = result.final_metrics["clt"]
+    assert len(final["fvu_per_layer"]) == 3 and final["l0_per_layer"] == [4.0] * 3
+    assert final["kl_div"] >= 0 and final["ce_loss_clean"] > 0
+
+
+def test_memory_estimate_refuses_a_run_that_cannot_fit(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEKIT_MEMORY_LIMIT", "100000")
+    with pytest.raises(MemoryError, match=r"lower d_sae \(--d-sae"):
+        train(clt_cfg(tiny_model_dir, tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(transcoders=None, hooks=("blocks.0.hook_resid_pre",)), "cross_layer needs transcoders"),
+        (dict(archs=("relu",)), "archs must be one of topk, batchtopk"),
+        (dict(ks=(4, 8)), "at most one k"),
+    ],
+)
+def test_cross_layer_settings_are_checked(tiny_model_dir, tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        clt_cfg(tiny_model_dir, tmp_path / "run", **changes)
+
+
+def test_clt_resume_after_sigkill_is_bit_identical(tiny_model_dir, tmp_path):
+    changes = dict(tokens=16_384, checkpoint_every=2048, eval_tokens=0)
+    reference = train(clt_cfg(tiny_model_dir, tmp_path / "whole", **changes))
+    cfg = clt_cfg(tiny_model_dir, tmp_path / "killed", **changes)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saekit", "train", "--config", str(tmp_path / "cfg.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (tmp_path / "killed" / "summary.txt").exists()
+    resumed = train(cfg, resume=True)
+    a = load_clt(reference.sae_folders["clt"]).state_dict_flat()
+    b = load_clt(resumed.sae_folders["clt"]).state_dict_flat()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_replacement_with_zero_outputs_is_the_zero_ablation(tiny_lm):
+    """A CLT that writes nothing: the replaced model is the MLP-ablated one (recovered 0)."""
+    from saekit.evals.replacement import Replacement, evaluate_replacement
+
+    hooks = [mlp_hooks(i) for i in range(4)]
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=4, d_in=64, d_sae=32, k=4)).eval()
+    with torch.no_grad():
+        for W in clt.W_dec:
+            W.zero_()
+    rep = Replacement.of_clt(clt, [h[0] for h in hooks], [h[1] for h in hooks])
+    torch.manual_seed(0)
+    ids_BT = torch.randint(3, 400, (2, 12))
+    keep_BT = torch.ones(2, 12, dtype=torch.bool)
+    result = evaluate_replacement(rep, tiny_lm, [(ids_BT, keep_BT)], max_tokens=24)
+    assert result["ce_loss_replaced"] == pytest.approx(result["ce_loss_ablated"], rel=1e-5)
+    assert result["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+    assert result["l0_per_layer"] == [4.0] * 4 and result["tokens"] == 24
+    acts = tiny_lm.run_to_hooks(ids_BT, [h[1] for h in hooks])
+    for i, h in enumerate(hooks):  # FVU of a zero reconstruction: sum y^2 / sum (y - mean)^2
+        y = acts[h[1]].reshape(-1, 64).double()
+        expected = (y**2).sum() / ((y - y.mean(0)) ** 2).sum()
+        assert result["fvu_per_layer"][i] == pytest.approx(expected.item(), rel=1e-4)
