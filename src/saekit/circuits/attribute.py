@@ -133,7 +133,7 @@ class Attributor:
 
 def attribute(
     model: ReplacementModel,
-    input_ids_T: Tensor,
+    input_ids_T: Tensor | Prompt,
     *,
     prompt_text: str | None = None,
     max_logits: int = 10,
@@ -146,6 +146,7 @@ def attribute(
     """The attribution graph of a prompt (dense adjacency, unpruned).
 
     Args:
+        input_ids_T: the tokens, or `model.prepare(tokens)` when already run.
         max_logits, desired_prob: logit targets: the top ones up to this cumulative probability.
         batch_size: targets per backward sweep (memory grows with batch_size * positions).
         max_feature_nodes: keep at most this many features, chosen greedily by their
@@ -156,7 +157,7 @@ def attribute(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
-    prompt = model.prepare(input_ids_T)
+    prompt = input_ids_T if isinstance(input_ids_T, Prompt) else model.prepare(input_ids_T)
     logit_ids, logit_probs = select_logits(prompt.run.logits_TV[-1], max_logits, desired_prob)
     att = Attributor(model, prompt, logit_ids)
     N, K = att.n_features, len(logit_ids)
