@@ -45,21 +45,23 @@ class Attributor:
         model: the replacement model.
         prompt: `model.prepare(input_ids)`.
         logit_ids_K: the target logits.
-        feature_chunk: at most this many features' gathered gradients at once (memory).
     """
 
     def __init__(
-        self, model: ReplacementModel, prompt: Prompt, logit_ids_K: Tensor, feature_chunk: int = 4096
+        self, model: ReplacementModel, prompt: Prompt, logit_ids_K: Tensor
     ) -> None:
         self.model, self.prompt, self.fz = model, prompt, model.frozen
-        self.feature_chunk = feature_chunk
         tc, run = model.transcoders, prompt.run
         feats = prompt.features_N3.to(run.embed_TD.device)
         self.layer_rows = [(feats[:, 0] == layer).nonzero()[:, 0] for layer in range(model.n_layers)]
-        # Decoder vectors scaled by activations, per (output layer, source layer).
+        # Decoder vectors scaled by activations, per (output layer, source layer), padded to
+        # [T, C, D] by position so that one batched matmul gives a layer's edges.
         self.scaled_dec = {
-            (out, src): tc.decoder_vectors(out, src, feats[self.layer_rows[src], 2])
-            * prompt.acts_N[self.layer_rows[src], None]
+            (out, src): self._by_position(
+                feats[self.layer_rows[src]], prompt.n_pos,
+                tc.decoder_vectors(out, src, feats[self.layer_rows[src], 2])
+                * prompt.acts_N[self.layer_rows[src], None],
+            )
             for out in range(model.n_layers) for src in tc.writes_from(out)
         }  # fmt: skip
         self.n_features = int(feats.shape[0])
@@ -112,12 +114,27 @@ class Attributor:
         out[:, tok : tok + T] = (grad * run.embed_TD).sum(-1)
         return out
 
-    def _feature_edges(self, out: Tensor, grad_BTD: Tensor, rows: Tensor, dec_ND: Tensor) -> None:
-        positions = self.feats[rows, 1]
-        for start in range(0, len(rows), self.feature_chunk):
-            part = slice(start, start + self.feature_chunk)
-            gathered = grad_BTD[:, positions[part]]  # [B, n, D]
-            out[:, rows[part]] += (gathered * dec_ND[part]).sum(-1)
+    @staticmethod
+    def _by_position(feats_n3: Tensor, n_pos: int, dec_nD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(decoders [T, C, D] padded with zeros, slot mask [T, C], their rows' order [n])."""
+        positions = feats_n3[:, 1]
+        counts = torch.bincount(positions, minlength=n_pos)
+        C = int(counts.max()) if len(positions) else 0
+        order = positions.argsort(stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(positions), device=positions.device) - starts[positions[order]]
+        padded = torch.zeros(n_pos, C, dec_nD.shape[1], dtype=dec_nD.dtype, device=dec_nD.device)
+        padded[positions[order], slot] = dec_nD[order]
+        mask = torch.zeros(n_pos, C, dtype=torch.bool, device=dec_nD.device)
+        mask[positions[order], slot] = True
+        return padded, mask, order
+
+    def _feature_edges(self, out: Tensor, grad_BTD: Tensor, rows: Tensor, dec) -> None:
+        padded_TCD, mask_TC, order = dec
+        if padded_TCD.shape[1] == 0:
+            return
+        edges_TBC = torch.bmm(grad_BTD.transpose(0, 1), padded_TCD.transpose(1, 2))
+        out[:, rows[order]] += edges_TBC.permute(1, 0, 2)[:, mask_TC]
 
     def feature_rows(self, index_N: Tensor) -> Tensor:
         """Adjacency rows of the feature nodes `index_N`."""
