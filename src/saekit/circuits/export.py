@@ -77,13 +77,14 @@ def graph_json(
     """The pruned graph in circuit-tracer's / Neuronpedia's JSON schema."""
     kept = prune(graph, node_threshold, edge_threshold)
     nodes = graph_nodes(graph, tokenizer, kept.cumulative, explanations)
-    dst, src = kept.edge_mask.nonzero(as_tuple=True)
+    mask = kept.edge_mask & kept.node_mask[:, None] & kept.node_mask[None, :]
+    dst, src = mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[dst, src].tolist()
+    names = [n["node_id"] for n in nodes]
     links = [
-        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"],
-         "weight": float(graph.adjacency[t, s])}
-        for s, t in zip(src.tolist(), dst.tolist(), strict=True)
-        if kept.node_mask[s] and kept.node_mask[t]
-    ]  # fmt: skip
+        {"source": names[s], "target": names[t], "weight": w}
+        for s, t, w in zip(src.tolist(), dst.tolist(), weights, strict=True)
+    ]
     connected = {link["source"] for link in links} | {link["target"] for link in links}
     used = [
         n for i, n in enumerate(nodes)
