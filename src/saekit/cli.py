@@ -15,6 +15,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.evals.cli",
     "saekit.analysis.cli",
     "saekit.io.cli",
+    "saekit.circuits.cli",
 ]
 
 
