@@ -22,10 +22,13 @@ from torch import Tensor
 from saekit.saes.base import SAE
 
 _RESID_MID = re.compile(r"blocks\.(\d+)\.hook_resid_mid")
-_NORMED = re.compile(r"model\.layers\.(\d+)\.post_attention_layernorm")
+_NORMED = re.compile(r"model\.layers\.(\d+)\.post_attention_layernorm|blocks\.(\d+)\.ln2\.hook_normalized")
 _MLP_OUT = re.compile(r"blocks\.(\d+)\.hook_mlp_out|model\.layers\.(\d+)\.mlp")
 SUPPORTED = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "gated")
-INPUT_HOOKS = "blocks.L.hook_resid_mid or model.layers.L.post_attention_layernorm"
+INPUT_HOOKS = (
+    "blocks.L.hook_resid_mid, or the normed MLP input blocks.L.ln2.hook_normalized "
+    "(model.layers.L.post_attention_layernorm)"
+)
 OUTPUT_HOOKS = "blocks.L.hook_mlp_out or model.layers.L.mlp"
 
 
@@ -122,6 +125,8 @@ def _placement(sae: SAE) -> tuple[int, str]:
     hook_in, hook_out = meta.hook_name or "", meta.hook_name_out or ""
     if sae.cfg.architecture not in SUPPORTED:
         raise ValueError(f"architecture {sae.cfg.architecture!r} not supported; one of {SUPPORTED}")
+    if getattr(sae.cfg, "skip", False):
+        raise ValueError("skip transcoders (W_skip) are not supported by attribution yet; use plain ones")
     if sae.cfg.architecture == "batchtopk" and sae.training:
         sae.eval()
     m_in = _RESID_MID.fullmatch(hook_in) or _NORMED.fullmatch(hook_in)
@@ -135,7 +140,7 @@ def _placement(sae: SAE) -> tuple[int, str]:
             f"transcoder output hook {hook_out!r} is not an MLP output (hook_name_out); "
             f"use {OUTPUT_HOOKS}"
         )
-    layer = int(m_in.group(1))
+    layer = int(next(g for g in m_in.groups() if g is not None))
     if int(m_out.group(1) or m_out.group(2)) != layer:
         raise ValueError(f"transcoder reads layer {layer} but writes {hook_out!r}: same layer needed")
     return layer, "resid" if _RESID_MID.fullmatch(hook_in) else "normed"
