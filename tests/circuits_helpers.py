@@ -20,7 +20,7 @@ def random_transcoders(
     for layer in range(lm.n_layers):
         hook_in = (
             f"blocks.{layer}.hook_resid_mid" if read == "resid"
-            else f"model.layers.{layer}.post_attention_layernorm"
+            else f"blocks.{layer}.ln2.hook_normalized"  # what `saekit train --transcoders` reads
         )  # fmt: skip
         sae = SAE.create(
             arch, d_in=lm.d_model, d_sae=d_sae, d_out=lm.d_model, apply_b_dec_to_input=False,
