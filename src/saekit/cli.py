@@ -13,6 +13,8 @@ COMMAND_MODULES: list[str] = [
     "saekit.evals.cli",
     "saekit.analysis.cli",
     "saekit.io.cli",
+    "saekit.toy",
+    "saekit.export.cli",
 ]
 
 
