@@ -85,7 +85,7 @@ def pos_tags(word: str) -> set[str]:
             tags.update(t for t, words in inflected.items() if lower in {w.lower() for w in words})
             if lemma.lower() == lower and upos in _OPEN_TAGS:
                 tags.add(_OPEN_TAGS[upos])
-    if word.istitle() and (not lemmas or lower in _first_names()):
+    if len(word) > 1 and word.istitle() and (not lemmas or lower in _first_names()):
         tags.add("NNP")
     return tags
 
