@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from saekit.saes import SAE
+from saekit.training.trainer import wants_approx_selection
 
 CASES = {  # name -> list of (architecture, d_sae, settings); one step trains them all
     "default": [("topk", 4608, {"k": 32})],
@@ -81,10 +82,11 @@ def sae_step(arch: str, d_sae: int, settings: dict, sparse: bool, autocast: bool
             pre = sae.sae_in(x[:256]) @ sae.W_enc
             sae.b_enc.fill_(-pre.flatten().quantile(1 - RELU_L0 / d_sae).item())
     dead = torch.zeros(d_sae, dtype=torch.bool, device=DEVICE)
+    approx = wants_approx_selection("auto", sae, DEVICE)  # the trainer's default
 
     def step() -> None:
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast):
-            out = sae(x, dead_mask=dead, sparse_feature_acts=True)  # as the trainer calls it
+            out = sae(x, dead_mask=dead, sparse_feature_acts=True, approx_selection=approx)
         out.loss.backward()
         sae.before_optimizer_step()
         opt.step()

@@ -1,11 +1,37 @@
-"""Shared fixtures: a tiny random Llama saved offline, and the real default model."""
+"""Shared fixtures: a tiny random Llama saved offline, and the real default model; and
+`import_peer`, how tests reach the libraries saekit is checked against."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+
+IN_CI = os.environ.get("SAEKIT_CI", "") not in ("", "0")
+"""Set by `.ci/run` (SAEKIT_CI=1): a missing peer library fails its tests, never skips them."""
+
+
+def missing_peer(what: str, how: str) -> None:
+    """Skip the calling test (module, when called at import) because `what` is missing;
+    under SAEKIT_CI fail it instead: CI installs every peer, so a skip there would hide a
+    broken set-up and report comparisons that never ran."""
+    if IN_CI:
+        pytest.fail(f"SAEKIT_CI is set but {what} ({how})", pytrace=False)
+    pytest.skip(f"{what} ({how})", allow_module_level=True)
+
+
+def import_peer(name: str, how: str = "pip install 'saekit[tl]'") -> ModuleType:
+    """`pytest.importorskip(name)`, except that under SAEKIT_CI a failed import fails."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        missing_peer(f"{name} does not import: {err}", how)
+        raise  # not reached: missing_peer skips or fails
+
 
 SMALL_RUN = dict(
     hooks=("blocks.2.hook_resid_pre",),

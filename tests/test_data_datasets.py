@@ -143,3 +143,49 @@ def test_python_docs_order_is_the_same_in_another_process():
             [sys.executable, "-c", code, module.__file__], capture_output=True, text=True, env=env
         )
         assert out.stdout.strip() == here, out.stderr
+
+
+def test_local_files_never_go_through_load_dataset_and_are_read_once(tmp_path, monkeypatch):
+    """Offline, `load_dataset` on a local file asked the hub at every epoch (and hung)."""
+    from saekit.data import datasets as ds
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a local file must not go through datasets.load_dataset")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    _write_jsonl(tmp_path / "a.jsonl", ROWS)
+    reads = []
+    real = ds._read_rows
+    monkeypatch.setattr(ds, "_read_rows", lambda path: reads.append(path) or real(path))
+    for _epoch in range(3):
+        assert list(iter_documents(str(tmp_path / "a.jsonl"))) == ROWS
+    assert len(reads) == 1
+    _write_jsonl(tmp_path / "a.jsonl", ROWS[:2])  # changed on disk: read again
+    os.utime(tmp_path / "a.jsonl", ns=(1, 1))
+    assert list(iter_documents(str(tmp_path / "a.jsonl"))) == ROWS[:2] and len(reads) == 2
+
+
+def test_builtin_dataset_refuses_a_text_column():
+    with pytest.raises(DatasetError, match="plain text with no columns; drop --text-column 'body'"):
+        next(iter_documents("builtin:python-docs", text_column="body"))
+
+
+def test_pretokenised_ids_outside_the_vocabulary_are_named(tiny_lm, tmp_path):
+    from saekit.data import TokenWindows
+
+    vocab = len(tiny_lm.tokenizer)
+    windows = TokenWindows([[1, 2, 3] * 10, [4, vocab + 5]], tiny_lm.tokenizer, 8)
+    with pytest.raises(DatasetError, match=rf"token id {vocab + 5}, outside the tokenizer's vocabulary"):
+        list(windows)
+
+
+def test_a_context_beyond_the_model_is_refused(tiny_lm):
+    import torch
+
+    from saekit.data import ActivationSource, TokenWindows
+
+    limit = tiny_lm.max_context
+    with pytest.raises(ValueError, match=rf"context {limit + 1} is longer than .* maximum of {limit}"):
+        ActivationSource(tiny_lm, ["blocks.0.hook_resid_pre"], TokenWindows([], tiny_lm.tokenizer, limit + 1))
+    with pytest.raises(ValueError, match=f"use --context {limit} or less"):
+        tiny_lm.logits(torch.zeros(1, limit + 1, dtype=torch.long))

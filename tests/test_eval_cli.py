@@ -135,3 +135,28 @@ def test_width_mismatch(tmp_path, tiny_model_dir, text_file, capsys):
 def test_not_an_sae_folder(tmp_path, capsys):
     code, _, err = run(["eval", str(tmp_path)], capsys)
     assert code == 2 and "no cfg.json" in err
+
+
+def test_nan_weights_are_refused_and_never_give_exit_0(tmp_path, tiny_model_dir, text_file, capsys):
+    """NaN weights gave an exit-0 evaluation with null metrics."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_sae(tmp_path / "nan", model_name=str(tiny_model_dir), dataset_path=str(text_file),
+                      context_size=32)
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    weights["b_dec"][0] = float("nan")
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    code, _, err = run(["eval", str(folder), "--json", "--tokens", "16"], capsys)
+    assert code == 2 and "'b_dec' holds 1 NaN/inf value(s)" in err
+
+    from saekit.evals import cli
+
+    sae = SAE.load(folder, check_weights=False)  # loaded anyway: the evaluation must say so
+    monkey_load = SAE.load
+    try:
+        SAE.load = staticmethod(lambda *a, **k: sae)
+        code, out, err = run(["eval", str(folder), "--json", "--tokens", "16"], capsys)
+    finally:
+        SAE.load = monkey_load
+    assert code == 3 and "not finite" in err and json.loads(out)["mse"] is None
+    assert cli.MUST_BE_FINITE

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from saekit.io.folder import load_sae_folder, load_sparsity, save_sae_folder
 from saekit.saes import SAE
+from saekit.saes.folder import load_sae_folder, load_sparsity, save_sae_folder
 
 ARCHS = {
     "relu": {},
@@ -214,3 +214,36 @@ def test_bad_tensors(tmp_path):
     path.write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         load_sae_folder(tmp_path)
+
+
+def test_broken_weights_and_configs_are_one_line_errors(tmp_path):
+    """int32 weights were cast silently; a list cfg.json crashed `saekit info`."""
+    import json as _json
+
+    from safetensors.torch import load_file as _load
+    from safetensors.torch import save_file as _save
+
+    make("relu").save(tmp_path / "int")
+    w = _load(str(tmp_path / "int" / "sae_weights.safetensors"))
+    _save({k: (v * 100).to(torch.int32) for k, v in w.items()}, str(tmp_path / "int" / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match="tensor 'W_enc' is torch.int32, not floating point"):
+        SAE.load(tmp_path / "int")
+    make("relu").save(tmp_path / "inf")
+    w = _load(str(tmp_path / "inf" / "sae_weights.safetensors"))
+    w["W_dec"][1, 2] = float("inf")
+    _save(w, str(tmp_path / "inf" / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match="'W_dec' holds 1 NaN/inf"):
+        SAE.load(tmp_path / "inf")
+    assert SAE.load(tmp_path / "inf", check_weights=False).W_dec[1, 2] == float("inf")
+    make("relu").save(tmp_path / "list")
+    (tmp_path / "list" / "cfg.json").write_text("[1, 2]")
+    from saekit import load_sae
+
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        load_sae(tmp_path / "list")
+    make("relu").save(tmp_path / "nokey")
+    cfg = _json.loads((tmp_path / "nokey" / "cfg.json").read_text())
+    del cfg["d_in"]
+    (tmp_path / "nokey" / "cfg.json").write_text(_json.dumps(cfg))
+    with pytest.raises(ValueError, match="lacks required key.*d_in"):
+        load_sae(tmp_path / "nokey")

@@ -377,3 +377,11 @@ def test_model_attributes(family_lm, tiny_lm):
     assert family_lm.n_layers == 3 and family_lm.d_model == 32 and family_lm.backend == "hf"
     assert tiny_lm.bos_token_id == 1 and tiny_lm.special_token_ids == {0, 1, 2}
     assert tiny_lm.device == torch.device("cpu") and tiny_lm.dtype == torch.float32
+
+
+def test_containers_and_non_activation_modules_are_refused_with_the_reason(tiny_lm):
+    """`--hook model.layers` used to end in 'never reached', `model.rotary_emb` in a crash later."""
+    with pytest.raises(ValueError, match="ModuleList is a container that never runs; hook one of"):
+        tiny_lm.hook_dim("model.layers")
+    with pytest.raises(ValueError, match=r"model.rotary_emb' gives \[1, 3, .*not a \[batch, position"):
+        tiny_lm.hook_dim("model.rotary_emb")

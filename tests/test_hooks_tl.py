@@ -1,6 +1,7 @@
 """saekit's hook names on an HF GPT-2 read the tensors TransformerLens caches for the same weights.
 
-Skipped unless TransformerLens with `HookedTransformer` (2.x / 3.x) is installed.
+Needs TransformerLens with `HookedTransformer` (2.x / 3.x: the `tl` extra, which
+scripts/setup.sh installs); skipped without it, except under SAEKIT_CI=1, where it fails.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-HookedTransformer = pytest.importorskip("transformer_lens.HookedTransformer").HookedTransformer
+from conftest import import_peer
+
+HookedTransformer = import_peer("transformer_lens.HookedTransformer").HookedTransformer
 
 from saekit.models import LanguageModel  # noqa: E402
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 import yaml
 
@@ -56,6 +57,36 @@ def test_convert_errors_are_reported(tmp_path, capsys):
     assert "not an SAE folder" in capsys.readouterr().err
 
 
+def test_convert_refuses_an_existing_output_unless_forced(tmp_path, capsys):
+    """It used to overwrite cfg.json and leave the old weights beside the new ones."""
+    SAE.create("topk", d_in=8, d_sae=24, k=3).save(tmp_path / "a")
+    SAE.create("relu", d_in=8, d_sae=16).save(tmp_path / "b")
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--to", "sparsify"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--to", "sparsify", "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["cfg.json", "sae.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_a_failed_convert_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from saekit.io import converters
+
+    SAE.create("topk", d_in=8, d_sae=24, k=3).save(tmp_path / "a")
+
+    def broken(parts, dst):
+        (dst / "cfg.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(converters.__dict__, "write_sparsify", broken)
+    with pytest.raises(OSError, match="No space"):
+        converters.convert(tmp_path / "a", tmp_path / "out", to="sparsify")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
 def test_push_dry_run_stages_folder_and_card(tmp_path, capsys):
     sae = SAE.create("topk", d_in=8, d_sae=24, k=3,
                      metadata={"model_name": "smollm2-135m", "hook_name": "blocks.3.hook_resid_pre"})
@@ -77,6 +108,23 @@ def test_push_dry_run_stages_folder_and_card(tmp_path, capsys):
     assert header["sae"]["architecture"] == "topk" and header["sae"]["k"] == 3
     assert header["sae"]["metrics"] == {"step": 2, "l0": 3.0, "fvu": 0.25}  # the last line
     assert 'saekit.load_sae("hf://me/my-sae")' in card
+    # a second dry run into the same folder is refused (it used to overwrite README.md)
+    (stage / "README.md").write_text("my own card")
+    assert main(["push", str(tmp_path / "run"), "me/my-sae", "--dry-run", str(stage)]) == 2
+    assert (stage / "README.md").read_text() == "my own card"
+    assert main(["push", str(tmp_path / "run"), "me/my-sae", "--dry-run", str(stage), "--force"]) == 0
+    assert (stage / "README.md").read_text() == card
     # the staged folder is itself a loadable SAE
     x = torch.randn(2, 8)
     torch.testing.assert_close(SAE.load(stage).encode(x), sae.encode(x))
+
+
+def test_info_shows_what_the_folder_records_about_quality(tmp_path, capsys):
+    sae = SAE.create("relu", d_in=4, d_sae=8)
+    density = torch.tensor([1e-3, 0, 0.1, 0.2, 0, 1e-2, 1e-4, 0.5], dtype=torch.float64)
+    sae.save(tmp_path / "s", sparsity=torch.log10(density + 1e-10).float())
+    (tmp_path / "s" / "eval.json").write_text(json.dumps({"l0": 12.5, "explained_variance": 0.91}))
+    assert main(["info", str(tmp_path / "s")]) == 0
+    info = _table(capsys.readouterr().out)
+    assert info["eval l0"] == "12.5" and info["eval explained_variance"] == "0.91"
+    assert info["training density"].startswith("median 10^-3.00") and "25.0% never fired" in info["training density"]

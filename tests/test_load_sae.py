@@ -97,8 +97,28 @@ def test_repo_id_and_hf_path_forms(gpt2_cache):
 
 
 def test_offline_miss_is_an_error_not_a_download(gpt2_cache):
-    with pytest.raises(Exception, match="(?i)offline|cache|not found|cannot"):
+    with pytest.raises(FileNotFoundError, match="cannot be reached.*HF cache does not hold it"):
         load_sae("gpt2-small-res-jb-original", "blocks.3.hook_resid_pre")
+
+
+def test_unreachable_hub_fails_fast_with_one_line(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE, but nothing answers: one line, no retries for tens of seconds."""
+    import time
+
+    import huggingface_hub.constants as constants
+
+    from saekit.io import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert hub.hub_reachable() is False
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as err:
+        load_sae("someone/no-such-sae")
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "\n" not in message and "someone/no-such-sae: not a local path" in message
 
 
 def test_hub_folder_from_cache(tmp_path, monkeypatch):

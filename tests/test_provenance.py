@@ -128,3 +128,26 @@ def test_bad_values_name_the_setting(change, message):
 def test_unknown_field_is_named():
     with pytest.raises(ValueError, match="unknown provenance field.*ctx"):
         Provenance.from_dict({"ctx": 3})
+
+
+def test_a_run_that_repeats_its_data_many_times_is_warned(tiny_lm, tmp_path):
+    """A one-document file trained on the same few tokens thousands of times without a word."""
+    import itertools
+    import warnings
+
+    from saekit.data.provenance import activation_source
+
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"text": "a short document with a few tokens. " * 8}) + "\n")
+    prov = Provenance(dataset=str(path), context=16, holdout_every=0, hooks=("blocks.0.hook_resid_pre",))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = activation_source(prov, tiny_lm, 2, repeat=True, expected_tokens=100_000)
+        chunks = list(itertools.islice(source, 40))
+    assert sum(len(c["blocks.0.hook_resid_pre"]) for c in chunks) > 0
+    messages = [str(w.message) for w in caught if "repeat" in str(w.message)]
+    assert len(messages) == 1 and "100,000 tokens repeat it about" in messages[0]
+    with warnings.catch_warnings(record=True) as caught:  # a few epochs: no warning
+        warnings.simplefilter("always")
+        list(itertools.islice(activation_source(prov, tiny_lm, 2, repeat=True, expected_tokens=200), 40))
+    assert not [w for w in caught if "repeat" in str(w.message)]

@@ -15,7 +15,8 @@ WEIGHTS = {
 
 
 def hand_sae(arch: str = "batchtopk", **settings) -> SAE:
-    sae = SAE.create(arch, d_in=2, d_sae=3, **settings)
+    """In training mode: the batch top-k (eval is the JumpReLU at `threshold`)."""
+    sae = SAE.create(arch, d_in=2, d_sae=3, **settings).train()
     sae.load_state_dict({**WEIGHTS, "threshold": torch.zeros(3)})
     return sae
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from saekit.saes import SAE, SAE_CLASSES, SAEConfig, fvu
+from saekit.evals.metrics import fvu
+from saekit.saes import SAE, SAE_CLASSES, SAEConfig
 
 SETTINGS = {
     "relu": {},
@@ -16,8 +17,9 @@ SETTINGS = {
 
 
 def make(arch: str, d_out: int | None = None, **kw) -> SAE:
+    """In training mode, with random biases."""
     torch.manual_seed(0)
-    sae = SAE.create(arch, d_in=6, d_sae=16, d_out=d_out, **{**SETTINGS[arch], **kw})
+    sae = SAE.create(arch, d_in=6, d_sae=16, d_out=d_out, **{**SETTINGS[arch], **kw}).train()
     with torch.no_grad():
         for name, p in sae.named_parameters():
             if p.dim() == 1 and name != "threshold":
@@ -34,7 +36,8 @@ def test_init(arch):
     sae = SAE.create(arch, d_in=6, d_sae=16, **SETTINGS[arch])
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(16))
     assert torch.equal(sae.W_enc, sae.W_dec.T)
-    assert sae.b_dec.abs().sum() == 0 and sae.training
+    assert sae.b_dec.abs().sum() == 0
+    assert not sae.training  # ready for inference, as SAE.load returns it
     assert sae.cfg.architecture == arch and isinstance(sae.cfg, SAEConfig)
 
 
@@ -49,7 +52,7 @@ def test_shapes_and_leading_dims(arch):
     torch.testing.assert_close(out.sae_out.reshape(10, 4), flat.sae_out)
     torch.testing.assert_close(out.mse_loss, flat.mse_loss)
     if arch != "matryoshka":  # (matryoshka sums the FVU over prefixes)
-        torch.testing.assert_close(out.mse_loss, fvu(flat.sae_out, target.reshape(10, 4)))
+        torch.testing.assert_close(out.mse_loss, fvu(target.reshape(10, 4), flat.sae_out))
     with pytest.raises(ValueError, match="expected inputs"):
         sae(torch.randn(3, 4))
 
@@ -87,6 +90,55 @@ def test_fold_activation_scale(arch, transcoder):
 def test_fold_rejects_two_scales_with_b_dec_on_input():
     with pytest.raises(ValueError, match="scale_out"):
         make("relu").fold_activation_scale(2.0, 3.0)
+
+
+def _reference_forward(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature acts, reconstruction) of the inference forward, by hand in float64."""
+    p = {name: t.double() for name, t in sae.state_dict().items()}
+    x = x.double() - p["b_dec"]
+    if sae.cfg.architecture == "gated":
+        gate = x @ p["W_enc"] + p["b_gate"]
+        f = (gate > 0) * (x @ (p["W_enc"] * p["r_mag"].exp()) + p["b_mag"]).relu()
+    else:
+        pre = x @ p["W_enc"] + p["b_enc"]
+        if sae.cfg.architecture == "topk":
+            top = pre.topk(sae.cfg.k).indices
+            f = pre.relu() * torch.zeros_like(pre, dtype=torch.bool).scatter(-1, top, True)
+        elif "threshold" in p:  # jumprelu; batchtopk and matryoshka at inference
+            f = pre.relu() * (pre > p["threshold"])
+        else:
+            f = pre.relu()
+    return f, f @ p["W_dec"] + p["b_dec"]
+
+
+@pytest.mark.parametrize("arch", sorted(SETTINGS))
+def test_fresh_sae_forward_is_exact_in_every_mode(arch, monkeypatch):
+    """`SAE.create(...)` then `sae(x)` is the inference forward, equal to a float64 computation
+    by hand, and so is `sae.eval()(x)`; so are `sae.train()(x)`, `encode` and `decode` for every
+    architecture whose training activations are not chosen over the batch. A CPU that
+    multiplies bfloat16 natively (forced here, so the check means the same on every machine)
+    must not make any of them approximate."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    torch.manual_seed(0)
+    sae = SAE.create(arch, d_in=64, d_sae=512, **SETTINGS[arch])  # k=3: the sparse path on CPU
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            if p.dim() == 1 and name != "threshold":
+                p.normal_(0, 0.3)
+    x = torch.randn(256, 64) * 3
+    ref_f, ref_out = _reference_forward(sae, x)
+    with torch.no_grad():
+        fresh = sae(x)
+        torch.testing.assert_close(fresh.feature_acts.double(), ref_f, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fresh.sae_out.double(), ref_out, rtol=1e-4, atol=1e-4)
+        modes = [sae.eval()] + ([] if sae.batch_dependent else [sae.train()])
+        for mode in modes:
+            out = mode(x)
+            assert torch.equal(out.sae_out, fresh.sae_out), mode.training
+            assert torch.equal(out.feature_acts, fresh.feature_acts), mode.training
+            # the dense encode/decode against the forward's (maybe sparse) kernels: to rounding
+            torch.testing.assert_close(mode.encode(x), fresh.feature_acts)
+            torch.testing.assert_close(mode.decode(fresh.feature_acts), fresh.sae_out)
 
 
 @pytest.mark.parametrize("arch", sorted(SETTINGS))
@@ -143,5 +195,8 @@ def test_create_errors():
 def test_fvu_is_fraction_of_variance_unexplained():
     target = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
     # predicting the mean explains nothing
-    torch.testing.assert_close(fvu(target.mean(0).expand(2, 2), target), torch.tensor(1.0))
+    torch.testing.assert_close(fvu(target, target.mean(0).expand(2, 2)), torch.tensor(1.0))
+    # SSE 1 + 4 over the squared deviations from the mean [2, 2]: 1 + 4 + 1 + 4
+    torch.testing.assert_close(fvu(target, target + torch.tensor([[1.0, 0.0], [0.0, 2.0]])),
+                               torch.tensor(5.0 / 10.0))
     torch.testing.assert_close(fvu(target, target), torch.tensor(0.0))

@@ -81,3 +81,29 @@ def test_no_dead_feature_loss():
     sae = hand_sae()
     assert sae.dead_feature_loss is None
     assert sae(X, dead_mask=torch.ones(3, dtype=torch.bool)).aux_loss == 0
+
+
+def test_negative_threshold_lets_no_negative_pre_activation_through():
+    """A file from elsewhere may hold a negative threshold: the activation is
+    relu(pre) * (pre > t), as SAELens and Gemma Scope define it, not pre * (pre > t)."""
+    sae = hand_sae().double()
+    with torch.no_grad():
+        sae.threshold.copy_(torch.tensor([-1.0, -0.5, 0.3]))
+    x = torch.tensor([[-0.5, 0.7], [0.4, 2.0], [-2.0, 0.0]], dtype=torch.float64)
+    # pre = [x0, x1 - 1, x0 + x1 - 0.5]: [[-0.5, -0.3, -0.3], [0.4, 1.0, 1.9], [-2, -1, -2.5]]
+    # row 0: above the threshold but negative in features 0 and 1 -> 0; row 2: below it
+    expected_f = torch.tensor([[0, 0, 0], [0.4, 1.0, 1.9], [0, 0, 0]], dtype=torch.float64)
+    W_dec = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
+    for mode in (sae.eval(), sae.train()):
+        out = mode(x)
+        torch.testing.assert_close(out.feature_acts, expected_f)
+        torch.testing.assert_close(out.sae_out, expected_f @ W_dec)
+    # no gradient through the zeroed pairs, and none to a negative threshold (its jump is 0)
+    g_t, g_b = torch.autograd.grad(sae.encode(x).sum(), [sae.threshold, sae.b_enc])
+    torch.testing.assert_close(g_b, torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
+    # K = 1 where |pre - t| < eps / 2 = 1: feature 2 (t = 0.3) has one such pair, pre = -0.3
+    torch.testing.assert_close(g_t, torch.tensor([0.0, 0.0, -0.3 / 2], dtype=torch.float64))
+    # batchtopk at inference is the same JumpReLU
+    btk = SAE.create("batchtopk", d_in=2, d_sae=3, k=1, dtype="float64").eval()
+    btk.load_state_dict(sae.state_dict())
+    torch.testing.assert_close(btk(x).feature_acts, expected_f)

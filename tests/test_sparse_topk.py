@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from saekit.saes import SAE
-from saekit.saes.sparse import code_from_flat, code_from_topk, sparse_decode, use_sparse
+from saekit.saes.pairs import code_from_flat, code_from_topk, sparse_decode
+from saekit.saes.sparse import selection_agreement, use_sparse
 
 SETTINGS = {
     "topk": {"k": 4},
@@ -69,8 +70,7 @@ def test_sparse_matches_dense(arch, with_dead, monkeypatch):
 
 
 def test_sparse_float32_and_eval():
-    dense, sparse = _pair("topk", "float32")
-    sparse.select_bf16 = False  # exact selection: the same pairs as the dense path
+    dense, sparse = _pair("topk", "float32")  # exact selection: the dense path's pairs
     x = torch.randn(64, 12)
     _, g_d = _run(dense, x, None)
     _, g_s = _run(sparse, x, None)
@@ -98,28 +98,42 @@ def test_code_from_flat_rows_and_empty_tokens():
 
 def test_auto_rule():
     sae = SAE.create("topk", d_in=8, d_sae=64, k=4)
-    x = torch.zeros(2, 8)
-    assert use_sparse(sae, x)
-    assert not use_sparse(SAE.create("topk", d_in=8, d_sae=16, k=8), x)
+    assert use_sparse(sae, "cpu")
+    assert not use_sparse(sae, "meta")  # only the CPU by default
+    assert not use_sparse(SAE.create("topk", d_in=8, d_sae=16, k=8), "cpu")
     sae.sparse = False
-    assert not use_sparse(sae, x)
+    assert not use_sparse(sae, "cpu")
+    assert use_sparse(SAE.create("relu", d_in=8, d_sae=16), "cpu")  # relu: decided per batch
+    batchtopk = SAE.create("batchtopk", d_in=8, d_sae=64, k=4)
+    assert not use_sparse(batchtopk, "cpu")  # at inference a JumpReLU
+    assert use_sparse(batchtopk.train(), "cpu")
+    rescaled = SAE.create("topk", d_in=8, d_sae=64, k=4, rescale_acts_by_decoder_norm=True)
+    rescaled.sparse = True
+    assert not use_sparse(rescaled, "cpu")  # not supported, even when forced
 
 
 def test_bf16_selection_keeps_exact_values():
-    """Choosing the pairs from a bfloat16 encoder product: the chosen values are the exact
-    float32 pre-activations, and the choice is the exact top-k but for rare near-ties."""
+    """Asked for (`approx_selection=True`, as the trainer does), the pairs are chosen from a
+    bfloat16 encoder product: the chosen values are the exact float32 pre-activations, and
+    the choice is the exact top-k but for rare near-ties; `selection_agreement` measures it."""
     torch.manual_seed(0)
     sae = SAE.create("topk", d_in=64, d_sae=512, k=16).train()
-    sae.sparse, sae.select_bf16 = True, True
+    sae.sparse = True
     x = torch.randn(256, 64) * 3
-    out = sae(x)
-    exact_pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    out = sae(x, approx_selection=True)
+    exact_pre = (x.double() - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
     chosen = out.feature_acts != 0
     assert (chosen.sum(-1) <= 16).all()
-    torch.testing.assert_close(out.feature_acts[chosen], exact_pre[chosen].relu())
+    torch.testing.assert_close(
+        out.feature_acts[chosen].double(), exact_pre[chosen].relu(), rtol=1e-5, atol=1e-5
+    )
     exact_top = torch.zeros_like(chosen).scatter(-1, exact_pre.topk(16, dim=-1).indices, True)
-    agree = (chosen & exact_top).sum() / chosen.sum()
-    assert agree > 0.97, agree
+    bf16_pre = (x - sae.b_dec).bfloat16() @ sae.W_enc.bfloat16() + sae.b_enc.bfloat16()
+    bf16_top = torch.zeros_like(chosen).scatter(-1, bf16_pre.topk(16, dim=-1).indices, True)
+    agree = (bf16_top & exact_top).sum().item() / exact_top.sum().item()
+    assert 0.97 < agree < 1, agree  # near-ties exist in bfloat16, and they are rare
+    assert selection_agreement(sae, x) == pytest.approx(agree)
+    assert not torch.equal(out.sae_out, sae(x).sae_out)  # the default stays exact
     torch.testing.assert_close(out.sae_out, out.feature_acts @ sae.W_dec + sae.b_dec)
     torch.testing.assert_close(out.fired_F, chosen.sum(0))
     out.loss.backward()  # gradients flow through the exact values

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from conftest import import_peer
 from saekit.evals import evaluate_sae, spliced_sae
 from saekit.evals.spliced import spliced_batch
 from saekit.saes import SAE
@@ -339,7 +340,7 @@ def test_smollm2_spliced_against_hand_splice(default_lm):
 
 def test_transformer_lens_backend_matches_hf_and_run_with_hooks():
     """Same weights on both backends: the same metrics; and TL's own hooks agree."""
-    tl_module = pytest.importorskip("transformer_lens")
+    tl_module = import_peer("transformer_lens")  # fails under SAEKIT_CI when missing
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
     from transformers import GPT2Config, GPT2LMHeadModel
 

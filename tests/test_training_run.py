@@ -30,7 +30,8 @@ def cli_args(cfg: TrainConfig) -> list[str]:
     for name in ("context", "tokens", "batch_tokens", "buffer_tokens", "forward_rows",
                  "init_tokens", "expansion_factor", "eval_tokens", "dead_after_tokens",
                  "log_every", "checkpoint_every", "threads", "seed"):
-        args += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
+        if getattr(cfg, name) is not None:
+            args += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
     args += ["--k", ",".join(map(str, cfg.ks)), "--no-progress"]
     return args
 
@@ -55,6 +56,11 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert [r["step"] for r in train_rows] == list(range(2, 33, 2))
     assert train_rows[-1]["explained_variance"] > train_rows[0]["explained_variance"]
     assert all(r["l0"] == pytest.approx(8.0) for r in train_rows)
+    from saekit.saes.sparse import native_bf16
+
+    if native_bf16("cpu"):  # auto: the pairs are chosen in bfloat16, and the run says how well
+        assert all(0.9 < r["selection_agreement"] <= 1 for r in train_rows)
+        assert "approx-selection: " in result.summary
     final_eval = [r for r in records if r["kind"] == "eval"][-1]
     assert final_eval["tokens"] == 16_384  # the training position of the evaluation
     assert final_eval["eval_tokens"] >= 1024 and 0 <= final_eval["dead_fraction"] <= 1
@@ -95,10 +101,54 @@ def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_pa
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_model_dir, tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "train_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="already holds a run"):
-        train(small_cfg(tiny_model_dir, tmp_path / "run"))
+    """A finished run or one with a checkpoint is refused; a run that failed before its first
+    checkpoint left nothing to keep, so a new run may start in its folder (it used to be
+    neither retryable nor resumable)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")  # died before its first checkpoint
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    cfg = small_cfg(tiny_model_dir, run, tokens=4096, eval_tokens=0)
+    train(cfg)
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train(cfg)
+    (run / "summary.txt").unlink()
+    for sae in run.glob("*/cfg.json"):
+        sae.unlink()
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000001" / "state.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step_00000001\n")
+    with pytest.raises(ValueError, match="holds a run with a checkpoint; continue it with --resume"):
+        train(cfg)
+
+
+def test_a_second_writer_is_refused_while_the_first_lives(tiny_model_dir, tmp_path):
+    """Two `saekit train` on one --out used to both 'succeed', interleaving metrics.jsonl."""
+    import subprocess
+    import sys
+    import textwrap
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from saekit.fileio import folder_lock
+            with folder_lock({str(run)!r}):
+                print("locked", flush=True)
+                time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = small_cfg(tiny_model_dir, run, tokens=4096, eval_tokens=0)
+        with pytest.raises(ValueError, match=rf"run folder {run} is in use \(pid {holder.pid}"):
+            train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    train(cfg)  # the holder is gone: so is its lock
+    assert (run / "summary.txt").is_file()
 
 
 def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -106,7 +156,10 @@ def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, tmp_path):
-    changes = dict(tokens=40_960, checkpoint_every=2048, eval_tokens=0)
+    """A run started with no checkpoint flag checkpoints by itself (every quarter of the run),
+    so `--resume` after SIGKILL continues it bit-identically."""
+    changes = dict(tokens=40_960, eval_tokens=0)
+    assert small_cfg(tiny_model_dir, tmp_path / "x", **changes).checkpoint_every is None
     reference = train(small_cfg(tiny_model_dir, tmp_path / "whole", **changes))
 
     cfg = small_cfg(tiny_model_dir, tmp_path / "killed", **changes)
@@ -217,7 +270,7 @@ def test_a_failed_final_evaluation_keeps_the_trained_saes(tiny_model_dir, tmp_pa
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(archs=("gated",), ks=(32,), dead_feature_method="resample", resample_every_tokens=1024),
+        (dict(archs=("gated",), ks=(), dead_feature_method="resample", resample_every_tokens=1024),
          "resample needs a relu SAE"),
         (dict(sae_settings=(("k", 4),)), "set k with --k"),
     ],
@@ -257,6 +310,42 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path):
         trainer.fit(iter(batches))
     assert checkpoints == [1, 2, 3]  # the last good state is step 3; nothing after it
     assert torch.isfinite(unit.sae.W_enc).all()
+
+
+@pytest.mark.parametrize("setting", ["on", "off", "auto"])
+def test_approx_selection_is_the_trainers_choice_and_is_reported(tmp_path, setting):
+    """The trainer asks for bfloat16 pair selection (the SAE never chooses it by itself),
+    measures its agreement with the exact choice and logs and summarises it."""
+    import copy
+
+    from saekit.saes.sparse import native_bf16, selection_agreement
+    from saekit.training.report import summary_text
+    from saekit.training.run import UnitSpec, build_unit
+    from saekit.training.trainer import Trainer
+
+    cfg = TrainConfig(out=str(tmp_path), tokens=512 * 3, batch_tokens=512, buffer_tokens=1024,
+                      progress=False, log_every=1, approx_selection=setting)
+    unit = build_unit(UnitSpec("h", "h", "h", "topk", 256, (("k", 4),)), cfg, {"h": 16}, "cpu")
+    on = setting == "on" or (setting == "auto" and native_bf16("cpu"))
+    assert unit.approx_selection == on and unit.sae.training
+    relu = build_unit(UnitSpec("r", "r", "r", "relu", 256, ()), cfg, {"r": 16}, "cpu")
+    assert not relu.approx_selection  # relu SAEs always choose exactly
+    torch.manual_seed(0)
+    batches = [{"h": torch.randn(512, 16) * 3} for _ in range(3)]
+    expected = selection_agreement(copy.deepcopy(unit.sae), batches[0]["h"])
+    logged = []
+    trainer = Trainer(cfg, [unit])
+    trainer.callbacks.on_log = lambda step, tokens, metrics: logged.append(metrics["h"])
+    trainer.fit(iter(batches))
+    assert len(logged) == 3
+    summary = summary_text(tmp_path, 1, 1.0, {"h": logged[-1]}, {"h": tmp_path})
+    if not on:
+        assert all("selection_agreement" not in m for m in logged)
+        assert "approx-selection" not in summary
+        return
+    assert logged[0]["selection_agreement"] == pytest.approx(expected)
+    assert all(0.9 < m["selection_agreement"] <= 1 for m in logged)
+    assert f"approx-selection: {logged[-1]['selection_agreement']:.2%} of the active" in summary
 
 
 def test_wandb_offline_logs_metrics_and_density(tiny_model_dir, tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from saekit.fileio import DiskFullError
+
 # Each module defines `register(subparsers)`; the sub-command stores its handler in `func`.
 COMMAND_MODULES: list[str] = [
     "saekit.training.cli",
@@ -39,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"saekit {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError, DiskFullError) as err:
+        from saekit.settings import with_flag_names
+        from saekit.training.cli import FLAG_RENAMES
+        from saekit.training.config import TrainConfig
+
+        message = with_flag_names(str(err), TrainConfig, FLAG_RENAMES)  # flags, not field names
+        print(f"saekit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

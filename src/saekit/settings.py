@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ def parse_count(text: str | int | float) -> int:
     except ValueError:
         raise ValueError(f"not a count: {text!r} (write e.g. 409600, 400k, 1M or 1.5M)") from None
     value = number * scale
+    if not math.isfinite(value):
+        raise ValueError(f"not a count: {text!r} (write e.g. 409600, 400k, 1M or 1.5M)")
     if value != int(value):
         raise ValueError(f"not a whole count: {text!r}")
     return int(value)
@@ -68,42 +71,95 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _kind(f: dataclasses.Field) -> str:
-    """'count', 'bool', 'tuple:<item>', 'int', 'float', 'optional-int' or 'str', from the annotation."""
+    """'count', 'bool', 'int', 'float', 'str', 'pairs' or 'tuple:<item>', from the annotation;
+    '?' appended when None is allowed."""
     t = str(f.type).replace(" ", "")
-    if t == "Count":
-        return "count"
-    if t.startswith("tuple["):
-        return "tuple:" + t[len("tuple[") :].split(",")[0].rstrip("]")
-    return {"bool": "bool", "int": "int", "float": "float", "int|None": "int"}.get(t, "str")
+    optional = t.endswith("|None")
+    t = t.removesuffix("|None")
+    if t.startswith("tuple[tuple["):
+        kind = "pairs"
+    elif t.startswith("tuple["):
+        kind = "tuple:" + t[len("tuple[") :].split(",")[0].rstrip("]")
+    else:
+        kind = {"Count": "count", "bool": "bool", "int": "int", "float": "float"}.get(t, "str")
+    return kind + ("?" if optional else "")
 
 
 def _convert(kind: str, value: Any, name: str) -> Any:
-    """A value from a file, a flag or Python into the field's type (counts parsed)."""
+    """A value from a file, a flag or Python into the field's type; ValueError naming `name`."""
+    if kind.endswith("?"):
+        return None if value is None else _convert(kind[:-1], value, name)
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"{name}: expected {expected}, got {value!r}")
+
     if kind == "count":
+        if isinstance(value, (bool, type(None), list, dict)):
+            raise bad("a token count (409600, 400k, 1M)")
         try:
             return parse_count(value)
-        except ValueError as err:
+        except (ValueError, OverflowError) as err:
             raise ValueError(f"{name}: {err}") from None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad("a number")
+        try:
+            number = float(value) if kind == "float" else int(value)
+        except (ValueError, OverflowError):
+            raise bad("a number") from None
+        if kind == "int" and isinstance(value, float) and value != number:
+            raise bad("a whole number")
+        return number
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("text")
+        return value
+    if kind == "pairs":
+        items = value.items() if isinstance(value, dict) else value
+        if not isinstance(items, (list, tuple, type({}.items()))):
+            raise bad("KEY=VALUE settings")
+        pairs = []
+        for item in items:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
+                raise bad("KEY=VALUE settings")
+            pairs.append((item[0], item[1]))
+        return tuple(pairs)
     if kind.startswith("tuple:"):
         item = kind.split(":", 1)[1]
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        out = []
-        for part in parts:
-            if isinstance(part, str) and not part.strip():
-                continue
-            out.append(_convert(item, part.strip() if isinstance(part, str) else part, name))
-        return tuple(out)
-    if kind in ("int", "float") and isinstance(value, str):
-        try:
-            return int(value) if kind == "int" else float(value)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    return value
+        if isinstance(value, str):
+            parts: list[Any] = [p.strip() for p in value.split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        else:
+            raise bad("a list (or a comma list)")
+        return tuple(_convert(item, part, name) for part in parts)
+    raise ValueError(f"{name}: unknown setting kind {kind!r}")
 
 
 def flag_name(field_name: str, renames: dict[str, str] | None = None) -> str:
     """The command-line flag of a field (`forward_rows` -> `--forward-rows`)."""
     return "--" + (renames or {}).get(field_name, field_name).replace("_", "-")
+
+
+def with_flag_names(message: str, cls: type, renames: dict[str, str] | None = None) -> str:
+    """`message` with the settings of `cls` it names written as flags, for the command line.
+
+    Names with an underscore or a flag rename are rewritten wherever they stand as a word
+    (`l1s is only used` -> `--l1 is only used`); a plain name (`tokens`) only at the start.
+    """
+    import re
+
+    for name in sorted((f.name for f in dataclasses.fields(cls)), key=len, reverse=True):
+        flag = flag_name(name, renames)
+        if "_" in name or name in (renames or {}):
+            message = re.sub(rf"(?<![\w.'\"-]){re.escape(name)}(?![\w'\"-])", flag, message)
+        elif message.startswith(name + " ") or message.startswith(name + "=") or message.startswith(name + ":"):
+            message = flag + message[len(name):]
+    return message
 
 
 def add_arguments(
@@ -126,7 +182,7 @@ def add_arguments(
         if name in skip:
             continue
         f = fields[name]
-        kind = _kind(f)
+        kind = _kind(f).rstrip("?")
         shown = (defaults or {}).get(name, show_default(f.default))
         help_text = f"{docs.get(name, '')} (default: {shown})".replace("%", "%%")
         common = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}
@@ -180,7 +236,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else f" (line {getattr(err, 'lineno', '?')})"
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{line}: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

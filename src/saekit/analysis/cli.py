@@ -74,6 +74,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from saekit.analysis.dashboard import build_dashboard
     from saekit.analysis.features import parse_feature_spec
 
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be positive, got {args.tokens}")
     sae, lm, data = load_sae_and_model(args)
     ids = parse_feature_spec(args.features, sae.cfg.d_sae)
     index = build_dashboard(

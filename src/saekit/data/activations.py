@@ -26,6 +26,12 @@ class ActivationSource:
         if not self.hooks:
             raise ValueError("ActivationSource needs at least one hook")
         self.windows = windows
+        limit = getattr(lm, "max_context", None)
+        if isinstance(limit, int) and windows.context_size > limit:
+            raise ValueError(
+                f"context {windows.context_size} is longer than the model's maximum of {limit} "
+                f"positions; use --context {limit} or less"
+            )
         self.rows_per_forward = rows_per_forward
         self.dims: dict[str, int] = {h: int(lm.hook_dim(h)) for h in self.hooks}
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -23,11 +23,11 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from saekit.fileio import atomic_write_text
 from saekit.paths import cache_root
 
 Document = str | list[int]
@@ -93,6 +93,11 @@ def _nonempty(docs: Iterable[Document], spec: str) -> Iterator[Document]:
 
 def _open(spec: str, *, text_column: str, split: str) -> Iterator[Document]:
     if spec == BUILTIN_PYTHON_DOCS:
+        if text_column != "text":
+            raise DatasetError(
+                f"{BUILTIN_PYTHON_DOCS} is plain text with no columns; drop --text-column "
+                f"{text_column!r}"
+            )
         return python_docs()
     if spec.startswith("builtin:"):
         raise DatasetError(f"unknown builtin dataset {spec!r}; available: {BUILTIN_PYTHON_DOCS}")
@@ -117,23 +122,51 @@ def _open(spec: str, *, text_column: str, split: str) -> Iterator[Document]:
 
 
 def _file(path: Path, text_column: str) -> Iterator[Document]:
-    builder = FILE_BUILDERS.get(path.suffix.lower())
-    if builder is None:
+    """The rows of a local file, read with the standard library / pyarrow, never the network.
+
+    A file under `_CACHE_BYTES` is read once per process (keyed by its size and mtime), so a
+    run that repeats a small dataset epoch after epoch does not re-read or re-parse it.
+    """
+    if path.suffix.lower() not in FILE_BUILDERS:
         raise DatasetError(
             f"unsupported dataset file {str(path)!r}; use one of {list(FILE_BUILDERS)}"
         )
-    if path.stat().st_size == 0:
-        return iter(())
-    import datasets
+    stat = path.stat()
+    if stat.st_size <= _CACHE_BYTES:
+        rows: Iterable[Any] = _cached_rows(str(path), stat.st_size, stat.st_mtime_ns)
+    else:
+        rows = _read_rows(path)
+    return _rows(rows, text_column, str(path))
 
-    kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
+
+_CACHE_BYTES = 256 * 2**20
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_rows(path: str, size: int, mtime_ns: int) -> tuple[Any, ...]:
+    return tuple(_read_rows(Path(path)))
+
+
+def _read_rows(path: Path) -> Iterator[Any]:
+    """Rows of a .txt (blank-line paragraphs, as strings), .jsonl/.json or .parquet file."""
+    suffix = path.suffix.lower()
     try:
-        ds = datasets.load_dataset(
-            builder, data_files=str(path), split="train", streaming=True, **kwargs
-        )
-    except Exception as err:
+        if suffix == ".txt":
+            yield from path.read_text(encoding="utf-8").split("\n\n")
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(str(path)).iter_batches():
+                yield from batch.to_pylist()
+        else:
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:  # JSON lines
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            yield from data if isinstance(data, list) else [data]
+    except (OSError, UnicodeDecodeError, ValueError, ImportError) as err:
         raise DatasetError(f"dataset file {str(path)!r} could not be read: {err}") from err
-    return _rows(ds, text_column, str(path))
 
 
 def _saved(path: Path, *, text_column: str, split: str) -> Iterator[Document]:
@@ -159,10 +192,14 @@ def _hub(name: str, *, text_column: str, split: str) -> Iterator[Document]:
     return _rows(ds, text_column, name)
 
 
-def _rows(ds: Iterable[dict[str, Any]], text_column: str, where: str) -> Iterator[Document]:
-    """Rows of an HF dataset -> token-id lists (``input_ids``) or strings (``text_column``)."""
+def _rows(ds: Iterable[Any], text_column: str, where: str) -> Iterator[Document]:
+    """Rows (dicts, or strings of a text file) -> token-id lists (``input_ids``) or strings."""
     for row in ds:
-        if "input_ids" in row:
+        if isinstance(row, str):
+            yield row
+        elif not isinstance(row, dict):
+            raise DatasetError(f"dataset {where!r}: a row is a {type(row).__name__}, not an object")
+        elif "input_ids" in row:
             yield [int(t) for t in row["input_ids"]]
         elif text_column in row:
             yield row[text_column] or ""
@@ -196,10 +233,7 @@ def _python_docs_cached() -> tuple[str, ...]:
     docs = tuple(_walk_python_docs(stdlib))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(docs, fh)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(docs))
     except OSError:  # a read-only cache only costs time
         pass
     return docs

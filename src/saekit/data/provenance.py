@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -147,8 +148,14 @@ class Provenance:
         return "special tokens (BOS/EOS/pad) included: spliced and counted like any token"
 
 
-def documents(prov: Provenance, part: Part = "all", *, repeat: bool = False) -> Any:
-    """The documents of `prov.dataset` in `part` (train, heldout or all), once or forever."""
+def documents(
+    prov: Provenance, part: Part = "all", *, repeat: bool = False, expected_tokens: int = 0
+) -> Any:
+    """The documents of `prov.dataset` in `part` (train, heldout or all), once or forever.
+
+    Repeated documents warn when the data runs out and `expected_tokens` (what the run
+    needs) takes more than `FEW_EPOCHS` passes over it.
+    """
     if part not in PARTS:
         raise ValueError(f"part={part!r} is not one of {', '.join(PARTS)}")
     if part == "heldout" and prov.holdout_every < 2:
@@ -164,28 +171,69 @@ def documents(prov: Provenance, part: Part = "all", *, repeat: bool = False) -> 
             holdout=part == "heldout",
         )  # fmt: skip
 
-    return _Repeated(once) if repeat else once()
+    return _Repeated(once, prov, expected_tokens) if repeat else once()
+
+
+FEW_EPOCHS = 3
+_COUNT_LIMIT = 20_000_000  # characters of epoch 1 held to count its tokens
 
 
 class _Repeated:
     """The same documents epoch after epoch (re-iterable, so token windows can rewind)."""
 
-    def __init__(self, once: Any) -> None:
-        self.once = once
+    def __init__(self, once: Any, prov: Provenance, expected_tokens: int) -> None:
+        self.once, self.prov, self.expected_tokens = once, prov, expected_tokens
+        self.windows: TokenWindows | None = None  # set by token_windows: its tokenizer counts
 
     def __iter__(self) -> Iterator:
-        for _epoch in itertools.count():
-            yield from self.once()
+        first: list | None = []  # epoch 1's documents while small, to count its tokens
+        size = 0
+        for epoch in itertools.count(1):
+            if epoch == 2 and first is not None:
+                self._warn(first)
+            first = None if epoch > 1 else first
+            for doc in self.once():
+                if first is not None:
+                    size += len(doc)
+                    first.append(doc)
+                    if size > _COUNT_LIMIT:  # a big dataset: not worth holding to count it
+                        first = None
+                yield doc
+
+    def _warn(self, docs: list) -> None:
+        if not self.expected_tokens or self.windows is None:
+            return
+        texts = [d for d in docs if isinstance(d, str)]
+        encoded = self.windows.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        per_epoch = sum(map(len, encoded)) + sum(len(d) for d in docs if not isinstance(d, str))
+        per_epoch += len(docs)  # one separator per document
+        epochs = self.expected_tokens / max(per_epoch, 1)
+        if epochs > FEW_EPOCHS:
+            warnings.warn(
+                f"dataset {self.prov.dataset!r} holds about {per_epoch:,} training tokens: "
+                f"{self.expected_tokens:,} tokens repeat it about {epochs:.0f} times; "
+                "give more text (--dataset) or fewer --tokens",
+                stacklevel=2,
+            )
 
 
 def token_windows(
-    prov: Provenance, tokenizer: Any, part: Part = "all", *, repeat: bool = False
+    prov: Provenance,
+    tokenizer: Any,
+    part: Part = "all",
+    *,
+    repeat: bool = False,
+    expected_tokens: int = 0,
 ) -> TokenWindows:
     """The packed context windows of `prov` (resumable with `state_dict`)."""
-    return TokenWindows(
-        documents(prov, part, repeat=repeat), tokenizer, prov.context,
+    docs = documents(prov, part, repeat=repeat, expected_tokens=expected_tokens)
+    windows = TokenWindows(
+        docs, tokenizer, prov.context,
         prepend_bos=prov.prepend_bos, exclude_special_tokens=prov.exclude_special_tokens,
     )  # fmt: skip
+    if isinstance(docs, _Repeated):
+        docs.windows = windows
+    return windows
 
 
 def token_batches(
@@ -203,10 +251,14 @@ def activation_source(
     *,
     hooks: list[str] | None = None,
     repeat: bool = False,
+    expected_tokens: int = 0,
 ) -> ActivationSource:
-    """Activations at `hooks` (default: the record's) of kept positions, one forward per item."""
+    """Activations at `hooks` (default: the record's) of kept positions, one forward per item.
+
+    `repeat` cycles the documents; `expected_tokens` lets it warn when that means many epochs.
+    """
     hooks = list(hooks if hooks is not None else prov.hooks)
-    windows = token_windows(prov, lm.tokenizer, part, repeat=repeat)
+    windows = token_windows(prov, lm.tokenizer, part, repeat=repeat, expected_tokens=expected_tokens)
     return ActivationSource(lm, hooks, windows, rows)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saekit.data.datasets import Document
+from saekit.data.datasets import DatasetError, Document
 
 TOKENIZE_CHUNK = 64  # documents per call of the fast tokenizer
 
@@ -93,7 +93,19 @@ class TokenWindows:
                 else []
             )
             for doc in chunk:
-                yield next(encoded) if isinstance(doc, str) else list(doc)
+                yield next(encoded) if isinstance(doc, str) else self._checked(doc)
+
+    def _checked(self, ids: list[int]) -> list[int]:
+        """Pre-tokenised ids, refused when outside the tokenizer's vocabulary."""
+        ids = list(ids)
+        vocab = len(self.tokenizer)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise DatasetError(
+                f"a pre-tokenised document holds token id {bad[0]}, outside the tokenizer's "
+                f"vocabulary (0..{vocab - 1}); was it tokenised for another model?"
+            )
+        return ids
 
     def _windows(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         body = self.context_size - int(self.prepend_bos)

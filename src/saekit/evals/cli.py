@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from saekit.data.datasets import HOLDOUT_EVERY
 from saekit.data.provenance import (
     DataSettings,
@@ -21,8 +19,8 @@ from saekit.data.provenance import (
 )
 from saekit.dtypes import DTYPES
 from saekit.evals.evaluate import evaluate_sae, scalar_metrics
-from saekit.evals.metrics import DENSE_THRESHOLD, density_histogram
-from saekit.fileio import atomic_write, atomic_write_text
+from saekit.evals.metrics import DENSE_THRESHOLD
+from saekit.fileio import atomic_write_text
 from saekit.models.loading import resolve_device
 from saekit.settings import count_arg
 
@@ -116,8 +114,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / RESULT_FILE, json.dumps(_json_safe(report), indent=2) + "\n")
+        from saekit.training.report import plot_density_histogram
+
         plot_density_histogram(
-            result["log10_feature_density"], out_dir / HISTOGRAM_FILE, title=str(folder)
+            {str(folder): result["log10_feature_density"]}, out_dir / HISTOGRAM_FILE
         )
     if args.json:
         print(json.dumps(_json_safe(report)))
@@ -125,7 +125,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
         print(format_table(report))
         if out_dir is not None:
             print(f"\nwrote {out_dir / RESULT_FILE} and {out_dir / HISTOGRAM_FILE}")
+    broken = [k for k in MUST_BE_FINITE if not math.isfinite(report[k])]
+    if broken:
+        print(f"saekit eval: error: {', '.join(broken)} not finite: the SAE's outputs hold "
+              "NaN/inf", file=sys.stderr)
+        return 3
     return 0
+
+
+# Metrics that are finite for any SAE whose outputs are (CE loss recovered may be undefined).
+MUST_BE_FINITE = ("mse", "explained_variance", "l0", "ce_loss_spliced", "kl_div")
 
 
 _TABLE_ROWS = (
@@ -175,28 +184,6 @@ def _special_tokens_line(report: dict[str, Any]) -> str:
     origin = {"flag": "set by flag", "SAE folder": "as recorded in the SAE folder",
               "default": "default: the SAE folder does not record it"}  # fmt: skip
     return f"special tokens {what}; {origin[report['exclude_special_tokens_from']]}"
-
-
-def plot_density_histogram(log10_density_F: torch.Tensor, path: Path, title: str = "") -> None:
-    """Write a PNG histogram of log10 feature density (dead features in the leftmost bin)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts, edges = density_histogram(log10_density_F)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.stairs(counts.numpy(), edges.numpy(), fill=True)
-    ax.set_xlabel("log10 feature density (fraction of tokens a feature fires on)")
-    ax.set_ylabel("features")
-    dead = int((log10_density_F <= edges[0] + 1e-9).sum())
-    n = log10_density_F.numel()
-    ax.set_title(f"{title}\n{n} features, {dead} dead ({dead / n:.1%})" if n else title)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
 
 
 def _json_safe(report: dict[str, Any]) -> dict[str, Any]:

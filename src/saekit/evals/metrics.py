@@ -40,16 +40,19 @@ def mse(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
 
 
 def fvu(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
-    """Fraction of variance unexplained: SSE / sum of squared deviations from the batch mean."""
-    x_BD = x_BD.double()
-    sse = (x_hat_BD.double() - x_BD).pow(2).sum()
+    """Fraction of variance unexplained: SSE / sum of squared deviations from the batch mean.
+
+    In the inputs' dtype and differentiable: it is also the MSE part of every SAE loss
+    (`saekit.saes`); pass float64 tensors for an exact metric, as `explained_variance` does.
+    """
+    sse = (x_hat_BD - x_BD).pow(2).sum()
     sst = (x_BD - x_BD.mean(dim=0)).pow(2).sum()
-    return sse / sst
+    return sse / sst.clamp_min(torch.finfo(sst.dtype).tiny)
 
 
 def explained_variance(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
-    """`1 - fvu(x, x_hat)`."""
-    return 1 - fvu(x_BD, x_hat_BD)
+    """`1 - fvu(x, x_hat)`, in float64."""
+    return 1 - fvu(x_BD.double(), x_hat_BD.double())
 
 
 def cosine_similarity(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:

@@ -96,11 +96,50 @@ def looks_like_repo_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(spec).exists()
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within `timeout` seconds.
+
+    False at once under `HF_HUB_OFFLINE=1`. Used to fail fast offline instead of letting
+    `huggingface_hub` retry for tens of seconds.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _download(repo_id: str, what: str, call, **kwargs) -> Path:
+    """Run a huggingface_hub download, from the HF cache alone when the hub is unreachable;
+    every failure becomes one FileNotFoundError line naming the repo and the reason."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    online = hub_reachable()
+    try:
+        return Path(call(repo_id=repo_id, local_files_only=not online, **kwargs))
+    except LocalEntryNotFoundError:
+        why = "the hub cannot be reached (offline?)" if not online else "not found on the hub"
+        raise FileNotFoundError(
+            f"{repo_id}{what}: not a local path, and {why}; the HF cache does not hold it"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"{repo_id}{what}: not a local path; the hub said: {first}") from None
+
+
 def download_file(repo_id: str, filename: str, *, revision: str | None = None) -> Path:
     """One file from the hub (or the HF cache)."""
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
+    return _download(repo_id, f"/{filename}", hf_hub_download, filename=filename, revision=revision)
 
 
 def download_folder(repo_id: str, folder: str | None, *, revision: str | None = None) -> Path:
@@ -108,7 +147,10 @@ def download_folder(repo_id: str, folder: str | None, *, revision: str | None = 
     from huggingface_hub import snapshot_download
 
     patterns = [f"{folder.strip('/')}/*"] if folder else None
-    root = Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, revision=revision))
+    root = _download(
+        repo_id, f"/{folder}" if folder else "", snapshot_download,
+        allow_patterns=patterns, revision=revision,
+    )  # fmt: skip
     target = root / folder if folder else root
     if not target.exists():
         raise FileNotFoundError(f"hub repo {repo_id} has no folder {folder!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,31 @@ def safe_torch_load(path: str | Path, *, allow_legacy_config: bool = False) -> A
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    _check_zip_names(path)
     allowed = [(LegacyConfigState, name) for name in LEGACY_CONFIG_CLASSES]
     try:
         with torch.serialization.safe_globals(allowed if allow_legacy_config else []):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise LegacyFormatError(_refusal_message(path, str(err))) from None
+    except Exception as err:  # noqa: BLE001 - any failure to parse untrusted bytes is "unreadable"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LegacyFormatError(f"{path} is not a readable PyTorch file: {first}") from None
+
+
+def _check_zip_names(path: Path) -> None:
+    """Refuse a zip-format .pt whose entry names leave its folder (absolute or `..`)."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise LegacyFormatError(f"{path} is a damaged zip archive: {err}") from None
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or ".." in parts or ":" in parts[0]:
+            raise LegacyFormatError(f"refused to load {path}: entry {name!r} points outside the archive")
 
 
 def _refusal_message(path: Path, torch_message: str) -> str:

@@ -10,11 +10,12 @@ from typing import Any
 
 import yaml
 
+from saekit.fileio import atomic_folder
 from saekit.io.converters import detect_format
 
-# Files of an SAE folder / training run worth publishing (checkpoints are left out).
-UPLOAD_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors",
-                "metrics.jsonl", "eval.json", "activation_scaler.json")
+# Files of an SAE folder worth publishing (what `save`, `saekit eval` and a run write).
+UPLOAD_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "metrics.jsonl",
+                "eval.json")
 
 
 def read_metrics(folder: Path) -> dict[str, Any]:
@@ -69,32 +70,37 @@ def make_model_card(folder: str | Path, repo_id: str) -> str:
     return "\n".join(parts)
 
 
-def stage_upload(folder: str | Path, repo_id: str, staging: str | Path) -> Path:
-    """Copy what would be uploaded (the SAE files + README.md) into `staging`."""
-    folder, staging = Path(folder), Path(staging)
+def stage_upload(folder: str | Path, repo_id: str, staging: str | Path, force: bool = False) -> Path:
+    """Copy what would be uploaded (the SAE files + README.md) into a new folder `staging`."""
+    folder = Path(folder)
     card = make_model_card(folder, repo_id)
-    staging.mkdir(parents=True, exist_ok=True)
-    for name in UPLOAD_FILES:
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, staging / name)
-    (staging / "README.md").write_text(card, encoding="utf-8")
-    return staging
+    with atomic_folder(staging, force=force) as tmp:
+        for name in UPLOAD_FILES:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, tmp / name)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    return Path(staging)
 
 
 def push_to_hub(
-    folder: str | Path, repo_id: str, *, private: bool = False, dry_run_dir: str | Path | None = None
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    dry_run_dir: str | Path | None = None,
+    force: bool = False,
 ) -> str:
     """Upload `folder` to `repo_id` (created if needed); returns the commit URL.
 
     With `dry_run_dir`, only writes the staged upload there and returns its path.
     """
     if dry_run_dir is not None:
-        return str(stage_upload(folder, repo_id, dry_run_dir))
+        return str(stage_upload(folder, repo_id, dry_run_dir, force=force))
     from huggingface_hub import HfApi
 
     api = HfApi()
     with tempfile.TemporaryDirectory() as tmp:
-        staging = stage_upload(folder, repo_id, tmp)
+        staging = stage_upload(folder, repo_id, Path(tmp) / "upload")
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=staging,
                                  commit_message="Upload SAE with saekit")

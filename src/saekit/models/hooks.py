@@ -130,6 +130,11 @@ def resolve_hook(lm: LanguageModel, name: str) -> HookPoint:
             return HookPoint(name, path, read, layer)
         raise _invalid(lm, name, f"{type(lm.model).__name__} has no {match.group(2)}")
     if name in modules and name:
+        if isinstance(modules[name], (nn.ModuleList, nn.ModuleDict)):
+            raise _invalid(
+                lm, name, f"{type(modules[name]).__name__} is a container that never runs; "
+                f"hook one of its children ({name}.0, ...)"
+            )  # fmt: skip
         return HookPoint(name, name, "output", _layer_of(lm, name))
     raise _invalid(lm, name, "no such hook or module")
 

@@ -55,6 +55,14 @@ class LanguageModel:
             return self.model.cfg.d_model
         return self.model.config.get_text_config().hidden_size
 
+    @cached_property
+    def max_context(self) -> int | None:
+        """The most positions the model takes (None when its config does not say)."""
+        if self.backend == "tl":
+            return int(self.model.cfg.n_ctx)
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(limit) if limit else None
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -93,12 +101,23 @@ class LanguageModel:
         hooks.resolve_hook(self, name)  # ValueError for unknown names
         if self.backend == "hf" and name.startswith("blocks."):
             return self.d_model
-        if name not in self._dims:  # a raw module path or TL hook: run one token to see
-            ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-            self._dims[name] = self.run_to_hooks(ids, [name])[name].shape[-1]
+        if name not in self._dims:  # a raw module path or TL hook: run a tiny batch to see
+            ids = torch.zeros(2, 3, dtype=torch.long, device=self.device)
+            shape = tuple(self.run_to_hooks(ids, [name])[name].shape)
+            if len(shape) != 3 or shape[:2] != (2, 3):
+                raise ValueError(
+                    f"hook {name!r} gives {list(shape)} for a [2, 3] batch of tokens, not a "
+                    "[batch, position, width] activation; hook a module that outputs one"
+                )
+            self._dims[name] = shape[-1]
         return self._dims[name]
 
     def _forward(self, input_ids_BT: Tensor, attention_mask: Tensor | None) -> object:
+        if self.max_context is not None and input_ids_BT.shape[-1] > self.max_context:
+            raise ValueError(
+                f"context {input_ids_BT.shape[-1]} is longer than {self.spec}'s maximum of "
+                f"{self.max_context} positions; use --context {self.max_context} or less"
+            )
         input_ids_BT = input_ids_BT.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)

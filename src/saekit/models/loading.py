@@ -25,7 +25,17 @@ def resolve_device(name: str | torch.device) -> torch.device:
     """`auto` -> cuda when available, else cpu; any other name as given."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device {name!r}: {err} (use cpu, cuda, cuda:N, mps or auto)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: CUDA is not available here; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s)")
+    return device
 
 
 def load_model(

@@ -7,13 +7,16 @@ F dictionary size (d_sae).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from saekit.dtypes import DTYPES
+from saekit.evals.metrics import fvu
 from saekit.saes.config import SAEConfig, SAEMetadata
+from saekit.saes.pairs import Acts, DenseActs, PairActs, SparseCode, code_from_topk
 
 
 class SAEOutput(NamedTuple):
@@ -26,8 +29,8 @@ class SAEOutput(NamedTuple):
     loss: Tensor
     """mse_loss + sparsity_loss + aux_loss: the quantity to minimise."""
     mse_loss: Tensor
-    """Fraction of variance unexplained: sum_d (target - sae_out)^2 averaged over the batch,
-    divided by the batch's total variance of the target (matryoshka: summed over prefixes)."""
+    """Fraction of variance unexplained, `evals.metrics.fvu(target, sae_out)`: the squared
+    error over the batch's total variance of the target (matryoshka: summed over prefixes)."""
     sparsity_loss: Tensor
     """Coefficient times the penalty (L1 for relu/gated, L0 for jumprelu; 0 for k-sparse)."""
     aux_loss: Tensor
@@ -35,19 +38,13 @@ class SAEOutput(NamedTuple):
     gated's frozen-decoder reconstruction loss; otherwise 0."""
 
 
-def fvu(pred_BO: Tensor, target_BO: Tensor) -> Tensor:
-    """Fraction of variance unexplained: the MSE part of every loss in saekit.
-
-    Squared error summed over features and averaged over the batch, divided by the
-    target's total variance over the batch (sum over dims of each dim's variance).
-    """
-    err = (pred_BO - target_BO).pow(2).sum(-1).mean()
-    var = (target_BO - target_BO.mean(0)).pow(2).sum(-1).mean()
-    return err / var.clamp_min(torch.finfo(var.dtype).tiny)
-
-
 class SAE(nn.Module):
     """Sparse autoencoder. Create with `SAE.create(arch, ...)`, load with `SAE.load(folder)`.
+
+    Both return the SAE in eval mode, ready for inference; call `.train()` to train it
+    (batchtopk and matryoshka then use batch statistics, as BatchNorm does). Every other
+    output is the same in either mode, and exact: only a caller that passes
+    `approx_selection=True` to `forward` gets an approximate choice of active features.
 
     Parameters: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`,
     `b_dec [d_out]` (+ `threshold [d_sae]` for jumprelu/batchtopk/matryoshka; gated has
@@ -55,9 +52,24 @@ class SAE(nn.Module):
     `sae_weights.safetensors`.
     """
 
+    # Per-architecture facts: every table of architectures (the trainer's sweeps, its
+    # dead-feature methods, data-parallel placement) is derived from these.
     architecture: ClassVar[str] = ""
+    sparsity_setting: ClassVar[str] = ""
+    """The setting that trades sparsity for reconstruction, which a sweep varies: "k" (the
+    k-sparse family), or the penalty's coefficient ("l1_coefficient", "l0_coefficient")."""
     dead_feature_loss: ClassVar[str | None] = None
     """What `dead_mask` switches on: "auxk", "ghost_grads" or None (no such loss)."""
+    default_dead_feature_method: ClassVar[str] = "none"
+    """The trainer's dead-feature method when it is left on auto."""
+    resamplable: ClassVar[bool] = False
+    """Whether the trainer may resample dead features (Anthropic's method for ReLU SAEs)."""
+    batch_dependent: ClassVar[bool] = False
+    """Whether a token's training activations depend on the rest of the batch (batch
+    top-k), so that data-parallel ranks cannot compute them from slices of the batch."""
+    approximate_selection: ClassVar[bool] = False
+    """Whether the sparse path may choose the active pairs from a bfloat16 encoder product
+    when the caller asks (`approx_selection=True`): only near-ties can then differ."""
 
     W_enc: nn.Parameter
     W_dec: nn.Parameter
@@ -96,36 +108,40 @@ class SAE(nn.Module):
         apply_b_dec_to_input: bool | None = None,
         **settings: Any,
     ) -> SAE:
-        """A freshly initialised SAE of architecture `arch` (e.g. `k=32` for topk)."""
+        """A freshly initialised SAE of architecture `arch` (e.g. `k=32` for topk), in eval
+        mode."""
         from saekit.saes.registry import get_sae_class
 
-        cls = get_sae_class(arch)
+        get_sae_class(arch)  # an unknown name: the registry's error, listing the known ones
         cfg = SAEConfig(
             architecture=arch, d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype,
             device=str(device), apply_b_dec_to_input=apply_b_dec_to_input,
             metadata=SAEMetadata() if metadata is None else metadata, **settings,
         )  # fmt: skip
-        return cls(cfg)
+        return SAE.from_config(cfg)
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:
-        """A freshly initialised SAE for an existing config."""
+        """A freshly initialised SAE for an existing config, in eval mode."""
         from saekit.saes.registry import get_sae_class
 
-        return get_sae_class(cfg.architecture)(cfg)
+        return get_sae_class(cfg.architecture)(cfg).eval()
 
     def save(self, folder: str | os.PathLike[str], sparsity: Tensor | None = None) -> None:
         """Write `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`)."""
-        from saekit.io.folder import save_sae_folder
+        from saekit.saes.folder import save_sae_folder
 
         save_sae_folder(self, folder, sparsity=sparsity)
 
     @staticmethod
-    def load(folder: str | os.PathLike[str], device: str | None = None) -> SAE:
-        """Load an SAE folder (saekit's or SAELens 6's), in eval mode."""
-        from saekit.io.folder import load_sae_folder
+    def load(
+        folder: str | os.PathLike[str], device: str | None = None, *, check_weights: bool = True
+    ) -> SAE:
+        """Load an SAE folder (saekit's or SAELens 6's), in eval mode; NaN/inf weights are
+        refused unless `check_weights=False`."""
+        from saekit.saes.folder import load_sae_folder
 
-        return load_sae_folder(folder, device=device)
+        return load_sae_folder(folder, device=device, check_weights=check_weights)
 
     # ---- per-architecture hooks ------------------------------------------------------
 
@@ -137,14 +153,30 @@ class SAE(nn.Module):
         """(pre-activations [B, F], feature activations [B, F])."""
         raise NotImplementedError
 
-    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor | None:
-        """Penalty before its coefficient, or None for architectures without one."""
+    def sparsity_penalty(self, pre_BF: Tensor | None, acts: Acts) -> Tensor | None:
+        """Penalty before its coefficient, or None for architectures without one.
+
+        `pre_BF` is None on the sparse path (`saekit.saes.sparse`), which passes `PairActs`.
+        """
         return None
 
     @property
     def sparsity_coefficient(self) -> float:
-        """The configured coefficient of the sparsity penalty (0 if none)."""
-        return 0.0
+        """The configured coefficient of the sparsity penalty (0 for k-sparse SAEs)."""
+        if self.sparsity_setting == "k":
+            return 0.0
+        return float(getattr(self.cfg, self.sparsity_setting))
+
+    @classmethod
+    def size_defaults(cls, d_sae: int) -> dict[str, Any]:
+        """Defaults of settings that depend on the dictionary size (matryoshka's prefixes)."""
+        return {}
+
+    @classmethod
+    def dead_feature_methods(cls) -> tuple[str, ...]:
+        """The trainer's dead-feature methods that apply to this architecture."""
+        losses = (cls.dead_feature_loss,) if cls.dead_feature_loss else ()
+        return ("none", *losses, *(("resample",) if cls.resamplable else ()))
 
     def aux_loss(
         self, x_BD: Tensor, target_BO: Tensor, pre_BF: Tensor, f_BF: Tensor,
@@ -153,8 +185,9 @@ class SAE(nn.Module):
         """Auxiliary loss (dead features, gated's frozen decoder), or None."""
         return None
 
-    def reconstruction_loss(self, f_BF: Tensor, sae_out_BO: Tensor, target_BO: Tensor) -> Tensor:
-        return fvu(sae_out_BO, target_BO)
+    def reconstruction_loss(self, acts: Acts, sae_out_BO: Tensor, target_BO: Tensor) -> Tensor:
+        """The MSE part of the loss: the FVU of the reconstruction."""
+        return fvu(target_BO, sae_out_BO)
 
     @property
     def unit_norm_decoder(self) -> bool:
@@ -183,6 +216,7 @@ class SAE(nn.Module):
         dead_mask: Tensor | None = None,
         sparsity_coefficient: float | None = None,
         sparse_feature_acts: bool = False,
+        approx_selection: bool = False,
     ) -> SAEOutput:
         """Encode, decode and compute the loss parts.
 
@@ -190,8 +224,10 @@ class SAE(nn.Module):
         `dead_mask` (bool [F]) turns on the dead-feature loss (see `dead_feature_loss`).
         `sparsity_coefficient` overrides the configured L1/L0 coefficient (warm-up).
         `sparse_feature_acts=True` lets the sparse TopK path (`saekit.saes.sparse`) return
-        `feature_acts` as a sparse CSR tensor instead of filling a dense [B, F] one; every
-        other path ignores it.
+        `feature_acts` as a sparse CSR tensor instead of filling a dense [B, F] one, and
+        `approx_selection=True` lets it choose the active pairs from a bfloat16 encoder
+        product (where `approximate_selection`; values stay exact, near-ties may differ);
+        every other path ignores both.
         """
         target_BO = x_BD if target_BO is None else target_BO
         if x_BD.shape[-1] != self.cfg.d_in or target_BO.shape[-1] != self.cfg.d_out:
@@ -204,9 +240,9 @@ class SAE(nn.Module):
         pre_BF, f_BF = self.encode_parts(x_BD)
         sae_out_BO = self.decode(f_BF)
         zero = sae_out_BO.new_zeros(())
-        mse = self.reconstruction_loss(f_BF, sae_out_BO, target_BO)
+        mse = self.reconstruction_loss(DenseActs(f_BF), sae_out_BO, target_BO)
         coef = self.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
-        penalty = self.sparsity_penalty(pre_BF, f_BF)
+        penalty = self.sparsity_penalty(pre_BF, DenseActs(f_BF))
         sparsity = zero if penalty is None else coef * penalty
         if dead_mask is not None:
             dead_mask = dead_mask.to(device=f_BF.device, dtype=torch.bool)
@@ -256,24 +292,27 @@ class SAE(nn.Module):
         return f"architecture={c.architecture!r}, {size}, {settings}"
 
 
-def aux_k_for(sae: SAE, dead_mask_F: Tensor) -> int:
-    """How many dead features AuxK uses: `aux_k` (default d_in // 2), at most the dead count."""
-    return min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
-
-
 def auxk_loss(
-    sae: SAE, pre_BF: Tensor, target_BO: Tensor, sae_out_BO: Tensor, dead_mask_F: Tensor | None
+    sae: SAE,
+    pre_BF: Tensor,
+    dead_mask_F: Tensor | None,
+    residual_BO: Tensor,
+    pre_at: Callable[[SparseCode], Tensor],
 ) -> Tensor | None:
     """AuxK (Gao et al. 2024): reconstruct the residual from the top `aux_k` dead features.
 
-    aux_k defaults to d_in // 2; the result is `aux_coefficient` times the FVU of the
-    residual (target - sae_out, detached) by the dead features' decoded activations.
+    The pairs are chosen per token from `pre_BF` (no gradient needed); `pre_at(code)` gives
+    the differentiable pre-activations at them (the dense forward indexes its own, the
+    sparse path recomputes them). `aux_k` defaults to d_in // 2 (at most the dead count);
+    the result is `aux_coefficient` times the FVU of the (detached) residual
+    `target - sae_out` by the dead features' decoded activations.
     """
     if dead_mask_F is None or not bool(dead_mask_F.any()):
         return None
-    k_aux = aux_k_for(sae, dead_mask_F)
-    dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), torch.zeros_like(pre_BF))
-    vals, idx = dead_pre_BF.topk(k_aux, dim=-1, sorted=False)
-    aux_f_BF = torch.zeros_like(pre_BF).scatter(-1, idx, vals)
-    residual_BO = (target_BO - sae_out_BO).detach()
-    return sae.cfg.aux_coefficient * fvu(aux_f_BF @ sae.W_dec, residual_BO)
+    k_aux = min(sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1), int(dead_mask_F.sum()))
+    with torch.no_grad():
+        dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), 0.0)
+        code = code_from_topk(dead_pre_BF.topk(k_aux, dim=-1, sorted=False).indices)
+    vals_N = pre_at(code).relu() * dead_mask_F[code.cols]
+    aux_out_BO = PairActs(code, vals_N).decode(sae.W_dec)
+    return sae.cfg.aux_coefficient * fvu(residual_BO, aux_out_BO)

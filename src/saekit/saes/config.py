@@ -242,6 +242,8 @@ class SAEConfig:
             raise ValueError("cfg.json has no 'architecture' key")
         file_arch = data.pop("architecture")
         arch = data.pop("saekit_architecture", None)
+        if not isinstance(file_arch, str) or not isinstance(arch, (str, type(None))):
+            raise ValueError(f"cfg.json: 'architecture' must be a string, got {file_arch!r}")
         if arch is None:
             if file_arch not in _FROM_FILE:
                 raise ValueError(
@@ -260,6 +262,7 @@ class SAEConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"cfg.json has unknown keys {unknown}; known keys: {sorted(names)}")
+        _check_types(data, {f.name: str(f.type) for f in fields(cls)})
         settings = ARCH_SETTINGS[arch]
         # SAELens writes keys saekit folds away or ignores for other architectures:
         if (
@@ -275,6 +278,23 @@ class SAEConfig:
     def replace(self, **changes: Any) -> SAEConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list[int]": (list,)}
+
+
+def _check_types(data: dict[str, Any], annotations: dict[str, str]) -> None:
+    """ValueError naming the first cfg.json value whose JSON type its field cannot take."""
+    for key, value in data.items():
+        kinds = [k.strip() for k in annotations[key].split("|")]
+        if key == "metadata" or (value is None and "None" in kinds):
+            continue
+        allowed = tuple(t for k in kinds for t in _TYPES.get(k, (object,)))
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ValueError(f"cfg.json: {key}={value!r} is not of type {annotations[key]}")
 
 
 def _check_values(cfg: SAEConfig) -> None:

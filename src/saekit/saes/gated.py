@@ -18,23 +18,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from saekit.saes.base import SAE, fvu
+from saekit.evals.metrics import fvu
+from saekit.saes.base import SAE
+from saekit.saes.pairs import DenseActs
 from saekit.saes.registry import register
 
 
 @register
 class GatedSAE(SAE):
     architecture = "gated"
+    sparsity_setting = "l1_coefficient"
 
     def init_extra(self, kw) -> None:
         d_sae = self.cfg.d_sae
         self.b_gate = nn.Parameter(torch.zeros(d_sae, **kw))
         self.b_mag = nn.Parameter(torch.zeros(d_sae, **kw))
         self.r_mag = nn.Parameter(torch.zeros(d_sae, **kw))
-
-    @property
-    def sparsity_coefficient(self) -> float:
-        return self.cfg.l1_coefficient
 
     def encode_parts(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, f): the gate's pre-activation drives the sparsity and aux losses."""
@@ -43,8 +42,8 @@ class GatedSAE(SAE):
         pi_mag_BF = x_BD @ (self.W_enc * self.r_mag.exp()) + self.b_mag
         return pi_gate_BF, (pi_gate_BF > 0) * pi_mag_BF.relu()
 
-    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor:
+    def sparsity_penalty(self, pre_BF: Tensor, acts: DenseActs) -> Tensor:
         return (pre_BF.relu() * self.W_dec.norm(dim=1)).sum(-1).mean()
 
     def aux_loss(self, x_BD, target_BO, pre_BF, f_BF, sae_out_BO, mse, dead_mask_F):
-        return fvu(pre_BF.relu() @ self.W_dec.detach() + self.b_dec.detach(), target_BO)
+        return fvu(target_BO, pre_BF.relu() @ self.W_dec.detach() + self.b_dec.detach())

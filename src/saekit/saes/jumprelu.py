@@ -1,9 +1,10 @@
 """`jumprelu`: JumpReLU SAE (Rajamanoharan et al. 2024; Gemma Scope).
 
-`f = pre * H(pre - threshold)` with a learned per-feature `threshold` (a parameter in
+`f = relu(pre) * H(pre - threshold)` with a learned per-feature `threshold` (a parameter in
 linear units, clamped at >= 0 after each step; stored directly so folders round-trip
-bit-for-bit with SAELens). H has no useful gradient, so training uses straight-through
-estimators with a rectangle kernel K(u) = 1[|u| < 1/2] and width `bandwidth` (eps):
+bit-for-bit with SAELens; the ReLU only matters for a negative threshold from elsewhere).
+H has no useful gradient, so training uses straight-through estimators with a rectangle
+kernel K(u) = 1[|u| < 1/2] and width `bandwidth` (eps):
 
 - JumpReLU: d f / d pre = H(pre - t);  d f / d t = -(t / eps) K((pre - t) / eps)
 - step H:   d H / d pre = 0;            d H / d t = -(1 / eps) K((pre - t) / eps)
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.saes.base import SAE
+from saekit.saes.pairs import DenseActs
 from saekit.saes.registry import register
 
 
@@ -28,19 +30,25 @@ def _rectangle(u: Tensor) -> Tensor:
 
 
 class JumpReLUFn(torch.autograd.Function):
-    """pre * H(pre - t) with the straight-through estimator above."""
+    """relu(pre) * H(pre - t) with the straight-through estimator above.
+
+    The ReLU matters only for a negative threshold (possible in files from elsewhere; the
+    trainer clamps t at 0): SAELens and Gemma Scope zero negative pre-activations there too,
+    and a jump of height relu(t) = 0 gives t no gradient.
+    """
 
     @staticmethod
     def forward(ctx, pre_BF: Tensor, t_F: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(pre_BF, t_F)
         ctx.eps = eps
-        return pre_BF * (pre_BF > t_F)
+        return pre_BF * ((pre_BF > t_F) & (pre_BF > 0))
 
     @staticmethod
     def backward(ctx, grad_BF: Tensor):
         pre_BF, t_F = ctx.saved_tensors
-        grad_t = -(t_F / ctx.eps) * _rectangle((pre_BF - t_F) / ctx.eps) * grad_BF
-        return (pre_BF > t_F) * grad_BF, grad_t.sum(0), None
+        jump_F = t_F.clamp_min(0)
+        grad_t = -(jump_F / ctx.eps) * _rectangle((pre_BF - t_F) / ctx.eps) * grad_BF
+        return ((pre_BF > t_F) & (pre_BF > 0)) * grad_BF, grad_t.sum(0), None
 
 
 class StepFn(torch.autograd.Function):
@@ -62,6 +70,7 @@ class StepFn(torch.autograd.Function):
 @register
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
+    sparsity_setting = "l0_coefficient"
     threshold: nn.Parameter
 
     def init_extra(self, kw) -> None:
@@ -72,18 +81,14 @@ class JumpReLUSAE(SAE):
     def unit_norm_decoder(self) -> bool:
         return self.cfg.sparsity_mode == "step"
 
-    @property
-    def sparsity_coefficient(self) -> float:
-        return self.cfg.l0_coefficient
-
     def encode_parts(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
         pre_BF = self.sae_in(x_BD) @ self.W_enc + self.b_enc
         return pre_BF, JumpReLUFn.apply(pre_BF, self.threshold, self.cfg.bandwidth)
 
-    def sparsity_penalty(self, pre_BF: Tensor, f_BF: Tensor) -> Tensor:
+    def sparsity_penalty(self, pre_BF: Tensor, acts: DenseActs) -> Tensor:
         if self.cfg.sparsity_mode == "step":
             return StepFn.apply(pre_BF, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        scaled_BF = self.cfg.tanh_scale * f_BF * self.W_dec.norm(dim=1)
+        scaled_BF = self.cfg.tanh_scale * acts.f_BF * self.W_dec.norm(dim=1)
         return torch.tanh(scaled_BF).sum(-1).mean()
 
     @torch.no_grad()

@@ -3,15 +3,19 @@
 `prefixes=[m1, m2, ...]` (strictly increasing; d_sae is appended when missing) name
 nested dictionaries: the first m features alone must reconstruct the target too. The
 MSE part is the sum over prefixes of the FVU of `f[:, :m] @ W_dec[:m] + b_dec`; the
-activations, threshold and AuxK are those of `batchtopk`.
+activations, threshold and AuxK are those of `batchtopk`. Without `prefixes`, a sweep
+uses d_sae/8, d_sae/4, d_sae/2, d_sae (`size_defaults`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from saekit.saes.base import fvu
+from saekit.evals.metrics import fvu
 from saekit.saes.batchtopk import BatchTopKSAE
+from saekit.saes.pairs import Acts
 from saekit.saes.registry import register
 
 
@@ -19,11 +23,17 @@ from saekit.saes.registry import register
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
 
-    def reconstruction_loss(self, f_BF: Tensor, sae_out_BO: Tensor, target_BO: Tensor) -> Tensor:
+    @classmethod
+    def size_defaults(cls, d_sae: int) -> dict[str, Any]:
+        sizes = {max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae}
+        return {"prefixes": sorted(sizes)}
+
+    def reconstruction_loss(self, acts: Acts, sae_out_BO: Tensor, target_BO: Tensor) -> Tensor:
+        """Sum over prefixes m of the FVU of the first m features' reconstruction."""
         partial_BO = self.b_dec.expand_as(target_BO)
         loss, start = sae_out_BO.new_zeros(()), 0
         for end in self.cfg.prefixes:
-            partial_BO = partial_BO + f_BF[:, start:end] @ self.W_dec[start:end]
-            loss = loss + fvu(partial_BO, target_BO)
+            partial_BO = partial_BO + acts.decode(self.W_dec, start, end)
+            loss = loss + fvu(target_BO, partial_BO)
             start = end
         return loss

@@ -1,4 +1,4 @@
-"""Sparse kernels for the TopK family (topk, batchtopk, matryoshka) and sparse ReLU SAEs.
+"""The sparse forward of TopK-family (topk, batchtopk, matryoshka) and ReLU SAEs.
 
 A k-sparse SAE only needs the encoder's dense matmul to *choose* the active features; every
 other product touches just the chosen (token, feature) pairs. A ReLU SAE whose activations
@@ -6,50 +6,34 @@ are sparse is the same case: the ReLU's gradient is zero off its active pairs, s
 pairs where the pre-activation is positive the same kernels give its exact forward, its
 L1 penalty and every gradient. The dense path in `base.py` spends about five times the work
 of that one matmul: the dense decode, the dense gradient of the pre-activations, and the
-dense W_enc and W_dec gradients. Here the active pairs are kept as a row-major sparse code
-`(crow, cols, vals)` (CSR over tokens) and two autograd Functions do the rest:
+dense W_enc and W_dec gradients. Here the active pairs are kept as a `SparseCode` (see
+`pairs.py`, which also has `SparseDecode`) and `GatherPre` gives their pre-activations:
+forward gathers them from the dense pre-activations computed without a graph (or recomputes
+them exactly when that product was bfloat16); backward gives the W_enc gradient as a
+sparse-dense product, b_enc's as an index-add and b_dec's as one matrix-vector product.
 
-- `GatherPre`: the pre-activations at the chosen pairs. Forward gathers them from the dense
-  pre-activations computed without a graph (or recomputes them exactly when that product was
-  bfloat16); backward gives the W_enc gradient as a sparse-dense product, b_enc's as an
-  index-add and b_dec's as one matrix-vector product.
-- `SparseDecode`: `sum_k vals * W_dec[cols]` per token (an embedding bag). Backward gives the
-  values' gradient as a sampled dense-dense product at the chosen pairs only, and a sparse
-  W_dec gradient.
-
-`sparse_forward(sae, ...)` is the whole training forward on these kernels; it returns the same
-`SAEOutput` (to float tolerance, up to bf16 near-ties; see `select_in_bf16`) as the dense
-`SAE.forward`. `use_sparse(sae, x)` is the rule
-that picks it; `sae.sparse = True/False` forces either path.
+Each architecture owns its selection step (`SparseMixin.select_pairs`); the losses are the
+architecture's own methods, fed the pairs (`PairActs`) instead of a dense matrix.
+`sparse_forward(sae, ...)` returns the same `SAEOutput` (to float tolerance) as the dense
+`SAE.forward`. `use_sparse(sae, device)` is the rule that picks it; `sae.sparse = True/False`
+forces either path. Only a caller that asks (`approx_selection=True`, the trainer's
+`approx_selection` setting) gets pairs chosen from a bfloat16 product.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from saekit.saes.base import SAE, SAEOutput, aux_k_for, fvu
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+from saekit.saes.base import SAE, SAEOutput, auxk_loss
+from saekit.saes.pairs import PairActs, SparseCode, sum_by_feature
 
 SPARSE_MAX_DENSITY = 1 / 8
 """Use the sparse path when at most this fraction of the features is active per token."""
-
-
-class SparseCode(NamedTuple):
-    """The active (token, feature) pairs of a batch, row-major (CSR over the B tokens)."""
-
-    crow: Tensor
-    """[B + 1] int64: token b owns pairs crow[b]:crow[b + 1]."""
-    rows: Tensor
-    """[N] int64: token of each pair (non-decreasing)."""
-    cols: Tensor
-    """[N] int64: feature of each pair (increasing within a token)."""
 
 
 class SparseSAEOutput(SAEOutput):
@@ -65,40 +49,6 @@ class SparseSAEOutput(SAEOutput):
         out = super()._replace(**changes)
         out.fired_F = self.fired_F
         return out
-
-
-def code_from_topk(idx_BK: Tensor) -> SparseCode:
-    """The code of a per-token top-k: k pairs per token."""
-    B, K = idx_BK.shape
-    device = idx_BK.device
-    cols = idx_BK.sort(dim=-1).values.reshape(-1)
-    crow = torch.arange(0, B * K + 1, K, device=device)
-    rows = torch.arange(B, device=device).repeat_interleave(K)
-    return SparseCode(crow, rows, cols)
-
-
-def code_from_flat(flat_idx: Tensor, B: int, F_: int) -> SparseCode:
-    """The code of entries chosen by their index into the flattened [B, F] matrix."""
-    flat_idx = flat_idx.sort().values
-    rows, cols = flat_idx // F_, flat_idx % F_
-    crow = torch.zeros(B + 1, dtype=torch.long, device=flat_idx.device)
-    crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
-    return SparseCode(crow, rows, cols)
-
-
-def _sum_by_feature(code: SparseCode, weights_N: Tensor, dense_BX: Tensor, F_: int) -> Tensor:
-    """[F, X]: row f is the sum over f's pairs (b, f) of weights * dense_BX[b].
-
-    The sparse [F, B] @ dense [B, X] product as an embedding bag over the pairs sorted by
-    feature (about 3x faster on CPU than torch's COO matmul).
-    """
-    order = code.cols.argsort(stable=True)
-    offsets = torch.zeros(F_ + 1, dtype=torch.long, device=code.cols.device)
-    offsets[1:] = torch.bincount(code.cols, minlength=F_).cumsum(0)
-    return F.embedding_bag(
-        code.rows[order], dense_BX, offsets, mode="sum",
-        per_sample_weights=weights_N[order], include_last_offset=True,
-    )  # fmt: skip
 
 
 class GatherPre(torch.autograd.Function):
@@ -140,7 +90,7 @@ class GatherPre(torch.autograd.Function):
             ).to(sae_in_BD.dtype)  # fmt: skip
         if need_W:
             x_BD = sae_in_BD.to(W_enc_DF.dtype)
-            g_W = _sum_by_feature(SparseCode(crow, rows, cols), grad_N, x_BD, F_).T
+            g_W = sum_by_feature(SparseCode(crow, rows, cols), grad_N, x_BD, F_).T
         return g_x, g_b_dec, g_W, g_b_enc if need_b_enc else None, None, None, None, None
 
 
@@ -150,99 +100,60 @@ def gather_pre(sae: SAE, x_BD: Tensor, pre_BF: Tensor, code: SparseCode) -> Tens
     return GatherPre.apply(x_BD, b_dec, sae.W_enc, sae.b_enc, pre_BF, *code)
 
 
-class SparseDecode(torch.autograd.Function):
-    """out_BO[b] = sum over token b's pairs of vals_N * W_dec_FO[cols] (no bias)."""
-
-    @staticmethod
-    def forward(ctx: Any, vals_N, W_dec_FO, crow, rows, cols) -> Tensor:
-        ctx.save_for_backward(vals_N, W_dec_FO, crow, rows, cols)
-        return F.embedding_bag(
-            cols, W_dec_FO, crow, mode="sum", per_sample_weights=vals_N, include_last_offset=True
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_BO: Tensor):
-        vals_N, W_dec_FO, crow, rows, cols = ctx.saved_tensors
-        F_ = W_dec_FO.shape[0]
-        B = crow.shape[0] - 1
-        g_vals = g_W = None
-        if ctx.needs_input_grad[0]:
-            # <grad_BO[b], W_dec[f]> at the chosen pairs only (sampled dense-dense product)
-            mask = torch.sparse_csr_tensor(
-                crow, cols, torch.zeros_like(vals_N), (B, F_), check_invariants=False
-            )
-            g_vals = torch.sparse.sampled_addmm(mask, grad_BO, W_dec_FO.T).values()
-        if ctx.needs_input_grad[1]:
-            g_W = _sum_by_feature(SparseCode(crow, rows, cols), vals_N, grad_BO, F_)
-        return g_vals, g_W, None, None, None
-
-
-def sparse_decode(code: SparseCode, vals_N: Tensor, W_dec_FO: Tensor) -> Tensor:
-    """[B, O] decoded from the pairs' values (without b_dec)."""
-    return SparseDecode.apply(vals_N.to(W_dec_FO.dtype), W_dec_FO, *code)
-
-
-def use_sparse(sae: SAE, x_BD: Tensor) -> bool:
+def use_sparse(sae: SAE, device: torch.device | str) -> bool:
     """Whether `sparse_forward` should be tried: `sae.sparse` if set, else when it is cheaper.
 
-    Auto: on CPU, for TopK-family SAEs with k at most 1/8 of d_sae and no decoder-norm
-    rescaling, and for ReLU SAEs (which fall back to the dense forward on any batch where
-    more than 1/8 of the activations are positive). The measured break-even is far below
-    1/8; see docs/performance.md.
+    Never where the architecture cannot compute this forward on pairs (`sparse_supported`).
+    Auto: on CPU, for SAEs with a fixed k at most 1/8 of d_sae, and for SAEs without a
+    fixed k (ReLU), whose `select_pairs` falls back to the dense forward on any batch where
+    more than 1/8 of the activations are active. The measured break-even is far below 1/8;
+    see docs/performance.md.
     """
-    choice = getattr(sae, "sparse", None)
-    supported = sae.architecture == "relu" or not sae.cfg.rescale_acts_by_decoder_norm
-    if choice is not None:
-        return bool(choice) and supported
-    if not supported or x_BD.device.type != "cpu":
+    if not sae.sparse_supported():
         return False
-    return sae.architecture == "relu" or sae.cfg.k <= SPARSE_MAX_DENSITY * sae.cfg.d_sae
-
-
-def select_in_bf16(sae: SAE, x_BD: Tensor) -> bool:
-    """Whether the sparse path chooses the active pairs from a bfloat16 encoder product.
-
-    The encoder matmul is the one dense product of a sparse step. Where the CPU multiplies
-    bfloat16 natively (AVX512-BF16 or AMX) it runs about twice as fast in bfloat16; the chosen
-    pairs' values are then recomputed exactly in float32, so only near-ties at the k-th
-    largest pre-activation may choose differently. Auto: TopK family in training mode only
-    (inference and ReLU SAEs stay exact); `sae.select_bf16 = True/False` forces it.
-    """
-    choice = getattr(sae, "select_bf16", None)
+    choice = getattr(sae, "sparse", None)
     if choice is not None:
         return bool(choice)
-    return (
-        sae.training
-        and sae.architecture != "relu"
-        and x_BD.device.type == "cpu"
-        and sae.W_enc.dtype == torch.float32
-        and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    k = sae.cfg.k
+    sparse_enough = k is None or k <= SPARSE_MAX_DENSITY * sae.cfg.d_sae
+    return torch.device(device).type == "cpu" and sparse_enough
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 matmuls are natively fast here: a CPU with AVX512-BF16 or AMX.
+
+    There the encoder matmul, the one dense product of a sparse step, ran about twice as
+    fast in bfloat16 (65 ms against 137 ms for the default case; docs/performance.md).
+    """
+    return torch.device(device).type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     )
 
 
-def _selection_preacts(sae: SAE, sae_in_BD: Tensor) -> Tensor:
-    """[B, F] pre-activations that choose the active pairs (no graph)."""
-    if select_in_bf16(sae, sae_in_BD):
+def selection_preacts(sae: SAE, sae_in_BD: Tensor, approx: bool) -> Tensor:
+    """[B, F] pre-activations that choose the active pairs (no graph).
+
+    `approx` (and an architecture that allows it, with float32 weights): a bfloat16
+    product; the chosen pairs' values are recomputed exactly by `gather_pre`, so only
+    near-ties at the selection boundary may choose differently.
+    """
+    if approx and sae.approximate_selection and sae.W_enc.dtype == torch.float32:
         bf16 = torch.bfloat16
         return torch.addmm(sae.b_enc.to(bf16), sae_in_BD.to(bf16), sae.W_enc.to(bf16))
     return torch.addmm(sae.b_enc, sae_in_BD, sae.W_enc)
 
 
-def _select(sae: SAE, pre_BF: Tensor) -> SparseCode:
-    """The active pairs: per-token top-k (topk), batch top-(k*B) (batchtopk, matryoshka) or
-    every positive pre-activation (relu)."""
-    B, F_ = pre_BF.shape
-    if sae.architecture == "relu":
-        rows, cols = (pre_BF > 0).nonzero(as_tuple=True)  # row-major, columns increasing
-        crow = torch.zeros(B + 1, dtype=torch.long, device=pre_BF.device)
-        crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
-        return SparseCode(crow, rows, cols)
-    if sae.architecture == "topk":
-        return code_from_topk(pre_BF.topk(sae.cfg.k, dim=-1, sorted=False).indices)
-    flat = pre_BF.flatten()
-    n = min(sae.cfg.k * B, flat.numel())
-    return code_from_flat(flat.topk(n, sorted=False).indices, B, F_)
+@torch.no_grad()
+def selection_agreement(sae: SAE, x_BD: Tensor) -> float:
+    """Fraction of the exactly chosen (token, feature) pairs that the bfloat16 choice keeps."""
+    sae_in_BD = sae.sae_in(x_BD)
+    exact = sae.select_pairs(selection_preacts(sae, sae_in_BD, approx=False))
+    approx = sae.select_pairs(selection_preacts(sae, sae_in_BD, approx=True))
+    if exact is None or approx is None or not exact.cols.numel():
+        return 1.0
+    F_ = sae.cfg.d_sae
+    kept = torch.isin(exact.rows * F_ + exact.cols, approx.rows * F_ + approx.cols)
+    return kept.float().mean().item()
 
 
 def sparse_forward(
@@ -252,50 +163,40 @@ def sparse_forward(
     dead_mask_F: Tensor | None,
     sparse_feature_acts: bool = False,
     sparsity_coefficient: float | None = None,
+    approx_selection: bool = False,
 ) -> SparseSAEOutput | None:
     """The forward of a TopK-family or ReLU SAE on sparse kernels (2-D inputs).
 
-    Same outputs as the dense `SAE.forward` (up to near-ties when `select_in_bf16`): feature
-    activations come back dense [B, F] (in the pre-activation buffer when it is float32), or
-    as a sparse CSR [B, F] tensor with `sparse_feature_acts`; losses are FVU (+ AuxK when
-    `dead_mask_F` has dead features; matryoshka sums prefix FVUs; relu adds its L1 penalty).
-    Returns None where the dense forward should run instead: a ReLU SAE whose batch has more
-    than `SPARSE_MAX_DENSITY` of its activations positive, or that needs ghost grads.
+    Same outputs as the dense `SAE.forward` (up to near-ties with `approx_selection`):
+    feature activations come back dense [B, F] (in the pre-activation buffer when it is
+    float32), or as a sparse CSR [B, F] tensor with `sparse_feature_acts`. Returns None
+    where the dense forward should run instead: `select_pairs` declines (a ReLU batch with
+    more than `SPARSE_MAX_DENSITY` of its activations positive), or a dead-feature loss
+    other than AuxK (ghost grads act on every dead feature's pre-activation) is due.
     """
-    relu = sae.architecture == "relu"
-    if relu and dead_mask_F is not None and bool(dead_mask_F.any()):
-        return None  # ghost grads act on every dead feature's pre-activation: dense
+    dead = dead_mask_F is not None and bool(dead_mask_F.any())
+    if dead and sae.dead_feature_loss != "auxk":
+        return None
     with torch.no_grad():
-        pre_BF = _selection_preacts(sae, sae.sae_in(x_BD))
-        code = _select(sae, pre_BF)
-        if relu and code.cols.numel() > SPARSE_MAX_DENSITY * pre_BF.numel():
+        pre_BF = selection_preacts(sae, sae.sae_in(x_BD), approx_selection)
+        code = sae.select_pairs(pre_BF)
+        if code is None:
             return None
-        aux = None if relu else _aux_code(sae, pre_BF, dead_mask_F)
-    pre_N = gather_pre(sae, x_BD, pre_BF, code)
-    vals_N = pre_N.relu()
-    if sae.architecture == "batchtopk" or sae.architecture == "matryoshka":
-        if sae.training:
-            sae._update_threshold(vals_N.detach())
-    sae_out_BO = sparse_decode(code, vals_N, sae.W_dec) + sae.b_dec
-    if sae.architecture == "matryoshka":
-        mse = _matryoshka_fvu(sae, code, vals_N, target_BO)
-    else:
-        mse = fvu(sae_out_BO, target_BO)
+    vals_N = gather_pre(sae, x_BD, pre_BF, code).relu()
+    sae.observe_selection(vals_N.detach())
+    acts = PairActs(code, vals_N)
+    sae_out_BO = acts.decode(sae.W_dec) + sae.b_dec
+    mse = sae.reconstruction_loss(acts, sae_out_BO, target_BO)
+    coefficient = sae.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
+    penalty = sae.sparsity_penalty(None, acts)
     zero = sae_out_BO.new_zeros(())
-    sparsity_loss = aux_loss = zero
-    if relu:  # L1 of the activations (times the decoder row norms when weighted), batch mean
-        weights_N = vals_N
-        if sae.cfg.decoder_norm == "weighted":
-            weights_N = vals_N * sae.W_dec.norm(dim=1)[code.cols]
-        coefficient = sae.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
-        sparsity_loss = coefficient * weights_N.sum() / x_BD.shape[0]
-    if aux is not None:
-        aux_code, aux_dead_N = aux
-        aux_vals_N = gather_pre(sae, x_BD, pre_BF, aux_code)
-        aux_vals_N = aux_vals_N.relu() * aux_dead_N
+    sparsity_loss = zero if penalty is None else coefficient * penalty
+    aux_loss = zero
+    if dead:
         residual_BO = (target_BO - sae_out_BO).detach()
-        aux_out_BO = sparse_decode(aux_code, aux_vals_N, sae.W_dec)
-        aux_loss = sae.cfg.aux_coefficient * fvu(aux_out_BO, residual_BO)
+        aux_loss = auxk_loss(
+            sae, pre_BF, dead_mask_F, residual_BO, lambda c: gather_pre(sae, x_BD, pre_BF, c)
+        )
     with torch.no_grad():  # activations for the caller (dense: in pre_BF's memory if it fits)
         if sparse_feature_acts:
             f_BF = torch.sparse_csr_tensor(
@@ -312,37 +213,27 @@ def sparse_forward(
     return out
 
 
-def _aux_code(sae: SAE, pre_BF: Tensor, dead_mask_F: Tensor | None):
-    """(code, is-dead mask [N]) of the AuxK pairs, or None when AuxK is off."""
-    if dead_mask_F is None or not bool(dead_mask_F.any()):
-        return None
-    k_aux = aux_k_for(sae, dead_mask_F)
-    dead_pre_BF = torch.where(dead_mask_F, pre_BF.relu(), 0.0)
-    code = code_from_topk(dead_pre_BF.topk(k_aux, dim=-1, sorted=False).indices)
-    return code, dead_mask_F[code.cols].to(sae.W_enc.dtype)
-
-
-def _matryoshka_fvu(sae: SAE, code: SparseCode, vals_N: Tensor, target_BO: Tensor) -> Tensor:
-    """Sum over prefixes m of the FVU of the first m features' reconstruction."""
-    loss, start = vals_N.new_zeros(()), 0
-    partial_BO = sae.b_dec.expand_as(target_BO)
-    for end in sae.cfg.prefixes:
-        in_block_N = ((code.cols >= start) & (code.cols < end)).to(vals_N.dtype)
-        partial_BO = partial_BO + sparse_decode(code, vals_N * in_block_N, sae.W_dec)
-        loss = loss + fvu(partial_BO, target_BO)
-        start = end
-    return loss
-
-
 class SparseMixin:
-    """Routes `forward` of a TopK-family or ReLU SAE to `sparse_forward` when `use_sparse`
-    says so (and the dense `SAE.forward` where `sparse_forward` declines).
+    """Routes `forward` to `sparse_forward` when `use_sparse` says so (and to the dense
+    `SAE.forward` where `sparse_forward` declines). Put it before `SAE` in the bases.
 
-    Put it before `SAE` in the bases. `sparse` (instance or class attribute): None picks
-    automatically, True/False forces the sparse/dense path.
+    An architecture using it implements `select_pairs` (its selection step) and may narrow
+    `sparse_supported` or react to the chosen values in `observe_selection`. `sparse`
+    (instance or class attribute): None picks automatically, True/False forces the path.
     """
 
     sparse: bool | None = None
+
+    def select_pairs(self, pre_BF: Tensor) -> SparseCode | None:
+        """The active pairs chosen from the pre-activations, or None to run dense."""
+        raise NotImplementedError
+
+    def sparse_supported(self) -> bool:
+        """Whether the sparse path computes this SAE's forward in its current state."""
+        return True
+
+    def observe_selection(self, vals_N: Tensor) -> None:
+        """Called with the chosen pairs' values (detached) on every sparse forward."""
 
     def forward(
         self,
@@ -352,6 +243,7 @@ class SparseMixin:
         dead_mask: Tensor | None = None,
         sparsity_coefficient: float | None = None,
         sparse_feature_acts: bool = False,
+        approx_selection: bool = False,
     ) -> SAEOutput:
         sae: Any = self
         target = x_BD if target_BO is None else target_BO
@@ -360,15 +252,15 @@ class SparseMixin:
             and target.dim() == 2
             and x_BD.shape[-1] == sae.cfg.d_in
             and target.shape[-1] == sae.cfg.d_out
-            and (sae.architecture in ("topk", "relu") or sae.training)  # eval batchtopk: JumpReLU
-            and use_sparse(sae, x_BD)
+            and use_sparse(sae, x_BD.device)
         )
         if eligible:
             if dead_mask is not None:
                 dead_mask = dead_mask.to(device=x_BD.device, dtype=torch.bool)
             out = sparse_forward(
-                sae, x_BD, target, dead_mask, sparse_feature_acts, sparsity_coefficient
-            )
+                sae, x_BD, target, dead_mask, sparse_feature_acts, sparsity_coefficient,
+                approx_selection,
+            )  # fmt: skip
             if out is not None:
                 return out
         return super().forward(  # type: ignore[misc]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saekit.fileio import atomic_write_text
+from saekit.fileio import as_disk_full, atomic_write_text
 
 _TENSOR_KEY = "__tensor__"
 
@@ -61,11 +61,19 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 1) 
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{final.name}.", suffix=".tmp"))
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(skeleton))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(skeleton))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException as err:  # the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        need = sum(t.numel() * t.element_size() for t in tensors.values())
+        full = as_disk_full(err, final, need)
+        if full is not None:
+            raise full from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

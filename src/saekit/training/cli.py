@@ -14,7 +14,8 @@ from saekit import settings
 from saekit.training.config import TrainConfig
 
 # Flags whose name differs from the config field (the field holds a comma list for sweeps).
-FLAG_RENAMES = {"hooks": "hook", "archs": "arch", "d_saes": "d_sae", "ks": "k", "l1s": "l1"}
+FLAG_RENAMES = {"hooks": "hook", "archs": "arch", "d_saes": "d_sae", "ks": "k", "l1s": "l1",
+                "sae_settings": "sae_setting"}
 # Settings that may change on --resume: they do not change what is computed.
 RESUME_SAFE = {"out", "device", "threads", "progress", "sae_placement", "dist_timeout"}
 

@@ -60,6 +60,24 @@ class FiringStats:
         self.window_tokens = int(state["window_tokens"])
 
 
+def dead_feature_method(setting: str, architecture: str) -> str:
+    """The dead-feature method for an SAE: `setting`, or on auto the architecture's default.
+
+    ValueError when the architecture has no such method, naming the ones that have it.
+    """
+    from saekit.saes import SAE_CLASSES, get_sae_class
+
+    cls = get_sae_class(architecture)
+    method = cls.default_dead_feature_method if setting == "auto" else setting
+    if method not in cls.dead_feature_methods():
+        having = [a for a, c in SAE_CLASSES.items() if method in c.dead_feature_methods()]
+        raise ValueError(
+            f"dead_feature_method={method} needs a {' or '.join(having)} SAE, not "
+            f"{architecture} (which takes {', '.join(cls.dead_feature_methods())})"
+        )
+    return method
+
+
 @torch.no_grad()
 def resample_dead_features(
     sae: torch.nn.Module,

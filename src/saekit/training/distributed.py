@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from saekit.saes.batchtopk import BatchTopKSAE
 from saekit.training.config import TrainConfig
 from saekit.training.dead import FiringStats
 from saekit.training.trainer import Batch, Callbacks, SAEUnit, Trainer
@@ -336,6 +335,13 @@ class DistributedTrainer(Trainer):
         if self._owns(unit):  # replicate: every rank, on the same global batch
             super()._resample(unit, batch)
 
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's clock decides a time-based checkpoint for every rank."""
+        device = self.units[0].firing.window_counts_F.device
+        value = torch.tensor([int(flag)], device=device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
     def _stopping(self) -> bool:
         """A stop signal on any rank stops every rank at the same step."""
         device = self.units[0].firing.window_counts_F.device
@@ -366,8 +372,8 @@ def make_trainer(cfg: TrainConfig, units: list[SAEUnit]) -> Trainer:
             raise ValueError(f"batch_tokens={cfg.batch_tokens} must be divisible by {world} ranks")
         for unit in units:
             ghost = unit.use_dead_mask and unit.sae.dead_feature_loss == "ghost_grads"
-            if isinstance(unit.sae, BatchTopKSAE) or ghost:  # matryoshka included
-                why = "picks its top k*B over the whole batch" if not ghost else "uses ghost grads"
+            if unit.sae.batch_dependent or ghost:
+                why = "uses ghost grads" if ghost else "chooses activations over the whole batch"
                 raise ValueError(
                     f"SAE {unit.name!r} {why}, which per-rank slices of the batch cannot "
                     f"reproduce exactly; use --sae-placement shard (whole batch per SAE)"

@@ -48,24 +48,37 @@ def _short_count(value: float, _position: int) -> str:
     return f"{value / 1e3:g}k" if value else "0"
 
 
-def plot_density_histogram(log10_density_by_sae: dict[str, torch.Tensor], path: Path) -> None:
-    """Histogram of log10 feature density per SAE (dead features drawn at the left edge)."""
+def plot_density_histogram(
+    log10_density_by_sae: dict[str, torch.Tensor], path: Path, title: str = "feature density"
+) -> None:
+    """PNG histogram of log10 feature density, one outline per SAE, on the bins of
+    `evals.metrics.density_histogram` (dead features in the leftmost bin; the legend gives
+    each SAE's dead count). Used by training runs and `saekit eval`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saekit.evals.metrics import density_histogram
+
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, values in log10_density_by_sae.items():
-        ax.hist(values.cpu().numpy(), bins=60, alpha=0.6, label=name)
+    filled = len(log10_density_by_sae) == 1
+    for name, values_F in log10_density_by_sae.items():
+        values_F = values_F.detach().cpu()
+        counts, edges = density_histogram(values_F)
+        dead, n = int((values_F <= edges[0] + 1e-9).sum()), values_F.numel()
+        label = f"{name}: {n} features, {dead} dead ({dead / max(n, 1):.1%})"
+        alpha = 0.6 if filled else 1.0
+        ax.stairs(counts.numpy(), edges.numpy(), fill=filled, alpha=alpha, label=label)
     ax.set_xlabel("log10 feature density (fraction of tokens on which a feature fires)")
     ax.set_ylabel("features")
-    ax.set_title("feature density")
-    if len(log10_density_by_sae) > 1:
-        ax.legend(fontsize=7)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def summary_text(
@@ -93,5 +106,10 @@ def summary_text(
             f"{label} {fmt.format(metrics[key])}" for key, label, fmt in keys if key in metrics
         ]
         lines.append(f"  {name}: " + ", ".join(shown))
+        if "selection_agreement" in metrics:
+            lines.append(
+                f"    approx-selection: {metrics['selection_agreement']:.2%} of the active "
+                "(token, feature) pairs chosen in bfloat16 as in float32 (last check)"
+            )
         lines.append(f"    SAE folder: {folders[name]}")
     return "\n".join(lines)

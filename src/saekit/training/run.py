@@ -16,23 +16,23 @@ import torch
 
 from saekit.data.provenance import Provenance, activation_source, default_hook, token_batches
 from saekit.dtypes import DTYPES
-from saekit.fileio import atomic_write_text
+from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
+from saekit.saes.config import ARCH_SETTINGS
 from saekit.training import distributed
 from saekit.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from saekit.training.config import ARCHITECTURES_WITH_K, TrainConfig
-from saekit.training.dead import FiringStats
+from saekit.training.config import DEFAULT_K, TrainConfig
+from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
 from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
 from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
-from saekit.training.trainer import Callbacks, SAEUnit, Trainer
+from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
-COEFFICIENT_SETTING = {"relu": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient"}
 
 
 @dataclass
@@ -59,38 +59,37 @@ class UnitSpec:
 
 def sweep(cfg: TrainConfig, hooks: list[str], dims: dict[str, int]) -> list[UnitSpec]:
     """One UnitSpec per combination of hook, architecture, size and sparsity setting."""
-    swept = {"k", *COEFFICIENT_SETTING.values()} & {key for key, _ in cfg.sae_settings}
+    from saekit.saes import SAE_CLASSES, get_sae_class
+
+    swept = {c.sparsity_setting for c in SAE_CLASSES.values()} & dict(cfg.sae_settings).keys()
     if swept:
         raise ValueError(f"set {', '.join(sorted(swept))} with --k / --l1, not --sae-setting")
     specs = []
     for hook, arch in itertools.product(hooks, cfg.archs):
+        cls = get_sae_class(arch)
         d_saes = cfg.d_saes or (dims[hook] * (cfg.expansion_factor or 8),)
-        if arch in ARCHITECTURES_WITH_K and cfg.ks:
-            sparsity = [(("k", k),) for k in cfg.ks]
-        elif arch not in ARCHITECTURES_WITH_K and cfg.l1s:
-            sparsity = [((COEFFICIENT_SETTING[arch], c),) for c in cfg.l1s]
+        if cls.sparsity_setting == "k":
+            sparsity = [(("k", k),) for k in cfg.ks or (DEFAULT_K,)]
+        elif cfg.l1s:
+            sparsity = [((cls.sparsity_setting, c),) for c in cfg.l1s]
         else:
             sparsity = [()]  # the architecture's default coefficient
         for d_sae, setting in itertools.product(d_saes, sparsity):
             label = [f"{'k' if key == 'k' else 'c'}{value:g}" for key, value in setting]
             size = [f"d{d_sae}"] if len(d_saes) > 1 else []
             name = "-".join([hook, arch, *label, *size])
-            settings = (*setting, *cfg.sae_settings)
-            if arch == "matryoshka" and "prefixes" not in dict(settings):
-                settings += (("prefixes", default_matryoshka_prefixes(d_sae)),)
+            own = [(key, v) for key, v in cfg.sae_settings if key in ARCH_SETTINGS[arch]]
+            settings = (*setting, *own)  # a sweep's setting goes to the archs that have it
+            defaults = cls.size_defaults(d_sae).items()
+            settings += tuple((k, v) for k, v in defaults if k not in dict(settings))
             specs.append(UnitSpec(name, hook, cfg.hook_out or hook, arch, d_sae, settings))
     if len(specs) == 1:  # a single SAE is named after its hook, like its folder
         return [dataclasses.replace(specs[0], name=specs[0].hook_in)]
     return specs
 
 
-def default_matryoshka_prefixes(d_sae: int) -> list[int]:
-    """Nested dictionary sizes d_sae/8, d_sae/4, d_sae/2, d_sae (when no `prefixes` is set)."""
-    return sorted({max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
-
-
 def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -> SAEUnit:
-    """A fresh SAE, its Adam optimizer and firing statistics."""
+    """A fresh SAE (in training mode), its Adam optimizer and firing statistics."""
     from saekit.saes import SAE
 
     sae = SAE.create(
@@ -100,14 +99,8 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         d_out=dims[spec.hook_out],
         apply_b_dec_to_input=spec.hook_in == spec.hook_out,  # transcoders: input and output differ
         **dict(spec.settings),
-    ).to(device)
-    method = cfg.dead_feature_method
-    if method == "auto":
-        method = "auxk" if spec.arch in ARCHITECTURES_WITH_K else "none"
-    if method == "auxk" and spec.arch not in ARCHITECTURES_WITH_K:
-        raise ValueError(f"dead_feature_method=auxk needs a TopK-family SAE, not {spec.arch}")
-    if method in ("ghost_grads", "resample") and spec.arch != "relu":
-        raise ValueError(f"dead_feature_method={method} needs a relu SAE, not {spec.arch}")
+    ).to(device).train()
+    method = dead_feature_method(cfg.dead_feature_method, spec.arch)
     fused = torch.device(device).type in ("cpu", "cuda")  # one kernel per step: measured faster
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
     return SAEUnit(
@@ -117,8 +110,9 @@ def build_unit(spec: UnitSpec, cfg: TrainConfig, dims: dict[str, int], device) -
         sae=sae,
         optimizer=optimizer,
         firing=FiringStats(spec.d_sae, cfg.dead_after_tokens, device),
-        use_dead_mask=method in ("auxk", "ghost_grads"),
+        use_dead_mask=method == sae.dead_feature_loss,
         resample=method == "resample",
+        approx_selection=wants_approx_selection(cfg.approx_selection, sae, device),
     )
 
 
@@ -136,17 +130,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     Under torchrun, every rank calls this; rank 0 alone writes files (see distributed.py).
     """
     with distributed.process_group(cfg, resolve_device(cfg.device)) as device:
-        return _train(cfg, resume, device)
+        if not distributed.is_main():
+            return _train(cfg, resume, device)
+        with folder_lock(cfg.out):  # one writer per run folder, released on exit or death
+            return _train(cfg, resume, device)
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Refuse to start over a run that can be continued or has finished.
+
+    A folder whose run failed before its first checkpoint holds nothing worth keeping
+    (no checkpoint, no SAE): a new run may start in it.
+    """
+    if resume:
+        return
+    if latest_checkpoint(run_dir) is not None:
+        raise ValueError(
+            f"run folder {run_dir} holds a run with a checkpoint; continue it with --resume "
+            "or choose another --out"
+        )
+    if (run_dir / "summary.txt").exists() or any(run_dir.glob("*/cfg.json")):
+        raise ValueError(f"run folder {run_dir} holds a finished run; choose another --out")
 
 
 def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     run_dir = Path(cfg.out)
     config_file = run_dir / "train_config.json"
-    if not resume and (config_file.exists() or (run_dir / "checkpoints").exists()):
-        raise ValueError(
-            f"run folder {run_dir} already holds a run; continue it with --resume "
-            "or choose another --out"
-        )
+    check_run_folder(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -267,8 +277,9 @@ def _open_data(cfg: TrainConfig, device):
         needed = list(dict.fromkeys(hooks + ([cfg.hook_out] if cfg.hook_out else [])))
         dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
         prov = Provenance.of(cfg).replace(hooks=tuple(needed))
+        part = "train" if prov.holdout_every else "all"
         source = activation_source(
-            prov, lm, cfg.forward_rows, "train" if prov.holdout_every else "all", repeat=True
+            prov, lm, cfg.forward_rows, part, repeat=True, expected_tokens=cfg.tokens
         )
     source = distributed.strided_source(source, device)  # rank sharding under torchrun
     source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,11 +12,14 @@ import torch
 from torch import Tensor
 
 from saekit.evals.metrics import explained_variance, firing_counts
+from saekit.saes.sparse import native_bf16, selection_agreement, use_sparse
 from saekit.training.config import TrainConfig
 from saekit.training.dead import FiringStats, resample_dead_features
 from saekit.training.schedules import lr_factor, warmup_factor
 
 Batch = dict[str, Tensor]  # hook name -> activations [batch_tokens, width]
+AGREEMENT_CHECKS = 8
+"""Approximate pair selection is compared with the exact one about this many times a run."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,9 +42,13 @@ class SAEUnit:
     firing: FiringStats
     use_dead_mask: bool
     resample: bool = False
+    approx_selection: bool = False
+    """Ask the SAE to choose its active pairs in bfloat16 (see `wants_approx_selection`)."""
     scale_in: float = 1.0
     scale_out: float = 1.0
     last_density_F: Tensor | None = None
+    selection_agreement: float | None = None
+    """Latest measured fraction of exactly chosen pairs that the approximate choice kept."""
 
     def inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Normalised (input, target) for this SAE from a batch of raw activations."""
@@ -68,6 +76,15 @@ class SAEUnit:
         self.last_density_F = state["last_density"]
 
 
+def wants_approx_selection(setting: str, sae: torch.nn.Module, device: torch.device | str) -> bool:
+    """Whether the trainer asks `sae` (in training mode) for approximate pair selection:
+    `setting` is on, or auto where bfloat16 is natively fast, and the SAE takes the sparse
+    path on `device` with an architecture that allows it (`approximate_selection`)."""
+    if setting == "off" or not getattr(sae, "approximate_selection", False):
+        return False
+    return use_sparse(sae, device) and (setting == "on" or native_bf16(device))
+
+
 @dataclass
 class Callbacks:
     """Hooks the loop calls; each is optional."""
@@ -92,6 +109,7 @@ class Trainer:
     step: int = 0
     generator: torch.Generator = field(default_factory=torch.Generator)
     _stop_signal: int | None = None
+    _last_checkpoint: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -105,7 +123,8 @@ class Trainer:
         """Train from `self.step` to the end, reading one batch per step."""
         cfg = self.cfg
         eval_every = self._every(cfg.eval_every_tokens)
-        ckpt_every = self._every(cfg.checkpoint_every)
+        ckpt_every = self.checkpoint_interval()
+        self._last_checkpoint = time.monotonic()
         resample_every = self._every(cfg.resample_every_tokens)
         with self._catch_stop_signals():
             while self.step < self.total_steps:
@@ -143,13 +162,27 @@ class Trainer:
                         f"stopped by signal {signal.Signals(self._stop_signal).name} at step "
                         f"{self.step}; resume with --resume"
                     )
-                if (
-                    self.callbacks.on_checkpoint
-                    and ckpt_every
-                    and self.step % ckpt_every == 0
-                    and self.step < self.total_steps
-                ):
+                if self.callbacks.on_checkpoint and self._checkpoint_due(ckpt_every):
                     self.callbacks.on_checkpoint(self.step, tokens_seen)
+                    self._last_checkpoint = time.monotonic()
+
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints by tokens: the setting, else a quarter of the run."""
+        if self.cfg.checkpoint_every is None:
+            return max(1, self.total_steps // 4)
+        return self._every(self.cfg.checkpoint_every)
+
+    def _checkpoint_due(self, every: int) -> bool:
+        """By tokens (every `every` steps) or by wall time, never at the last step."""
+        if self.step >= self.total_steps:
+            return False
+        minutes = self.cfg.checkpoint_minutes
+        late = bool(minutes) and time.monotonic() - self._last_checkpoint >= 60 * minutes
+        return bool(every and self.step % every == 0) or (bool(minutes) and self._agree(late))
+
+    def _agree(self, flag: bool) -> bool:
+        """One process decides alone (under torchrun, the ranks agree: see distributed.py)."""
+        return flag
 
     def _train_unit(self, unit: SAEUnit, batch: Batch) -> dict[str, float]:
         """One optimizer step of one SAE; returns its batch metrics."""
@@ -169,11 +202,17 @@ class Trainer:
             self.step, self._every(cfg.sparsity_warmup_tokens)
         )
         dead_mask_F = unit.firing.dead_mask() if unit.use_dead_mask else None
+        check_every = max(1, self.total_steps // AGREEMENT_CHECKS)
+        if unit.approx_selection and (
+            self.step % check_every == 0 or unit.selection_agreement is None
+        ):
+            unit.selection_agreement = selection_agreement(unit.sae, x_BD)
         device_type = x_BD.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast):
             out = unit.sae(
                 x_BD, target_BD, dead_mask=dead_mask_F, sparsity_coefficient=coefficient,
                 sparse_feature_acts=True,  # only the firing counts are read below
+                approx_selection=unit.approx_selection,
             )  # fmt: skip
         out = self._global_loss(unit, out, target_BD)
         loss = out.loss
@@ -201,17 +240,18 @@ class Trainer:
         if unit.firing.window_tokens >= cfg.dead_after_tokens:
             unit.last_density_F = unit.firing.window_density()
             unit.firing.reset_window()
-        values = self._reduce_metrics(torch.stack(
-            [
-                loss.detach().float(),
-                out.mse_loss.detach().float(),
-                out.sparsity_loss.detach().float(),
-                out.aux_loss.detach().float(),
-                l0_value.float(),
-                explained_variance(target_BD, out.sae_out.detach()).float(),
-            ]
-        )).tolist()  # one device sync for all metrics
-        names = ("loss", "mse_loss", "sparsity_loss", "aux_loss", "l0", "explained_variance")
+        metrics = {
+            "loss": loss.detach().float(),
+            "mse_loss": out.mse_loss.detach().float(),
+            "sparsity_loss": out.sparsity_loss.detach().float(),
+            "aux_loss": out.aux_loss.detach().float(),
+            "l0": l0_value.float(),
+            "explained_variance": explained_variance(target_BD, out.sae_out.detach()).float(),
+        }
+        if unit.selection_agreement is not None:
+            metrics["selection_agreement"] = l0_value.new_tensor(unit.selection_agreement)
+        names = tuple(metrics)
+        values = self._reduce_metrics(torch.stack(list(metrics.values()))).tolist()  # one sync
         return {**dict(zip(names, values, strict=True)), "lr": cfg.lr * factor}
 
     def _with_firing(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

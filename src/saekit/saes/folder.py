@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from saekit.fileio import atomic_write
-from saekit.saes import SAE, SAEConfig
+from saekit.saes.base import SAE
+from saekit.saes.config import SAEConfig
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -70,10 +71,19 @@ def read_cfg(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def load_sae_folder(folder: str | os.PathLike[str], device: str | None = None) -> SAE:
-    """Load an SAE folder written by saekit or SAELens 6 (eval mode)."""
+def load_sae_folder(
+    folder: str | os.PathLike[str], device: str | None = None, *, check_weights: bool = True
+) -> SAE:
+    """Load an SAE folder written by saekit or SAELens 6 (eval mode).
+
+    Weights must be floating point and, unless `check_weights=False` (to inspect a broken
+    file), finite.
+    """
     folder = Path(folder)
     data = read_cfg(folder)
+    missing_keys = [k for k in ("d_in", "d_sae") if k not in data]
+    if missing_keys:
+        raise ValueError(f"{folder / CFG_FILENAME} lacks required key(s): {', '.join(missing_keys)}")
     if device is not None:
         data["device"] = str(device)
     scale = _pop_activation_scale(folder, data)
@@ -99,6 +109,7 @@ def load_sae_folder(folder: str | os.PathLike[str], device: str | None = None) -
             f"missing {missing}, unexpected {extra}"
         )
     for name, want in expected.items():
+        _check_tensor(path, name, tensors[name], check_weights)
         if tensors[name].shape != want.shape:
             raise ValueError(
                 f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
@@ -109,6 +120,23 @@ def load_sae_folder(folder: str | os.PathLike[str], device: str | None = None) -
     if scale is not None:
         sae.fold_activation_scale(scale)
     return sae.eval()
+
+
+def check_weights(sae: SAE, where: str | os.PathLike[str]) -> None:
+    """ValueError naming the first non-float or non-finite tensor of `sae`."""
+    for name, tensor in sae.state_dict().items():
+        _check_tensor(Path(where), name, tensor, True)
+
+
+def _check_tensor(path: Path, name: str, tensor: Tensor, finite: bool) -> None:
+    if not tensor.is_floating_point():
+        raise ValueError(f"{path}: tensor {name!r} is {tensor.dtype}, not floating point")
+    if finite and not bool(tensor.isfinite().all()):
+        bad = int((~tensor.isfinite()).sum())
+        raise ValueError(
+            f"{path}: tensor {name!r} holds {bad} NaN/inf value(s); load with "
+            "check_weights=False (saekit info --no-check-weights) to inspect it"
+        )
 
 
 def load_sparsity(folder: str | os.PathLike[str]) -> Tensor | None:
