@@ -154,3 +154,12 @@ def test_tokenize_and_concatenate(model):
     body = [model.tokenizer.encode("one two three four five six seven", add_special_tokens=False)]
     assert rows[0, 1 : 1 + len(body[0][:7])].tolist() == body[0][:7]
     assert tl_utils.to_numpy(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+def test_transformer_lens_test_prompt_runs_on_it(model, capsys):
+    """TransformerLens's own `utils.test_prompt` (2.x/3.x) agrees with saekit's equivalent."""
+    tl_utils_real = pytest.importorskip("transformer_lens.utils")
+    tl_utils_real.test_prompt("the quick brown", " fox", model, prepend_bos=True, top_k=3)
+    real = capsys.readouterr().out
+    ranks = tl_utils.test_prompt("the quick brown", " fox", model, prepend_bos=True, top_k=3)
+    assert f"{ranks}"[1:-1].replace("'", "") in real.replace("'", "")
