@@ -47,7 +47,7 @@ def test_cli_writes_report_and_plot(tmp_path, capsys):
     from saekit.cli import main
 
     argv = ["toy", "--n-features", "12", "--d-hidden", "4", "--toy-steps", "300",
-            "--sae-tokens", "40960", "--d-sae", "24", "--out", str(tmp_path)]  # fmt: skip
+            "--sae-tokens", "40k", "--d-sae", "24", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "MMCS" in out and "random_sae" in out

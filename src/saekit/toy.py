@@ -222,10 +222,12 @@ def register(subparsers: Any) -> None:
     """`saekit toy`: train a toy model of superposition and an SAE on it; report recovery."""
     p = subparsers.add_parser("toy", help="toy model of superposition: does an SAE recover its features?",
                               description=__doc__.split("\n\n")[0])  # fmt: skip
+    from saekit.settings import count_arg
+
     for name, value in asdict(ToyConfig()).items():
-        doc = _FIELD_DOCS.get(name, "")
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                       help=f"{doc} (default {value})")  # fmt: skip
+        kind = count_arg if name.endswith("tokens") else type(value)  # 1M, 500k
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value,
+                       help=f"{_FIELD_DOCS.get(name, '')} (default {value})")  # fmt: skip
     p.add_argument("--out", default="toy", help="output folder (default toy)")
     p.set_defaults(func=_main)
 
