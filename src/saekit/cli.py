@@ -16,6 +16,8 @@ COMMAND_MODULES: list[str] = [
     "saekit.analysis.cli",
     "saekit.io.cli",
     "saekit.circuits.cli",
+    "saekit.toy",
+    "saekit.export.cli",
 ]
 
 

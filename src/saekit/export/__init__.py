@@ -1,0 +1,1 @@
+"""Exports of SAE features to other tools (`saekit export neuronpedia ...`)."""
