@@ -180,6 +180,8 @@ def test_checkpoints_by_default_by_tokens_and_by_time():
 
     trainer = Trainer(TrainConfig(tokens=409_600, batch_tokens=4096), [])
     assert trainer.total_steps == 100 and trainer.checkpoint_interval() == 25  # a quarter
+    short = Trainer(TrainConfig(tokens=16_384, batch_tokens=1024), [])
+    assert short.checkpoint_interval() == 10  # no checkpoint every step of a short run
     assert Trainer(TrainConfig(checkpoint_every=0), []).checkpoint_interval() == 0
     assert Trainer(TrainConfig(checkpoint_every=8192, batch_tokens=4096), []).checkpoint_interval() == 2
     timed = Trainer(TrainConfig(checkpoint_every=0, checkpoint_minutes=0.5), [])

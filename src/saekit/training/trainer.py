@@ -99,6 +99,9 @@ class Callbacks:
     """(tokens in this step, headline metrics of the first SAE) every step."""
 
 
+MIN_AUTO_CHECKPOINT_STEPS = 10
+
+
 @dataclass
 class Trainer:
     """Trains several SAEs on one stream of activation batches, step by step."""
@@ -167,9 +170,10 @@ class Trainer:
                     self._last_checkpoint = time.monotonic()
 
     def checkpoint_interval(self) -> int:
-        """Steps between checkpoints by tokens: the setting, else a quarter of the run."""
+        """Steps between checkpoints by tokens: the setting, else a quarter of the run (at
+        least `MIN_AUTO_CHECKPOINT_STEPS` apart, so short runs are not slowed by them)."""
         if self.cfg.checkpoint_every is None:
-            return max(1, self.total_steps // 4)
+            return max(MIN_AUTO_CHECKPOINT_STEPS, self.total_steps // 4)
         return self._every(self.cfg.checkpoint_every)
 
     def _checkpoint_due(self, every: int) -> bool:
