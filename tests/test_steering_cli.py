@@ -52,7 +52,7 @@ def test_steer_text_output_side_by_side(sae_dir, capsys):
                        "--positions=-2:", "--sample", "--seed", "1")  # fmt: skip
     assert code == 0
     assert "default" in out and "│ steered" in out
-    assert "steering: clamp 3=8 at blocks.2.hook_resid_pre, positions -2:" in out
+    assert "steering: clamp feature 3 to 8 at blocks.2.hook_resid_pre, positions -2:" in out
     assert "KL(default || steered)" in out and "rose" in out and "fell" in out
 
 

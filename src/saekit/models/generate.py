@@ -215,7 +215,12 @@ def _tl_loop(lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, 
         if cache is None:
             logits_BTV = model(seq_BT, return_type="logits")
         else:
-            logits_BTV = model(step_BT, return_type="logits", past_kv_cache=cache)
+            logits_BTV = model(
+                step_BT,
+                return_type="logits",
+                past_kv_cache=cache,
+                attention_mask=torch.ones_like(step_BT),  # TL needs one with a cache
+            )
         next_B = sample_next(logits_BTV[:, -1], do_sample, temperature, top_k, top_p)
         next_B = torch.where(done_B, torch.full_like(next_B, pad_id(lm)), next_B)
         new.append(next_B)

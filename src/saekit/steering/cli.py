@@ -175,13 +175,18 @@ def _side_by_side(left: str, right: str, width: int) -> list[str]:
 
 def describe(item: dict) -> str:
     """One line for an intervention summary (`BoundIntervention.describe()`)."""
-    feats = ", ".join(f"{f}={v:g}" for f, v in item["features"].items())
-    what = {"add": "add", "clamp": "clamp", "ablate": "ablate", "scale": "scale"}[item["mode"]]
-    if item["mode"] == "ablate":
-        feats = ", ".join(item["features"])
-    units = "" if item["units"] == "raw" else f", units {item['units']}"
+    values = item["features"]
+    if item["mode"] == "add":
+        what = "add " + ", ".join(f"{v:g} × feature {f}" for f, v in values.items())
+    elif item["mode"] == "clamp":
+        what = "clamp " + ", ".join(f"feature {f} to {v:g}" for f, v in values.items())
+    elif item["mode"] == "scale":
+        what = "scale " + ", ".join(f"feature {f} by {v:g}" for f, v in values.items())
+    else:
+        what = "ablate feature" + ("s " if len(values) > 1 else " ") + ", ".join(values)
+    units = {"raw": "", "act": " (× typical activation)", "norm": " (× residual norm)"}
     error = "" if item["keep_error"] else ", error term dropped"
-    return f"{what} {feats} at {item['hook']}, positions {item['positions']}{units}{error}"
+    return f"{what}{units[item['units']]} at {item['hook']}, positions {item['positions']}{error}"
 
 
 def format_comparison(result) -> str:

@@ -67,13 +67,21 @@ class ForwardPositions:
 
     Attributes:
         offset: tokens already in the KV cache (column t is sequence index offset + t).
-        start_B: index of each row's first real token (number of left pads).
+        attention_mask: the call's mask `[B, offset + T]` (None: no padding).
         prompt_length: sequence index where the prompt ends.
     """
 
     offset: int
-    start_B: Tensor | None
+    attention_mask: Tensor | None
     prompt_length: int | None
+
+    @property
+    def start_B(self) -> Tensor | None:
+        """Index of each row's first real token (the number of left pads)."""
+        mask = self.attention_mask
+        if mask is None or mask.dim() != 2:
+            return None
+        return (mask.cumsum(1) == 0).sum(1)
 
     def mask(
         self, positions: Positions, B: int, T: int, device: torch.device
@@ -90,10 +98,11 @@ class ForwardPositions:
             j_T = torch.arange(self.offset, self.offset + T, device=device)
             return ((j_T < end) if positions == "prompt" else (j_T >= end)).expand(B, T)
         j_T = torch.arange(self.offset, self.offset + T, device=device)
+        start_B = self.start_B
         start_B1 = (
             torch.zeros(B, 1, dtype=torch.long, device=device)
-            if self.start_B is None
-            else self.start_B.to(device).view(-1, 1).expand(B, 1)
+            if start_B is None
+            else start_B.to(device).view(-1, 1).expand(B, 1)
         )
 
         def index(i: int) -> Tensor:  # sequence index [B, 1] of position i
@@ -134,15 +143,14 @@ class PositionTracker:
             ids = args[0] if args else kwargs.get("input")
             mask = kwargs.get("attention_mask")
         T = ids.shape[1] if isinstance(ids, Tensor) and ids.dim() >= 2 else None
-        start_B = None
-        if isinstance(mask, Tensor) and mask.dim() == 2:
-            start_B = (mask.cumsum(1) == 0).sum(1)  # leading zeros = left padding
+        if not isinstance(mask, Tensor):
+            mask = None
         prompt_length = PROMPT_LENGTH.get()
         if prompt_length is None:  # outside saekit's generate: the first uncached call
             if offset == 0:
                 self._inferred_prompt_length = T
             prompt_length = self._inferred_prompt_length
-        self.current = ForwardPositions(offset, start_B, prompt_length)
+        self.current = ForwardPositions(offset, mask, prompt_length)
 
     @contextmanager
     def installed(self):
