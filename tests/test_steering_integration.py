@@ -19,7 +19,11 @@ PROMPTS = ["The", "I think that", "Here is a short note:", "She looked at the"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A short `saekit train` run on the default model's middle layer (about a minute)."""
+    """A short `saekit train` run (8k tokens) on the default model's middle layer.
+
+    So short a run leaves the decoder close to its random start; `benchmarks/bench_steering.py`
+    measures the same property on the fully trained default SAE.
+    """
     from saekit.cli import main
 
     out = tmp_path_factory.mktemp("steer-run")
@@ -37,12 +41,13 @@ def test_add_raises_the_logit_lens_top_token_and_noops_change_nothing(default_lm
     ids, mask = encode_prompts(default_lm, PROMPTS)
     clean = default_lm.logits(ids, mask)
     p_clean = clean[:, -1].softmax(-1)
-    rose = 0
+    ratios = []
     for f in feats:
         with steer(default_lm, sae, {f: 8.0}):
             p = default_lm.logits(ids, mask)[:, -1].softmax(-1)
-        rose += bool(p[:, top_F[f]].mean() > p_clean[:, top_F[f]].mean())
-    assert rose >= 9, f"P(top token) rose for only {rose} of 10 features"
+        ratios.append(float(p[:, top_F[f]].mean() / p_clean[:, top_F[f]].mean()))
+    assert sum(r > 1 for r in ratios) >= 7, f"P(top token) / P before: {ratios}"
+    assert sorted(ratios)[5] > 1.5, f"P(top token) / P before: {ratios}"
     with torch.no_grad():
         f_BTF = sae.encode(default_lm.run_to_hooks(ids, [HOOK], attention_mask=mask)[HOOK])
     inactive = ((f_BTF > 0).sum((0, 1)) == 0).nonzero().squeeze(1)[:20].tolist()
