@@ -89,6 +89,7 @@ def speed(sae, lm, new_tokens: int, batch: int, repeats: int, typical) -> dict:
         "plain_no_cache": "no-cache",
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
 
     def run(case):
         if case == "no-cache":
@@ -102,17 +103,24 @@ def speed(sae, lm, new_tokens: int, batch: int, repeats: int, typical) -> dict:
         run(case)
     for _ in range(repeats):
         for name, case in cases.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             out = run(case)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
             assert out.shape[1] == ids.shape[1] + new_tokens
     result = {}
     for name in cases:
-        med = statistics.median(times[name])
-        result[name] = {"median_s": med, "tokens_per_s": batch * new_tokens / med}
-    plain = result["plain"]["median_s"]
+        med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
+        result[name] = {
+            "median_s": med,
+            "median_cpu_s": med_cpu,
+            "tokens_per_s": batch * new_tokens / med,
+            "tokens_per_cpu_s": batch * new_tokens / med_cpu,
+        }
     for name in ("add", "clamp"):
-        result[name]["overhead_per_token"] = result[name]["median_s"] / plain - 1
+        for key in ("median_s", "median_cpu_s"):
+            over = result[name][key] / result["plain"][key] - 1
+            result[name]["overhead_" + key.removeprefix("median_")] = over
     return result
 
 
@@ -128,6 +136,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="batch sizes for the speed test")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--skip-quality", action="store_true", help="only the speed test")
     parser.add_argument("--out", help="write the full result as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -140,26 +149,35 @@ def main() -> None:
 
     texts = list(islice(python_docs(), 1000, 1000 + args.calibration_texts))
     typical = typical_activations(sae, lm, texts, max_tokens=16_384)
+    print("typical activations measured", flush=True)
     strengths = [float(s) for s in args.strengths.split(",")]
     result = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} {platform.processor() or ''}, "
         f"{torch.get_num_threads()} torch threads, device {args.device}",
         "sae": args.sae,
-        "quality": quality(sae, lm, args.features, strengths, typical),
+        "quality": None
+        if args.skip_quality
+        else quality(sae, lm, args.features, strengths, typical),
         "speed": {
             f"batch{b}": speed(sae, lm, args.new_tokens, b, args.repeats, typical)
             for b in (int(x) for x in args.batches.split(","))
         },
     }
-    for s, row in result["quality"]["by_strength"].items():
+    for s, row in (result["quality"] or {"by_strength": {}})["by_strength"].items():
         print(f"add {s} x typical act: P(T) rose for {row['fraction_rose']:.0%} of features "
               f"({row['fraction_prompt_pairs_rose']:.0%} of feature-prompt pairs); median P(T) "
               f"{row['median_p_default']:.2e} -> {row['median_p_steered']:.2e} "
               f"(x{row['median_ratio']:.1f})")  # fmt: skip
     for b, rows in result["speed"].items():
-        line = ", ".join(f"{k} {v['tokens_per_s']:.1f} tok/s" for k, v in rows.items())
-        over = ", ".join(f"{k} {rows[k]['overhead_per_token']:+.1%}" for k in ("add", "clamp"))
+        line = ", ".join(
+            f"{k} {v['tokens_per_s']:.1f} tok/s ({v['tokens_per_cpu_s']:.1f} per CPU s)"
+            for k, v in rows.items()
+        )
+        over = ", ".join(
+            f"{k} {rows[k]['overhead_s']:+.1%} wall, {rows[k]['overhead_cpu_s']:+.1%} CPU"
+            for k in ("add", "clamp")
+        )
         print(f"{b}: {line}; steering overhead per token: {over}")
     if args.out:
         with open(args.out, "w") as fh:
