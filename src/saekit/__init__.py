@@ -13,6 +13,7 @@ from saekit.io.load import load_sae
 from saekit.io.sparsity import load_feature_sparsity
 from saekit.models import load_model
 from saekit.saes import SAE, SAEConfig, SAEOutput
+from saekit.steering import Intervention, steer
 
 __version__ = "0.1.0"
 
@@ -20,8 +21,10 @@ __all__ = [
     "SAE",
     "SAEConfig",
     "SAEOutput",
+    "Intervention",
     "__version__",
     "load_feature_sparsity",
     "load_model",
     "load_sae",
+    "steer",
 ]

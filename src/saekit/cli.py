@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.circuits.cli",
     "saekit.toy",
     "saekit.export.cli",
+    "saekit.steering.cli",
 ]
 
 

@@ -154,6 +154,16 @@ class LanguageModel:
             out = self._forward(input_ids_BT, attention_mask)
         return out if self.backend == "tl" else out.logits
 
+    def generate(self, prompts, max_new_tokens: int = 40, **kwargs):
+        """Complete text prompt(s) using the KV cache; see `saekit.models.generate.generate`.
+
+        Example: `lm.generate("The weather today", max_new_tokens=40)` -> the completion.
+        Hooks that edit activations (`lm.splice`, `saekit.steer`) apply while it runs.
+        """
+        from saekit.models.generate import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)
+
     def unembed_matrix(self) -> Tensor:
         """The unembedding weight as `[D, V]` (HF `lm_head.weight.T`, TL `W_U`).
 
