@@ -156,14 +156,13 @@ def run_steer(args: argparse.Namespace) -> int:
 
 
 def _typical(sae, lm, tokens: int):
-    """Typical activations from the SAE's dataset (default builtin:python-docs)."""
+    """Typical activations from the SAE's dataset (its provenance record's)."""
     from itertools import islice
 
-    from saekit.data import iter_texts
+    from saekit.data.provenance import Provenance, documents
     from saekit.steering.find import typical_activations
 
-    spec = sae.cfg.metadata.dataset_path or "builtin:python-docs"
-    texts = (t for t in islice(iter_texts(spec), 10_000) if isinstance(t, str))
+    texts = (t for t in islice(documents(Provenance.from_sae(sae)[0]), 10_000) if isinstance(t, str))
     return typical_activations(sae, lm, list(islice(texts, max(1, tokens // 32))), tokens)
 
 

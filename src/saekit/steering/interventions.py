@@ -52,12 +52,16 @@ class SAESource:
 
 
 def sae_source(sae: SAE) -> SAESource:
-    """The model and hooks of `sae`, read from its folder's `cfg.json` metadata.
+    """The model and hooks of `sae`, from its provenance record (`cfg.json` metadata).
 
     Every steering tool reads them through this one function.
     """
-    meta = sae.cfg.metadata
-    return SAESource(meta.model_name, meta.hook_name, meta.hook_name_out, bool(meta.prepend_bos))
+    from saekit.data.provenance import Provenance
+
+    prov, known = Provenance.from_sae(sae)
+    model = prov.model if "model" in known else None
+    hook = prov.hooks[0] if prov.hooks else None
+    return SAESource(model, hook, sae.cfg.metadata.hook_name_out, prov.prepend_bos)
 
 
 def _feature_values(features: FeatureValues, mode: str, d_sae: int) -> dict[int, float]:
