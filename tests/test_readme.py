@@ -17,7 +17,7 @@ from legacy_files import write_legacy_pt
 ROOT = Path(__file__).resolve().parents[1]
 # Shorter runs, same flags: appended to (or replacing the counts of) the README's commands.
 SHORT_TRAIN = ["--tokens", "4k", "--batch-tokens", "1k", "--buffer-tokens", "4k",
-               "--init-tokens", "1k", "--eval-tokens", "512", "--no-progress"]  # fmt: skip
+               "--init-tokens", "1k", "--eval-tokens", "0", "--no-progress"]  # fmt: skip
 SHORT_COUNTS = {"cache": "4k", "dashboard": "2k", "eval": "1k"}
 
 
