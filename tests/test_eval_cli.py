@@ -15,6 +15,13 @@ from saekit.saes import SAE
 HOOK = "blocks.2.hook_resid_pre"
 
 
+@pytest.fixture(autouse=True)
+def eval_cache(tmp_path, monkeypatch):
+    """Evaluation baselines go to a folder of the test, not the user's cache."""
+    monkeypatch.setenv("SAEKIT_EVAL_CACHE", str(tmp_path / "eval-cache"))
+    return tmp_path / "eval-cache"
+
+
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     """60 paragraphs of real English text: documents 20, 40, 60 are held back."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -201,14 +202,10 @@ def test_transcoder_splices_the_output_hook(tiny_lm):
     )
 
 
-def test_evaluate_sae_against_hand_computation(setup):
-    lm, model, layer1, sae = setup
-    batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (4, 5)]
-    sae.train()
-    result = evaluate_sae(sae, lm, batches)
-    assert sae.training  # mode restored
-
-    xs, x_hats, fs, clean, spliced, zero, ids_all, keep_all = [], [], [], [], [], [], [], []
+def hand_windows(model, layer1, sae, batches):
+    """Per window (row), by hand: x, x_hat, features at the kept positions, and the clean,
+    spliced, zero- and mean-ablated CE and the KL at the counted positions."""
+    windows = []
     for ids, keep in batches:
         grabbed: list[torch.Tensor] = []
         c = hand_logits(model, ids, layer1, grab=grabbed)
@@ -218,28 +215,34 @@ def test_evaluate_sae_against_hand_computation(setup):
                 model, ids, layer1, kept_replacement(keep, lambda a, x_hat=x_hat: x_hat)
             )
             z = hand_logits(model, ids, layer1, kept_replacement(keep, torch.zeros_like))
-        xs.append(grabbed[0][keep])
-        x_hats.append(x_hat[keep])
-        fs.append(f[keep])
-        clean.append(hand_ce(c, ids, keep))
-        spliced.append(hand_ce(s, ids, keep))
-        zero.append(hand_ce(z, ids, keep))
-        ids_all.append(ids)
-        keep_all.append(keep)
-    x, x_hat, f = torch.cat(xs).double(), torch.cat(x_hats).double(), torch.cat(fs)
-    mean_D = x.mean(0).float()
-    mean = []
-    for ids, keep in zip(ids_all, keep_all, strict=True):
-        m = hand_logits(model, ids, layer1, kept_replacement(keep, lambda a: mean_D.expand_as(a)))
-        mean.append(hand_ce(m, ids, keep))
-    ce = {k: torch.cat(v).mean().item() for k, v in
-          dict(clean=clean, spliced=spliced, zero=zero, mean=mean).items()}  # fmt: skip
+        for row in range(ids.shape[0]):
+            one = slice(row, row + 1)
+            k = keep[one]
+            windows.append({
+                "ids": ids[one], "keep": k, "x": grabbed[0][one][k].double(),
+                "x_hat": x_hat[one][k].double(), "f": f[one][k],
+                "clean": hand_ce(c[one], ids[one], k), "spliced": hand_ce(s[one], ids[one], k),
+                "zero": hand_ce(z[one], ids[one], k), "kl": hand_kl(c[one], s[one], k),
+            })  # fmt: skip
+    mean_D = torch.cat([w["x"] for w in windows]).mean(0).float()
+    for w in windows:
+        m = hand_logits(
+            model, w["ids"], layer1, kept_replacement(w["keep"], lambda a: mean_D.expand_as(a))
+        )
+        w["mean"] = hand_ce(m, w["ids"], w["keep"])
+    return windows
 
+
+def hand_metrics(windows):
+    """Every metric of `evaluate_sae` from the hand-computed windows."""
+    cat = {key: torch.cat([w[key] for w in windows]) for key in windows[0] if key not in ("ids", "keep")}
+    x, x_hat, f = cat["x"], cat["x_hat"], cat["f"]
+    ce = {k: cat[k].mean().item() for k in ("clean", "spliced", "zero", "mean")}
     fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     density = (f != 0).double().mean(0)
-    expected = {
+    return {
         "tokens": x.shape[0],
-        "ce_tokens": torch.cat(clean).numel(),
+        "ce_tokens": cat["clean"].numel(),
         "l0": (f != 0).sum(1).double().mean().item(),
         "mse": ((x - x_hat) ** 2).mean().item(),
         "fvu": fvu.item(),
@@ -255,11 +258,25 @@ def test_evaluate_sae_against_hand_computation(setup):
         "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]),
         "ce_loss_recovered_mean_ablation": (ce["mean"] - ce["spliced"])
         / (ce["mean"] - ce["clean"]),
+        "kl_div": cat["kl"].mean().item(),
     }
-    for key, value in expected.items():
+
+
+def assert_matches_hand(result, windows):
+    for key, value in hand_metrics(windows).items():
         assert result[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-    assert 0 < result["l0"] < 256 and 0 < result["dead_fraction"] < 1  # non-trivial example
+    density = (torch.cat([w["f"] for w in windows]) != 0).double().mean(0)
     torch.testing.assert_close(result["log10_feature_density"], torch.log10(density + 1e-10))
+
+
+def test_evaluate_sae_against_hand_computation(setup):
+    lm, model, layer1, sae = setup
+    batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (4, 5)]
+    sae.train()
+    result = evaluate_sae(sae, lm, batches)
+    assert sae.training  # mode restored
+    assert_matches_hand(result, hand_windows(model, layer1, sae, batches))
+    assert 0 < result["l0"] < 256 and 0 < result["dead_fraction"] < 1  # non-trivial example
 
     first_row = evaluate_sae(sae, lm, batches, max_tokens=1)
     assert first_row["tokens"] == int(batches[0][1][0].sum())
@@ -389,10 +406,13 @@ def test_transformer_lens_backend_matches_hf_and_run_with_hooks():
         assert on_tl[key] == pytest.approx(on_hf[key], rel=1e-4, abs=1e-6), key
 
 
-def test_evaluate_saes_equals_each_alone_with_fewer_forwards(tiny_lm, monkeypatch):
-    """Two SAEs on one hook and a transcoder elsewhere, evaluated together: each result is
-    what evaluate_sae gives alone, and the clean and ablated forwards are shared."""
+def test_evaluate_saes_equals_each_alone_and_shares_the_baseline(tiny_lm):
+    """Two SAEs on one hook and a transcoder elsewhere, evaluated together: each result is what
+    evaluate_sae gives alone; the layers before the earliest hook run once per batch, the rest
+    once per SAE and once per SAE-independent forward; a second evaluation with the same store
+    runs only the SAEs' suffixes."""
     from saekit.evals import EvalTarget, evaluate_saes
+    from saekit.evals.baseline import BaselineStore
 
     lm = tiny_lm
     torch.manual_seed(7)
@@ -401,19 +421,45 @@ def test_evaluate_saes_equals_each_alone_with_fewer_forwards(tiny_lm, monkeypatc
         metadata={"hook_name": "blocks.1.hook_resid_mid", "hook_name_out": "blocks.1.hook_mlp_out"},
     )  # fmt: skip
     saes = {"a": make_sae(seed=0), "b": make_sae(seed=1), "tc": tc}
-    batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (8, 9)]
+    batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (8, 9)]  # one batch of 6 rows
     alone = {name: evaluate_sae(sae, lm, batches) for name, sae in saes.items()}
 
-    calls = []
-    logits = lm.logits
-    monkeypatch.setattr(lm, "logits", lambda ids: calls.append(1) or logits(ids))
-    together = evaluate_saes({n: EvalTarget.of(s) for n, s in saes.items()}, lm, batches)
-    # per batch: 1 clean + 3 spliced + 2 zero-ablated (two output hooks); then 2 hooks x 2
-    # batches mean-ablated. Alone: 4 per SAE per batch = 24.
-    assert len(calls) == 2 * (1 + 3 + 2) + 2 * 2
+    targets = {n: EvalTarget.of(s) for n, s in saes.items()}
+    store = BaselineStore()
+    with counting_calls(lm.model.model.layers[0], lm.model.model.layers[3]) as calls:
+        together = evaluate_saes(targets, lm, batches, baselines=store)
+    # layer 0 (before the transcoder's layer 1): once. Layer 3: clean, 2 hooks x (zero, mean)
+    # ablated, 3 spliced; evaluated alone: 4 full forwards per SAE.
+    assert calls == [1, 1 + 2 * 2 + 3]
     for name in saes:
         for key, value in alone[name].items():
             torch.testing.assert_close(
                 torch.as_tensor(together[name][key]), torch.as_tensor(value), msg=f"{name} {key}"
             )
     assert alone["a"]["explained_variance"] != alone["b"]["explained_variance"]
+
+    with counting_calls(lm.model.model.layers[0], lm.model.model.layers[3]) as calls:
+        again = evaluate_saes(targets, lm, batches, baselines=store)
+    assert calls == [0, 3]
+    for name in saes:
+        assert again[name]["kl_div"] == together[name]["kl_div"]
+        assert again[name]["ce_loss_recovered"] == together[name]["ce_loss_recovered"]
+
+
+@contextmanager
+def counting_calls(*modules):
+    """How many times each module's forward started inside the block."""
+    calls = [0] * len(modules)
+
+    def counter(i):
+        def count(_module, _args):
+            calls[i] += 1
+
+        return count
+
+    handles = [m.register_forward_pre_hook(counter(i)) for i, m in enumerate(modules)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()

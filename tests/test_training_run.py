@@ -19,6 +19,13 @@ from saekit.training.config import TrainConfig
 from saekit.training.run import train
 
 
+@pytest.fixture(autouse=True)
+def eval_cache(tmp_path, monkeypatch):
+    """Evaluation baselines go to a folder of the test, not the user's cache."""
+    monkeypatch.setenv("SAEKIT_EVAL_CACHE", str(tmp_path / "eval-cache"))
+    return tmp_path / "eval-cache"
+
+
 def small_cfg(model_dir: Path, out: Path, **changes) -> TrainConfig:
     settings = dict(tokens=16_384, ks=(8,), eval_tokens=1024, dead_after_tokens=2048)
     return small_train_config(model_dir, out, **{**settings, **changes})
@@ -85,17 +92,21 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert "blocks.2.hook_resid_pre" in result.summary
 
 
-def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_path, capsys):
+def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_path, capsys,
+                                                         eval_cache):
     from saekit.cli import main
 
     result = train(small_cfg(tiny_model_dir, tmp_path / "run", tokens=4096))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     final_eval = [r for r in records if r["kind"] == "eval"][-1]
+    cached = list(eval_cache.iterdir())
+    assert len(cached) == 1  # the run's SAE-independent losses
     folder = result.sae_folders["blocks.2.hook_resid_pre"]
     assert main(["eval", str(folder), "--tokens", "1024", "--json"]) == 0
+    assert list(eval_cache.iterdir()) == cached  # same model, hook and tokens: reused
     reported = json.loads(capsys.readouterr().out)
     for key in ("l0", "explained_variance", "ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered",
-                "kl_div", "dead_fraction"):
+                "kl_div", "dead_fraction", "explained_variance_se", "kl_div_se"):
         assert reported[key] == pytest.approx(final_eval[key], rel=1e-6, abs=1e-9), key
     assert reported["tokens"] == final_eval["eval_tokens"]
 

@@ -18,6 +18,7 @@ from saekit.data.provenance import (
     token_batches,
 )
 from saekit.dtypes import DTYPES
+from saekit.evals.baseline import BaselineStore
 from saekit.evals.evaluate import evaluate_sae, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD
 from saekit.fileio import atomic_write_text
@@ -96,6 +97,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         hook_name=hook_in,
         hook_name_out=hook_out,
         progress=sys.stderr.isatty(),
+        baselines=BaselineStore.default(),
     )
     report = {
         **scalar_metrics(result),
@@ -173,7 +175,10 @@ def format_table(report: dict[str, Any]) -> str:
     for key, label in _TABLE_ROWS:
         value = report[key]
         shown = f"{value:d}" if isinstance(value, int) else f"{value:.4g}"
-        rows.append(f"{label:<36} {shown:>12}")
+        se = report.get(f"{key}_se")
+        error = f" +- {se:.2g}" if isinstance(se, float) and math.isfinite(se) else ""
+        rows.append(f"{label:<36} {shown:>12}{error}")
+    rows.append("(+- one bootstrap standard error over the evaluation windows)")
     return "\n".join(head + rows)
 
 

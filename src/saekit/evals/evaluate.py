@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,20 +11,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saekit.evals.baseline import Baseline, BaselineStore, baseline_key, compute_baseline
+from saekit.evals.forward import ForkedModel, token_losses
+from saekit.evals.intervals import SE_KEYS, WindowSums, standard_errors
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
 from saekit.evals.spliced import (
-    ablation_ce,
-    capture_logits,
     ce_loss_recovered,
     check_sae_fits,
     loss_positions,
-    next_token_ce,
-    next_token_kl,
-    reconstruct,
+    next_token_targets,
+    reconstruction_spliced,
     sae_hooks,
-    spliced_logits,
 )
 
+EVAL_ROWS = 16  # windows per forward
 METRIC_KEYS = (
     "l0",
     "mse",
@@ -42,6 +43,7 @@ METRIC_KEYS = (
     "dense_fraction",
     "tokens",
     "ce_tokens",
+    *SE_KEYS,
 )
 
 
@@ -75,6 +77,7 @@ def evaluate_sae(
     scale_out: float = 1.0,
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
+    baselines: BaselineStore | None = None,
 ) -> dict[str, Any]:
     """Evaluate `sae` spliced into `lm` on `(input_ids_BT, keep_mask_BT)` batches.
 
@@ -89,14 +92,15 @@ def evaluate_sae(
     in eval mode and its previous mode restored; no gradient, optimizer or RNG state is
     touched, so the trainer may call this at any step.
 
-    Returns the floats named in `METRIC_KEYS` plus `log10_feature_density` (a float64
-    tensor `[d_sae]`, for the density histogram).
+    Returns the floats named in `METRIC_KEYS` (with bootstrap standard errors of the headline
+    metrics, see `saekit.evals.intervals`) plus `log10_feature_density` (a float64 tensor
+    `[d_sae]`, for the density histogram). `baselines`: see `evaluate_saes`.
     """
     target = EvalTarget.of(sae, hook_name, hook_name_out, scale_in=scale_in, scale_out=scale_out)
     means = None if mean_act_D is None else {target.hook_out: mean_act_D}
     return evaluate_saes(
         {"sae": target}, lm, token_batches, max_tokens=max_tokens, mean_acts=means,
-        dense_threshold=dense_threshold, progress=progress,
+        dense_threshold=dense_threshold, progress=progress, baselines=baselines,
     )["sae"]  # fmt: skip
 
 
@@ -110,102 +114,153 @@ def evaluate_saes(
     mean_acts: Mapping[str, Tensor] | None = None,
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
+    baselines: BaselineStore | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`evaluate_sae` for several SAEs at once, sharing every forward they can share.
 
-    Per batch: one clean forward reads every hook; each SAE gets its own spliced forward;
-    each distinct output hook gets one zero-ablated forward (and one mean-ablated forward,
-    with `mean_acts[hook]` or, without it, in a second pass at the evaluated mean). Each
-    result equals `evaluate_sae` of that SAE alone, at a fraction of the forwards (a sweep
-    of four SAEs on one hook: 7 forwards per batch instead of 16).
+    The windows are regrouped into batches of `EVAL_ROWS`. The SAE-independent part (clean,
+    zero- and mean-ablated losses, the residual stream at the fork; see `saekit.evals.baseline`)
+    is taken from `baselines` when it holds it for this model, hooks and tokens, else computed
+    once (and put there). Then each SAE costs one spliced suffix per batch: the model from its
+    earliest hook on, the unembedding at the counted positions only. Each result equals
+    `evaluate_sae` of that SAE alone.
     """
     if not targets:
         raise ValueError("no SAE to evaluate")
     for t in targets.values():
         check_sae_fits(t.sae, lm, t.hook_in, t.hook_out)
-    mean_acts = dict(mean_acts or {})
+    batches = eval_windows(token_batches, max_tokens, lm.device)
+    if not batches or not any(bool(keep.any()) for _, keep in batches):
+        raise ValueError("no tokens to evaluate: the token batches are empty or all masked")
+    if not any(bool(loss_positions(keep).any()) for _, keep in batches):
+        raise ValueError("no tokens to evaluate: no kept position has a next token")
     hooks_out = list(dict.fromkeys(t.hook_out for t in targets.values()))
-    read_hooks = list(dict.fromkeys(h for t in targets.values() for h in (t.hook_in, t.hook_out)))
-    stats = {name: RunningStats() for name in targets}
-    spliced = {name: {"spliced": 0.0, "kl": 0.0} for name in targets}
-    ablations = {hook: {"zero": 0.0, "mean": 0.0} for hook in hooks_out}
-    clean, ce_tokens, kept_tokens = 0.0, 0, 0
-    seen: list[tuple[Tensor, Tensor]] = []
+    hooks = hooks_out + [t.hook_in for t in targets.values()]
+    forked = ForkedModel.of(lm, hooks, batches[0][0][:1])
+    given = {h: m.to(lm.device) for h, m in (mean_acts or {}).items() if h in hooks_out}
+    store = baselines if baselines is not None else BaselineStore()
+    key = baseline_key(forked, hooks_out, batches, given)
+    baseline = store.get(key, lm.device)
+    if baseline is None:
+        baseline = compute_baseline(forked, batches, hooks_out, given, key)
+        store.put(baseline)
     modes = {name: t.sae.training for name, t in targets.items()}
     for t in targets.values():
         t.sae.eval()
-    bar = tqdm(total=max_tokens, unit="tok", desc="eval", disable=not progress)
     try:
-        for input_ids_BT, keep_mask_BT in token_batches:
-            if max_tokens is not None:
-                if kept_tokens >= max_tokens:
-                    break
-                input_ids_BT, keep_mask_BT = _rows_until(
-                    input_ids_BT, keep_mask_BT, max_tokens - kept_tokens
-                )
-            input_ids_BT = input_ids_BT.to(lm.device)
-            keep_mask_BT = keep_mask_BT.to(lm.device).bool()
-            positions_BT = loss_positions(keep_mask_BT)
-            clean_logits_BTV, acts = capture_logits(lm, input_ids_BT, read_hooks)
-            clean_M = next_token_ce(clean_logits_BTV, input_ids_BT, positions_BT)
-            clean += clean_M.double().sum().item()
-            ce_tokens += clean_M.numel()
-            kept_here = int(keep_mask_BT.sum())
-            kept_tokens += kept_here
-            bar.update(kept_here)
-            for name, t in targets.items():
-                x_hat_BTD, feats_BTF = reconstruct(t.sae, acts[t.hook_in], t.scale_in, t.scale_out)
-                logits_BTV = spliced_logits(lm, input_ids_BT, keep_mask_BT, t.hook_out, x_hat_BTD)
-                keep = keep_mask_BT.to(x_hat_BTD.device)
-                stats[name].update(acts[t.hook_out][keep_mask_BT], x_hat_BTD[keep], feats_BTF[keep])
-                ce_M = next_token_ce(logits_BTV, input_ids_BT, positions_BT)
-                kl_M = next_token_kl(clean_logits_BTV, logits_BTV, positions_BT)
-                spliced[name]["spliced"] += ce_M.double().sum().item()
-                spliced[name]["kl"] += kl_M.double().sum().item()
-            for hook in hooks_out:
-                zero_M = ablation_ce(lm, input_ids_BT, keep_mask_BT, hook, None)
-                ablations[hook]["zero"] += zero_M.double().sum().item()
-                if hook in mean_acts:
-                    mean_M = ablation_ce(lm, input_ids_BT, keep_mask_BT, hook, mean_acts[hook])
-                    ablations[hook]["mean"] += mean_M.double().sum().item()
-            if len(mean_acts) < len(hooks_out):
-                seen.append((input_ids_BT, keep_mask_BT))
-        if kept_tokens == 0 or ce_tokens == 0:
-            raise ValueError("no tokens to evaluate: the token batches are empty or all masked")
-        for hook in hooks_out:
-            if hook in mean_acts:
-                continue
-            # the kept tokens' mean activation at the hook (the same for every SAE writing there)
-            writer = next(name for name, t in targets.items() if t.hook_out == hook)
-            mean_D = stats[writer].mean_D.to(torch.float32)
-            for input_ids_BT, keep_mask_BT in seen:
-                ce_M = ablation_ce(lm, input_ids_BT, keep_mask_BT, hook, mean_D)
-                ablations[hook]["mean"] += ce_M.double().sum().item()
+        return _spliced_pass(targets, forked, batches, baseline, dense_threshold, progress)
     finally:
-        bar.close()
         for name, t in targets.items():
             t.sae.train(modes[name])
 
-    results = {}
-    for name, t in targets.items():
-        ce = {"clean": clean, **spliced[name], **ablations[t.hook_out]}
-        ce = {key: total / ce_tokens for key, total in ce.items()}
-        result: dict[str, Any] = stats[name].compute(dense_threshold)
-        result.update(
-            ce_loss_clean=ce["clean"],
-            ce_loss_spliced=ce["spliced"],
-            ce_loss_zero_ablation=ce["zero"],
-            ce_loss_mean_ablation=ce["mean"],
-            ce_loss_recovered=ce_loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
-            ce_loss_recovered_mean_ablation=ce_loss_recovered(
-                ce["clean"], ce["spliced"], ce["mean"]
-            ),
-            kl_div=ce["kl"],
-            ce_tokens=ce_tokens,
-            log10_feature_density=log10_feature_density(stats[name].density_F()),
-        )
-        results[name] = result
-    return results
+
+def _spliced_pass(
+    targets: Mapping[str, EvalTarget],
+    forked: ForkedModel,
+    batches: list[tuple[Tensor, Tensor]],
+    baseline: Baseline,
+    dense_threshold: float,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Every SAE's spliced forwards, then each result from its sums and the baseline's."""
+    stats = {name: RunningStats() for name in targets}
+    windows = {name: WindowSums() for name in targets}
+    totals = {name: {"spliced": 0.0, "kl": 0.0} for name in targets}
+    bar = tqdm(total=sum(int(k.sum()) for _, k in batches), unit="tok", desc="eval",
+               disable=not progress)  # fmt: skip
+    try:
+        for (input_ids_BT, keep_BT), record in zip(batches, baseline.batches, strict=True):
+            positions_BT = loss_positions(keep_BT)
+            targets_M = next_token_targets(input_ids_BT, positions_BT)
+            rows_M = positions_BT.nonzero()[:, 0]
+            resid_BTD = record.resid_BTD
+            if resid_BTD is None:
+                resid_BTD = forked.prefix(input_ids_BT)
+            clean_in_MD = record.clean_in_MD
+            if clean_in_MD is None:
+                clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+            for name, t in targets.items():
+
+                def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF, name=name, keep_BT=keep_BT):
+                    keep = keep_BT.to(x_hat_BTD.device)
+                    stats[name].update(target_BTD[keep_BT], x_hat_BTD[keep], feats_BTF[keep])
+                    windows[name].add_reconstruction(target_BTD, x_hat_BTD, feats_BTF, keep_BT)
+
+                with reconstruction_spliced(
+                    forked.lm, t.sae, t.hook_in, t.hook_out, keep_BT,
+                    scale_in=t.scale_in, scale_out=t.scale_out, observe=observe,
+                ):  # fmt: skip
+                    head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+                ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean_in_MD)
+                totals[name]["spliced"] += ce_M.double().sum().item()
+                totals[name]["kl"] += kl_M.double().sum().item()  # type: ignore[union-attr]
+                windows[name].add_losses(
+                    keep_BT.shape[0], rows_M, spliced=ce_M, kl=kl_M, counted=torch.ones_like(ce_M),
+                    clean=record.ce_clean_M, zero=record.ce_zero_M[t.hook_out],
+                )  # fmt: skip
+            bar.update(int(keep_BT.sum()))
+    finally:
+        bar.close()
+    return {
+        name: _result(stats[name], windows[name], totals[name], baseline, t.hook_out,
+                      dense_threshold)  # fmt: skip
+        for name, t in targets.items()
+    }
+
+
+def _result(
+    stats: RunningStats,
+    windows: WindowSums,
+    totals: dict[str, float],
+    baseline: Baseline,
+    hook_out: str,
+    dense_threshold: float,
+) -> dict[str, Any]:
+    def mean(parts: list[Tensor]) -> float:
+        return torch.cat(parts).double().sum().item() / ce_tokens
+
+    ce_tokens = sum(b.ce_clean_M.numel() for b in baseline.batches)
+    clean = mean([b.ce_clean_M for b in baseline.batches])
+    zero = mean([b.ce_zero_M[hook_out] for b in baseline.batches])
+    mean_ablated = mean([b.ce_mean_M[hook_out] for b in baseline.batches])
+    spliced, kl = totals["spliced"] / ce_tokens, totals["kl"] / ce_tokens
+    result: dict[str, Any] = stats.compute(dense_threshold)
+    result.update(
+        ce_loss_clean=clean,
+        ce_loss_spliced=spliced,
+        ce_loss_zero_ablation=zero,
+        ce_loss_mean_ablation=mean_ablated,
+        ce_loss_recovered=ce_loss_recovered(clean, spliced, zero),
+        ce_loss_recovered_mean_ablation=ce_loss_recovered(clean, spliced, mean_ablated),
+        kl_div=kl,
+        ce_tokens=ce_tokens,
+        **standard_errors(windows),
+        log10_feature_density=log10_feature_density(stats.density_F()),
+    )
+    return result
+
+
+def eval_windows(
+    token_batches: Iterable[tuple[Tensor, Tensor]], max_tokens: int | None, device
+) -> list[tuple[Tensor, Tensor]]:
+    """The evaluation windows, whole, until `max_tokens` kept tokens, in batches of `EVAL_ROWS`
+    rows (consecutive windows of one length), on `device`, keep masks as bool."""
+    parts: list[tuple[Tensor, Tensor]] = []
+    kept = 0
+    for input_ids_BT, keep_BT in token_batches:
+        if max_tokens is not None:
+            if kept >= max_tokens:
+                break
+            input_ids_BT, keep_BT = _rows_until(input_ids_BT, keep_BT, max_tokens - kept)
+        kept += int(keep_BT.sum())
+        parts.append((input_ids_BT, keep_BT.bool()))
+    batches = []
+    for _, group in itertools.groupby(parts, key=lambda part: part[0].shape[1:]):
+        group = list(group)
+        ids_NT = torch.cat([ids for ids, _ in group]).to(device)
+        keep_NT = torch.cat([keep for _, keep in group]).to(device)
+        batches += list(zip(ids_NT.split(EVAL_ROWS), keep_NT.split(EVAL_ROWS), strict=True))
+    return batches
 
 
 def _rows_until(input_ids_BT: Tensor, keep_mask_BT: Tensor, tokens: int) -> tuple[Tensor, Tensor]:

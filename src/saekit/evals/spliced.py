@@ -55,18 +55,9 @@ def loss_positions(keep_mask_BT: Tensor) -> Tensor:
     return positions_BT
 
 
-def next_token_ce(logits_BTV: Tensor, input_ids_BT: Tensor, positions_BT: Tensor) -> Tensor:
-    """Cross-entropy of predicting token t+1 at each counted position t, float32 `[N]`."""
-    targets_BT = input_ids_BT.roll(-1, dims=1)
-    logits_NV = logits_BTV[positions_BT].float()
-    return torch.nn.functional.cross_entropy(logits_NV, targets_BT[positions_BT], reduction="none")
-
-
-def next_token_kl(clean_logits_BTV: Tensor, logits_BTV: Tensor, positions_BT: Tensor) -> Tensor:
-    """KL(clean || other) of the next-token distributions at each counted position, `[N]`."""
-    clean_logp_NV = clean_logits_BTV[positions_BT].float().log_softmax(dim=-1)
-    logp_NV = logits_BTV[positions_BT].float().log_softmax(dim=-1)
-    return (clean_logp_NV.exp() * (clean_logp_NV - logp_NV)).sum(dim=-1)
+def next_token_targets(input_ids_BT: Tensor, positions_BT: Tensor) -> Tensor:
+    """The token after each counted position, `[M]` (positions from `loss_positions`)."""
+    return input_ids_BT.roll(-1, dims=1)[positions_BT.to(input_ids_BT.device)]
 
 
 def reconstruct(
@@ -110,6 +101,33 @@ def spliced_sae(
     """
     hook_in, hook_out = sae_hooks(sae, hook_name, hook_name_out)
     check_sae_fits(sae, lm, hook_in, hook_out)
+    with reconstruction_spliced(lm, sae, hook_in, hook_out, keep_mask_BT, keep_error=keep_error):
+        yield
+
+
+Observer = Callable[[Tensor, Tensor, Tensor, Tensor], None]
+"""`observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF)`: the SAE's input, the clean activation it
+replaces, its reconstruction and features, for each forward through the splice."""
+
+
+@contextmanager
+def reconstruction_spliced(
+    lm,
+    sae,
+    hook_in: str,
+    hook_out: str,
+    keep_mask_BT: Tensor | None = None,
+    *,
+    scale_in: float = 1.0,
+    scale_out: float = 1.0,
+    keep_error: bool = False,
+    observe: Observer | None = None,
+) -> Iterator[None]:
+    """`spliced_sae` with the hooks given, scaled SAEs (see `reconstruct`), and an observer.
+
+    A transcoder's input is read at `hook_in` in the same forward: nothing upstream of
+    `hook_out` changes, so the activations it reads are the clean model's.
+    """
     inputs: dict[str, Tensor] = {}
 
     def grab(act_BTD: Tensor) -> Tensor:
@@ -120,7 +138,10 @@ def spliced_sae(
         x_BTD = act_BTD if hook_in == hook_out else inputs.pop("x", None)
         if x_BTD is None:
             raise RuntimeError(f"hook {hook_out!r} ran before the transcoder input {hook_in!r}")
-        x_hat_BTD = reconstruct(sae, x_BTD)[0].to(act_BTD.dtype)
+        x_hat_BTD, feats_BTF = reconstruct(sae, x_BTD, scale_in, scale_out)
+        if observe is not None:
+            observe(x_BTD, act_BTD, x_hat_BTD, feats_BTF)
+        x_hat_BTD = x_hat_BTD.to(act_BTD.dtype)
         if keep_error:
             x_hat_BTD = x_hat_BTD + (act_BTD - x_hat_BTD)
         return _where_kept(keep_mask_BT, x_hat_BTD, act_BTD)
@@ -169,59 +190,6 @@ class SplicedBatch:
     kl_M: Tensor
 
 
-def capture_logits(lm, input_ids_BT: Tensor, hooks: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clean logits and the activations at `hooks`, from one full forward."""
-    acts: dict[str, Tensor] = {}
-
-    def grabber(name: str) -> Callable[[Tensor], Tensor]:
-        def grab(act_BTD: Tensor) -> Tensor:
-            if name not in acts:  # a module called twice: keep its first call
-                acts[name] = act_BTD.clone()
-            return act_BTD
-
-        return grab
-
-    with ExitStack() as stack:
-        for name in dict.fromkeys(hooks):
-            stack.enter_context(lm.splice(name, grabber(name)))
-        logits_BTV = lm.logits(input_ids_BT)
-    return logits_BTV, acts
-
-
-@torch.no_grad()
-def spliced_logits(
-    lm,
-    input_ids_BT: Tensor,
-    keep_mask_BT: Tensor,
-    hook_out: str,
-    x_hat_BTD: Tensor,
-    *,
-    keep_error: bool = False,
-) -> Tensor:
-    """Logits of `lm` with `x_hat_BTD` written over `hook_out` at the kept positions."""
-
-    def replace(act_BTD: Tensor) -> Tensor:
-        new_BTD = x_hat_BTD.to(act_BTD.dtype)
-        if keep_error:
-            new_BTD = new_BTD + (act_BTD - new_BTD)
-        return _where_kept(keep_mask_BT, new_BTD, act_BTD)
-
-    with lm.splice(hook_out, replace):
-        return lm.logits(input_ids_BT)
-
-
-@torch.no_grad()
-def ablation_ce(
-    lm, input_ids_BT: Tensor, keep_mask_BT: Tensor, hook: str, value_D: Tensor | None
-) -> Tensor:
-    """Next-token CE at the counted positions with `hook` zero- (None) or value-ablated."""
-    input_ids_BT = input_ids_BT.to(lm.device)
-    keep_mask_BT = keep_mask_BT.to(lm.device)
-    with ablated(lm, hook, value_D, keep_mask_BT):
-        logits_BTV = lm.logits(input_ids_BT)
-    return next_token_ce(logits_BTV, input_ids_BT, loss_positions(keep_mask_BT))
-
-
 @torch.no_grad()
 def spliced_batch(
     sae,
@@ -236,38 +204,45 @@ def spliced_batch(
     scale_in: float = 1.0,
     scale_out: float = 1.0,
 ) -> SplicedBatch:
-    """Evaluate the SAE on one batch: a clean forward (which also reads the activations), a
-    spliced forward, a zero-ablated forward and, given `mean_act_D`, a mean-ablated one.
+    """Evaluate the SAE on one batch: the clean, spliced, zero-ablated and (given `mean_act_D`)
+    mean-ablated forwards, all forked from one run of the layers before the hooks.
     `scale_in`/`scale_out`: see `reconstruct`."""
+    from saekit.evals.baseline import ablated_ce
+    from saekit.evals.forward import ForkedModel, token_losses
+
     hook_in, hook_out = sae_hooks(sae, hook_name, hook_name_out)
     check_sae_fits(sae, lm, hook_in, hook_out)
     input_ids_BT = input_ids_BT.to(lm.device)
     keep_mask_BT = keep_mask_BT.to(lm.device).bool()
     positions_BT = loss_positions(keep_mask_BT)
+    targets_M = next_token_targets(input_ids_BT, positions_BT)
+    forked = ForkedModel.of(lm, [hook_in, hook_out], input_ids_BT[:1])
+    resid_BTD = forked.prefix(input_ids_BT)
+    clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+    seen: dict[str, Tensor] = {}
 
-    clean_logits_BTV, acts = capture_logits(lm, input_ids_BT, [hook_in, hook_out])
-    # nothing upstream of the hooks changes in the spliced forward, so the clean input is the
-    # spliced forward's input too: reconstruct once and reuse
-    x_hat_BTD, feats_BTF = reconstruct(sae, acts[hook_in], scale_in, scale_out)
+    def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF):
+        keep = keep_mask_BT.to(x_hat_BTD.device)
+        seen.update(x=x_BTD[keep_mask_BT], target=target_BTD[keep_mask_BT],
+                    x_hat=x_hat_BTD[keep], feats=feats_BTF[keep])  # fmt: skip
 
-    spliced_logits_BTV = spliced_logits(
-        lm, input_ids_BT, keep_mask_BT, hook_out, x_hat_BTD, keep_error=keep_error
-    )
-    ce_zero_M = ablation_ce(lm, input_ids_BT, keep_mask_BT, hook_out, None)
-    ce_mean_M = None
-    if mean_act_D is not None:
-        ce_mean_M = ablation_ce(lm, input_ids_BT, keep_mask_BT, hook_out, mean_act_D)
-
+    with reconstruction_spliced(
+        lm, sae, hook_in, hook_out, keep_mask_BT, scale_in=scale_in, scale_out=scale_out,
+        keep_error=keep_error, observe=observe,
+    ):  # fmt: skip
+        spliced_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+    ce_spliced_M, kl_M = token_losses(forked, spliced_in_MD, targets_M, clean_in_MD)
+    args = (forked, resid_BTD, input_ids_BT, keep_mask_BT, hook_out)
     return SplicedBatch(
-        x_ND=acts[hook_in][keep_mask_BT],
-        target_ND=acts[hook_out][keep_mask_BT],
-        x_hat_ND=x_hat_BTD[keep_mask_BT.to(x_hat_BTD.device)],
-        feats_NF=feats_BTF[keep_mask_BT.to(feats_BTF.device)],
-        ce_clean_M=next_token_ce(clean_logits_BTV, input_ids_BT, positions_BT),
-        ce_spliced_M=next_token_ce(spliced_logits_BTV, input_ids_BT, positions_BT),
-        ce_zero_M=ce_zero_M,
-        ce_mean_M=ce_mean_M,
-        kl_M=next_token_kl(clean_logits_BTV, spliced_logits_BTV, positions_BT),
+        x_ND=seen["x"],
+        target_ND=seen["target"],
+        x_hat_ND=seen["x_hat"],
+        feats_NF=seen["feats"],
+        ce_clean_M=token_losses(forked, clean_in_MD, targets_M)[0],
+        ce_spliced_M=ce_spliced_M,
+        ce_zero_M=ablated_ce(*args, None),
+        ce_mean_M=None if mean_act_D is None else ablated_ce(*args, mean_act_D),
+        kl_M=kl_M,  # type: ignore[arg-type]
     )
 
 

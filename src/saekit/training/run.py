@@ -318,7 +318,8 @@ def cache_provenance(cfg: TrainConfig, manifest: dict) -> Provenance:
 
 
 def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
-    """A function returning fresh held-back token batches, or None if evaluation is off."""
+    """A function returning the model, fresh held-back token batches and the store of
+    evaluation baselines, or None if evaluation is off."""
     if cfg.eval_tokens <= 0:
         return None
     if prov.holdout_every < 2:
@@ -328,14 +329,18 @@ def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
             stacklevel=2,
         )
         return None
-    state: dict[str, Any] = {"lm": lm}
+    from saekit.evals.baseline import BaselineStore
+
+    # the SAE-independent losses, computed once for the run's SAEs and evaluations (and runs)
+    state: dict[str, Any] = {"lm": lm, "baselines": BaselineStore.default()}
 
     def batches():
         if state["lm"] is None:  # training from a cache: load the model only to evaluate
             from saekit.models import load_model
 
             state["lm"] = load_model(prov.model, device=device, dtype=DTYPES[prov.dtype])
-        return state["lm"], token_batches(prov, state["lm"].tokenizer, EVAL_ROWS, "heldout")
+        rows = token_batches(prov, state["lm"].tokenizer, EVAL_ROWS, "heldout")
+        return state["lm"], rows, state["baselines"]
 
     return batches
 
@@ -346,11 +351,12 @@ def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str
         return {}
     from saekit.evals import EvalTarget, evaluate_saes
 
-    lm, batches = eval_batches()
+    lm, batches, baselines = eval_batches()
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
     results = evaluate_saes(
-        targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold
-    )
+        targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
+        baselines=baselines,
+    )  # fmt: skip
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
         for name, result in results.items()

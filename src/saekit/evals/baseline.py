@@ -1,0 +1,280 @@
+"""What an evaluation computes without the SAE, computed once and shared.
+
+The clean, zero-ablated and mean-ablated next-token losses depend on the model, the hooks the
+SAEs write to and the evaluation tokens, not on the SAEs. A `Baseline` holds them per batch,
+together with the residual stream at the fork and the clean unembedding input at the counted
+positions, so that an SAE's evaluation runs only its own spliced suffix. `BaselineStore` keeps
+baselines in memory (the SAEs of a run, its periodic evaluations) and, given a folder, on disk
+as one safetensors file per content key (across runs and `saekit eval` calls): a hash of the
+model (name, class, config, dtype, device type, and a checksum of every weight), the fork, the
+hooks, any given ablation means, and the token ids and keep masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from saekit.evals.forward import ForkedModel, token_losses
+from saekit.evals.spliced import ablated, loss_positions, next_token_targets
+from saekit.fileio import atomic_write
+from saekit.paths import cache_root
+
+FORMAT = 1  # bump when what a baseline holds, or how it is computed, changes
+MEMORY_LARGE_BYTES = 1 << 30  # residual streams kept in memory up to this size, in all
+DISK_LARGE_BYTES = 1 << 28  # ... and written to disk up to this size
+MEMORY_ENTRIES = 4
+EVAL_CACHE_ENV = "SAEKIT_EVAL_CACHE"
+_SAMPLES = 1024  # weight elements hashed per tensor, besides its sum
+
+
+@dataclass
+class BatchBaseline:
+    """One batch's SAE-independent part; the large tensors may be absent (then recomputed).
+
+    Attributes:
+        ce_clean_M: next-token CE of the clean model at the M counted positions.
+        ce_zero_M, ce_mean_M: the same with each output hook zero- / mean-ablated.
+        resid_BTD: the residual stream at the fork (`ForkedModel.prefix`).
+        clean_in_MD: the clean model's unembedding input at the counted positions.
+    """
+
+    ce_clean_M: Tensor
+    ce_zero_M: dict[str, Tensor]
+    ce_mean_M: dict[str, Tensor] = field(default_factory=dict)
+    resid_BTD: Tensor | None = None
+    clean_in_MD: Tensor | None = None
+
+
+@dataclass
+class Baseline:
+    """Every batch's `BatchBaseline` and the mean activation each hook was ablated to."""
+
+    key: str
+    batches: list[BatchBaseline]
+    mean_D: dict[str, Tensor]
+
+    def large_bytes(self) -> int:
+        """Bytes held by the residual streams and clean unembedding inputs."""
+        return sum(
+            t.numel() * t.element_size()
+            for b in self.batches
+            for t in (b.resid_BTD, b.clean_in_MD)
+            if t is not None
+        )
+
+    def save(self, path: Path, with_large: bool) -> None:
+        """One safetensors file (the large tensors only if `with_large`)."""
+        tensors = {f"mean.{h}": m.float().contiguous() for h, m in self.mean_D.items()}
+        for i, b in enumerate(self.batches):
+            tensors[f"{i}.clean"] = b.ce_clean_M
+            tensors.update({f"{i}.zero.{h}": ce for h, ce in b.ce_zero_M.items()})
+            tensors.update({f"{i}.mean.{h}": ce for h, ce in b.ce_mean_M.items()})
+            if with_large:
+                for name, t in (("resid", b.resid_BTD), ("clean_in", b.clean_in_MD)):
+                    if t is not None:
+                        tensors[f"{i}.{name}"] = t
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {"format": str(FORMAT), "key": self.key, "batches": str(len(self.batches))}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path: Path, key: str, device: torch.device) -> Baseline:
+        """Read a file written by `save` (ValueError if it holds another key)."""
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != str(FORMAT) or meta.get("key") != key:
+            raise ValueError(f"{path} holds another baseline")
+        tensors = load_file(str(path), device=str(device))
+        batches = []
+        for i in range(int(meta["batches"])):
+            prefix = f"{i}."
+
+            def part(kind: str, i: int = i) -> dict[str, Tensor]:
+                head = f"{i}.{kind}."
+                return {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+
+            batches.append(
+                BatchBaseline(
+                    tensors[prefix + "clean"], part("zero"), part("mean"),
+                    tensors.get(prefix + "resid"), tensors.get(prefix + "clean_in"),
+                )
+            )  # fmt: skip
+        means = {k[5:]: v for k, v in tensors.items() if k.startswith("mean.")}
+        return cls(key, batches, means)
+
+
+class BaselineStore:
+    """Baselines by key: in memory, and in `folder` on disk when one is given."""
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._memory: dict[str, Baseline] = {}
+
+    @classmethod
+    def default(cls) -> BaselineStore:
+        """A store in `$SAEKIT_EVAL_CACHE` (`off`: memory only), else `$SAEKIT_CACHE/eval`."""
+        folder = os.environ.get(EVAL_CACHE_ENV)
+        if folder == "off":
+            return cls()
+        return cls(Path(folder) if folder else cache_root() / "eval")
+
+    def get(self, key: str, device: torch.device) -> Baseline | None:
+        """The baseline with this key, or None."""
+        if key in self._memory:
+            return self._memory[key]
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            baseline = Baseline.load(path, key, device)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+            warnings.warn(f"ignoring unreadable evaluation cache {path}: {err}", stacklevel=2)
+            return None
+        self._remember(baseline)
+        return baseline
+
+    def put(self, baseline: Baseline) -> None:
+        """Keep `baseline` in memory and, with a folder, write it to disk."""
+        self._remember(baseline)
+        path = self._path(baseline.key)
+        if path is not None:
+            try:
+                baseline.save(path, with_large=baseline.large_bytes() <= DISK_LARGE_BYTES)
+            except OSError as err:
+                warnings.warn(f"could not cache the evaluation baseline: {err}", stacklevel=2)
+
+    def _remember(self, baseline: Baseline) -> None:
+        self._memory[baseline.key] = baseline
+        while len(self._memory) > MEMORY_ENTRIES:
+            self._memory.pop(next(iter(self._memory)))
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / f"{key[:40]}.safetensors"
+
+
+def model_fingerprint(lm) -> dict[str, str]:
+    """What identifies the model's function: name, class, config, dtype, device type, and a
+    digest of every weight (its float64 sum and up to `_SAMPLES` evenly spaced elements)."""
+    model = lm.model
+    config = model.config.to_json_string() if hasattr(model.config, "to_json_string") else ""
+    if lm.backend == "tl":
+        config = repr(model.cfg)
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().flatten()
+        step = max(1, flat.numel() // _SAMPLES)
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(repr(flat.double().sum().item()).encode())
+        digest.update(flat[::step].float().cpu().numpy().tobytes())
+    return {
+        "spec": lm.spec, "class": type(model).__name__, "dtype": str(lm.dtype),
+        "device": lm.device.type, "config": hashlib.sha256(config.encode()).hexdigest(),
+        "weights": digest.hexdigest(),
+    }  # fmt: skip
+
+
+def baseline_key(
+    forked: ForkedModel,
+    hooks_out: Sequence[str],
+    batches: Sequence[tuple[Tensor, Tensor]],
+    mean_acts: Mapping[str, Tensor],
+) -> str:
+    """A content hash of everything a baseline depends on."""
+    head = {
+        "format": FORMAT, "model": model_fingerprint(forked.lm), "fork": forked.fork,
+        "head": forked.head, "hooks": sorted(hooks_out), "means": sorted(mean_acts),
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for hook in sorted(mean_acts):
+        digest.update(mean_acts[hook].detach().double().cpu().numpy().tobytes())
+    for ids_BT, keep_BT in batches:
+        digest.update(repr(tuple(ids_BT.shape)).encode())
+        digest.update(ids_BT.cpu().numpy().tobytes())
+        digest.update(keep_BT.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def compute_baseline(
+    forked: ForkedModel,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    hooks_out: Sequence[str],
+    mean_acts: Mapping[str, Tensor],
+    key: str,
+) -> Baseline:
+    """The clean and ablated losses of every batch; hooks without a given mean are ablated to
+    the mean of their clean activation over the kept tokens (a second pass)."""
+    lm = forked.lm
+    counted = sum(int(loss_positions(keep).sum()) for _, keep in batches)
+    large = sum(ids.numel() for ids, _ in batches) + counted
+    keep_large = forked.head and large * lm.d_model * lm.dtype.itemsize <= MEMORY_LARGE_BYTES
+    sums = {hook: [0.0, 0] for hook in hooks_out if hook not in mean_acts}
+    records = []
+    for input_ids_BT, keep_BT in batches:
+        positions_BT = loss_positions(keep_BT)
+        targets_M = next_token_targets(input_ids_BT, positions_BT)
+        resid_BTD = forked.prefix(input_ids_BT)
+        with ExitStack() as stack:
+            for hook, acc in sums.items():
+                stack.enter_context(lm.splice(hook, _summing(acc, keep_BT)))
+            clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+        record = BatchBaseline(token_losses(forked, clean_in_MD, targets_M)[0], {})
+        for hook in hooks_out:
+            record.ce_zero_M[hook] = ablated_ce(forked, resid_BTD, input_ids_BT, keep_BT, hook, None)
+            if hook in mean_acts:
+                record.ce_mean_M[hook] = ablated_ce(
+                    forked, resid_BTD, input_ids_BT, keep_BT, hook, mean_acts[hook]
+                )
+        if keep_large:
+            record.resid_BTD, record.clean_in_MD = resid_BTD, clean_in_MD
+        records.append(record)
+    means = {hook: mean_acts[hook] for hook in hooks_out if hook in mean_acts}
+    for hook, (total_D, n) in sums.items():
+        means[hook] = (total_D / n).float() if n else torch.zeros(lm.hook_dim(hook))
+    for record, (input_ids_BT, keep_BT) in zip(records, batches, strict=True):
+        resid_BTD = record.resid_BTD if keep_large else forked.prefix(input_ids_BT)
+        for hook in sums:
+            record.ce_mean_M[hook] = ablated_ce(
+                forked, resid_BTD, input_ids_BT, keep_BT, hook, means[hook]
+            )
+    return Baseline(key, records, means)
+
+
+def ablated_ce(
+    forked: ForkedModel,
+    resid_BTD: Tensor | None,
+    input_ids_BT: Tensor,
+    keep_BT: Tensor,
+    hook: str,
+    value_D: Tensor | None,
+) -> Tensor:
+    """Next-token CE at the counted positions with `hook` zero- (None) or value-ablated."""
+    positions_BT = loss_positions(keep_BT)
+    with ablated(forked.lm, hook, value_D, keep_BT):
+        head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+    return token_losses(forked, head_in_MD, next_token_targets(input_ids_BT, positions_BT))[0]
+
+
+def _summing(acc: list, keep_BT: Tensor):
+    """A splice fn that adds the kept positions' activations to `acc = [sum_D, count]`."""
+
+    def grab(act_BTD: Tensor) -> Tensor:
+        kept_ND = act_BTD[keep_BT.to(act_BTD.device)].double()
+        acc[0] = acc[0] + kept_ND.sum(dim=0)
+        acc[1] += kept_ND.shape[0]
+        return act_BTD
+
+    return grab

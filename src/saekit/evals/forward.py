@@ -1,0 +1,194 @@
+"""The model split at the residual stream: run the prefix once, fork the suffixes from it.
+
+Every forward of an evaluation (clean, SAE spliced, zero- and mean-ablated) agrees on the layers
+before the earliest hook it touches, so `ForkedModel` runs those once (`prefix`) and starts
+each variant from the saved residual stream (`suffix`), which stops at the unembedding's input.
+The unembedding itself (`logits`) runs only at the counted positions, a chunk of tokens at a
+time (`token_losses`), so a full `[tokens, vocab]` log-softmax is never held in memory.
+
+- HF models: the suffix is HF's own forward with the decoder-layer list cut to the layers from
+  the fork on and the fork layer's input replaced by the saved residual stream.
+- TransformerLens models: `model(resid, start_at_layer=fork)`.
+
+`ForkedModel.of` checks on one window that the prefix + suffix + unembedding reproduce
+`lm.logits`. A model that does not (per-layer settings indexed by position, a logit scale
+the unembedding does not apply) falls back to a suffix from the tokens, and then to full logits,
+so the numbers stay those of the full forward.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from saekit.models.hooks import capture
+
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk in `token_losses` (32 MB of float32)
+_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # else (half types): 2e-2
+_FAILURES = (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError)
+_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {settings: ok}
+
+
+class ForkedModel:
+    """`lm` split at the input of decoder layer `fork` (None: every suffix starts at the tokens).
+
+    `head` True: `suffix` stops at the unembedding's input and `logits` applies it; False:
+    `suffix` returns the logits and `logits` is the identity.
+    """
+
+    def __init__(self, lm, fork: int | None, head: bool = True) -> None:
+        self.lm = lm
+        self.fork = fork
+        self.head = head and _head_input_hook(lm) is not None
+
+    @classmethod
+    def of(cls, lm, hooks: Sequence[str], sample_ids_BT: Tensor) -> ForkedModel:
+        """The cheapest split that reproduces `lm.logits` on `sample_ids_BT` (checked once)."""
+        fork = fork_layer(lm, hooks)
+        for settings in dict.fromkeys(((fork, True), (fork, False), (None, True))):
+            forked = cls(lm, *settings)
+            if (forked.fork, forked.head) == settings and forked.reproduces_logits(sample_ids_BT):
+                return forked
+        return cls(lm, None, head=False)  # the full forward itself
+
+    @property
+    def vocab(self) -> int:
+        """Width of the logits."""
+        return self.lm.unembed_matrix().shape[1]
+
+    def prefix(self, input_ids_BT: Tensor) -> Tensor | None:
+        """The residual stream at the input of layer `fork`, `[B, T, D]` (None without a fork)."""
+        if self.fork is None:
+            return None
+        name = f"blocks.{self.fork}.hook_resid_pre"
+        return self.lm.run_to_hooks(input_ids_BT, [name])[name]
+
+    @torch.no_grad()
+    def suffix(self, resid_BTD: Tensor | None, input_ids_BT: Tensor) -> Tensor:
+        """The rest of the forward from `resid_BTD` (splices in effect): the unembedding's input
+        `[B, T, D]`, or the logits `[B, T, V]` when `head` is False."""
+        lm = self.lm
+        if self.fork is None:
+            forward = lambda: lm.logits(input_ids_BT)  # noqa: E731
+            started = nullcontext()
+        elif lm.backend == "tl":
+            forward = lambda: lm.model(resid_BTD, start_at_layer=self.fork)  # noqa: E731
+            started = nullcontext()
+        else:
+            forward = lambda: lm.logits(input_ids_BT)  # noqa: E731
+            started = _hf_started_at(lm, self.fork, resid_BTD)
+        with started:
+            if not self.head:
+                return forward()
+            name = _head_input_hook(lm)
+            return capture(lm, forward, [name])[name]
+
+    def logits(self, head_in_ND: Tensor) -> Tensor:
+        """Logits `[N, V]` from the unembedding's input (identity when `head` is False)."""
+        if not self.head:
+            return head_in_ND
+        lm = self.lm
+        if lm.backend == "tl":
+            logits_NV = lm.model.unembed(head_in_ND)
+            cap = lm.model.cfg.output_logits_soft_cap
+        else:
+            logits_NV = lm.model.get_output_embeddings()(head_in_ND)
+            cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits_NV = torch.tanh(logits_NV / cap) * cap
+        return logits_NV
+
+    def reproduces_logits(self, input_ids_BT: Tensor) -> bool:
+        """Whether prefix + suffix + unembedding give `lm.logits` (cached per model)."""
+        cache = _VERIFIED.setdefault(self.lm.model, {})
+        settings = (self.fork, self.head, tuple(input_ids_BT.shape[1:]))
+        if settings not in cache:
+            ids_BT = input_ids_BT.to(self.lm.device)
+            try:
+                with torch.no_grad():
+                    want_BTV = self.lm.logits(ids_BT).float()
+                    head_in = self.suffix(self.prefix(ids_BT), ids_BT)
+                    got_BTV = self.logits(head_in).float()
+                tolerance = _CHECK_TOLERANCE.get(self.lm.dtype, 2e-2)
+                scale = want_BTV.abs().max().clamp_min(1e-6)
+                cache[settings] = bool((got_BTV - want_BTV).abs().max() <= tolerance * scale)
+            except _FAILURES:
+                cache[settings] = False
+        return cache[settings]
+
+
+def fork_layer(lm, hooks: Sequence[str]) -> int | None:
+    """The latest decoder layer whose input all `hooks` come after (None if one has no layer)."""
+    layers = []
+    for name in hooks:
+        point = lm.resolve_hook(name)
+        if point.layer is None:
+            return None
+        after = lm.backend == "hf" and point.read == "output" and point.module.endswith(
+            f".{point.layer}"
+        )  # a decoder layer's output is the next layer's input
+        layers.append(point.layer + 1 if after else point.layer)
+    fork = min(layers)
+    if lm.backend == "hf" and fork == lm.n_layers and not lm.layout.final_norm:
+        return None
+    return fork
+
+
+def _head_input_hook(lm) -> str | None:
+    """The module whose output the unembedding reads (the final norm)."""
+    if lm.backend == "tl":
+        return "ln_final.hook_normalized" if lm.model.cfg.normalization_type else None
+    return lm.layout.final_norm or None
+
+
+@contextmanager
+def _hf_started_at(lm, fork: int, resid_BTD: Tensor) -> Iterator[None]:
+    """HF forwards run only layers `fork:`, whose first input is `resid_BTD`."""
+    parent_path, _, attr = lm.layout.layers.rpartition(".")
+    parent = lm.model.get_submodule(parent_path)
+    layers = getattr(parent, attr)
+    first = layers[fork] if fork < len(layers) else lm.model.get_submodule(lm.layout.final_norm)
+
+    def start_here(_module, args, kwargs):
+        if args:
+            return (resid_BTD.to(args[0].dtype), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": resid_BTD.to(kwargs["hidden_states"].dtype)}
+
+    handle = first.register_forward_pre_hook(start_here, with_kwargs=True, prepend=True)
+    setattr(parent, attr, nn.ModuleList(list(layers)[fork:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, layers)
+        handle.remove()
+
+
+def token_losses(
+    forked: ForkedModel,
+    head_in_MD: Tensor,
+    targets_M: Tensor,
+    clean_head_in_MD: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Next-token CE `[M]` of the logits from `head_in_MD` against `targets_M`, and, given the
+    clean model's unembedding input, KL(clean || these) `[M]`; both float32, computed a chunk of
+    tokens at a time."""
+    rows = max(1, CHUNK_ELEMENTS // forked.vocab)
+    ce, kl = [], []
+    for start in range(0, targets_M.shape[0], rows):
+        part = slice(start, start + rows)
+        logits_CV = forked.logits(head_in_MD[part]).float()
+        lse_C = logits_CV.logsumexp(dim=-1)
+        ce.append(lse_C - logits_CV.gather(1, targets_M[part, None]).squeeze(1))
+        if clean_head_in_MD is not None:
+            clean_logp_CV = forked.logits(clean_head_in_MD[part]).float().log_softmax(dim=-1)
+            logp_CV = logits_CV.sub_(lse_C[:, None])
+            kl.append((clean_logp_CV.exp() * (clean_logp_CV - logp_CV)).sum(dim=-1))
+    empty = head_in_MD.new_zeros(0, dtype=torch.float32)
+    ce_M = torch.cat(ce) if ce else empty
+    if clean_head_in_MD is None:
+        return ce_M, None
+    return ce_M, torch.cat(kl) if kl else empty

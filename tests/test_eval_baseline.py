@@ -1,0 +1,162 @@
+"""Forked forwards, chunked losses, cached baselines and standard errors against hand work."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from saekit.evals import baseline as baseline_module
+from saekit.evals import evaluate_sae
+from saekit.evals import forward as forward_module
+from saekit.evals.baseline import BaselineStore, model_fingerprint
+from saekit.evals.forward import ForkedModel, fork_layer, token_losses
+from saekit.evals.intervals import RESAMPLES
+from test_spliced import (
+    counting_calls,
+    hand_ce,
+    hand_kl,
+    hand_metrics,
+    hand_windows,
+    make_sae,
+    make_tokens,
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_lm):
+    batches = [make_tokens(len(tiny_lm.tokenizer), seed=s) for s in (4, 5)]
+    sae = make_sae()
+    layer1 = tiny_lm.model.model.layers[1]
+    return tiny_lm, sae, batches, hand_windows(tiny_lm.model, layer1, sae, batches)
+
+
+@pytest.mark.parametrize("fork, head", [(2, True), (2, False), (None, True), (None, False)])
+def test_every_way_of_splitting_the_model_gives_the_hand_numbers(setup, monkeypatch, fork, head):
+    lm, sae, batches, windows = setup
+    monkeypatch.setattr(ForkedModel, "of", classmethod(lambda cls, lm, *_: cls(lm, fork, head)))
+    result = evaluate_sae(sae, lm, batches)
+    for key, value in hand_metrics(windows).items():
+        assert result[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_the_split_is_after_the_earliest_hook_and_checked(tiny_lm):
+    assert fork_layer(tiny_lm, ["blocks.2.hook_resid_pre"]) == 2
+    assert fork_layer(tiny_lm, ["blocks.1.hook_resid_post", "blocks.3.hook_mlp_out"]) == 2
+    assert fork_layer(tiny_lm, ["blocks.1.hook_mlp_out"]) == 1
+    assert fork_layer(tiny_lm, ["blocks.4.hook_resid_pre"]) == 4  # the final norm's input
+    assert fork_layer(tiny_lm, ["model.embed_tokens"]) is None
+    ids, _ = make_tokens(len(tiny_lm.tokenizer))
+    forked = ForkedModel.of(tiny_lm, ["blocks.4.hook_resid_pre"], ids[:1])
+    assert (forked.fork, forked.head) == (4, True)
+    logits = forked.logits(forked.suffix(forked.prefix(ids), ids))
+    torch.testing.assert_close(logits, tiny_lm.logits(ids))
+
+
+def test_a_model_the_split_does_not_reproduce_falls_back(tiny_lm, monkeypatch):
+    ids, _ = make_tokens(len(tiny_lm.tokenizer), T=9)  # a length no other test checked
+    broken = forward_module._hf_started_at
+
+    def shifted(lm, fork, resid_BTD):
+        return broken(lm, fork, resid_BTD + 1.0)  # as if layers depended on their position
+
+    monkeypatch.setattr(forward_module, "_hf_started_at", shifted)
+    forked = ForkedModel.of(tiny_lm, ["blocks.2.hook_resid_pre"], ids[:1])
+    assert (forked.fork, forked.head) == (None, True)
+
+
+def test_token_losses_in_chunks_equal_the_full_log_softmax(tiny_lm, monkeypatch):
+    ids, keep = make_tokens(len(tiny_lm.tokenizer), rows=4, seed=11)
+    forked = ForkedModel(tiny_lm, 2)
+    resid = forked.prefix(ids)
+    clean_in = forked.suffix(resid, ids)
+    other_in = forked.suffix(resid * 0.5, ids)
+    positions = keep.clone()
+    positions[:, -1] = False
+    targets = ids.roll(-1, 1)[positions]
+    monkeypatch.setattr(forward_module, "CHUNK_ELEMENTS", 3 * len(tiny_lm.tokenizer))  # 3 rows
+    ce, kl = token_losses(forked, other_in[positions], targets, clean_in[positions])
+    clean_logits = tiny_lm.model.lm_head(clean_in)
+    other_logits = tiny_lm.model.lm_head(other_in)
+    torch.testing.assert_close(ce.double(), hand_ce(other_logits, ids, keep), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        kl.double(), hand_kl(clean_logits, other_logits, keep), atol=1e-6, rtol=1e-4
+    )
+
+
+def test_the_baseline_is_cached_on_disk_and_shared_across_stores(setup, tmp_path, monkeypatch):
+    lm, sae, batches, windows = setup
+    first = evaluate_sae(sae, lm, batches, baselines=BaselineStore(tmp_path))
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1
+
+    layers = lm.model.model.layers
+    with counting_calls(layers[0], layers[3]) as calls:  # a new process: a fresh store
+        second = evaluate_sae(sae, lm, batches, baselines=BaselineStore(tmp_path))
+    assert calls == [0, 1]  # only the spliced suffix of the one batch
+    other = make_sae(seed=5)
+    with counting_calls(layers[0], layers[3]) as calls:
+        third = evaluate_sae(other, lm, batches, baselines=BaselineStore(tmp_path))
+    assert calls == [0, 1]
+    for key in ("ce_loss_clean", "ce_loss_zero_ablation", "ce_loss_mean_ablation", "kl_div"):
+        assert second[key] == first[key], key
+    assert third["ce_loss_clean"] == first["ce_loss_clean"]
+    assert third["kl_div"] == pytest.approx(hand_metrics(hand_windows(
+        lm.model, layers[1], other, batches))["kl_div"], rel=1e-4)  # fmt: skip
+
+    # too large for the disk: only the losses are written; the rest is recomputed
+    monkeypatch.setattr(baseline_module, "DISK_LARGE_BYTES", 0)
+    small = tmp_path / "small"
+    evaluate_sae(sae, lm, batches, baselines=BaselineStore(small))
+    assert next(small.iterdir()).stat().st_size < files[0].stat().st_size / 5
+    with counting_calls(layers[0], layers[3]) as calls:
+        fourth = evaluate_sae(sae, lm, batches, baselines=BaselineStore(small))
+    assert calls == [1, 2]  # prefix, clean suffix, spliced suffix
+    assert fourth["kl_div"] == pytest.approx(first["kl_div"], rel=1e-6)
+
+    files[0].write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="unreadable evaluation cache"):
+        again = evaluate_sae(sae, lm, batches, baselines=BaselineStore(tmp_path))
+    assert again["ce_loss_recovered"] == pytest.approx(first["ce_loss_recovered"], rel=1e-6)
+
+
+def test_the_key_changes_with_the_weights_and_the_tokens(setup):
+    lm, sae, batches, _ = setup
+    forked = ForkedModel(lm, 2)
+    key = baseline_module.baseline_key(forked, ["h"], batches, {})
+    fingerprint = model_fingerprint(lm)
+    weight = lm.model.model.layers[2].mlp.down_proj.weight
+    with torch.no_grad():
+        saved = weight[5, 7].item()
+        weight[5, 7] += 1e-3  # an element no sample lands on: the sum still changes
+        try:
+            assert model_fingerprint(lm)["weights"] != fingerprint["weights"]
+        finally:
+            weight[5, 7] = saved
+    assert model_fingerprint(lm) == fingerprint
+    changed = [(batches[0][0].flip(1), batches[0][1]), batches[1]]
+    assert baseline_module.baseline_key(forked, ["h"], changed, {}) != key
+    assert baseline_module.baseline_key(forked, ["h"], batches, {}) == key
+    assert baseline_module.baseline_key(forked, ["h"], batches, {"h": torch.ones(64)}) != key
+
+
+def test_standard_errors_are_a_bootstrap_over_windows(setup):
+    """The same redraws of windows as the implementation, each metric by brute force on the
+    redrawn windows' tokens."""
+    lm, sae, batches, windows = setup
+    result = evaluate_sae(sae, lm, batches)
+    draws = torch.randint(len(windows), (RESAMPLES, len(windows)),
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    by_key: dict[str, list[float]] = {}
+    for row in draws.tolist():
+        metrics = hand_metrics([windows[i] for i in row])
+        for key in ("explained_variance", "ce_loss_recovered", "kl_div", "dead_fraction"):
+            by_key.setdefault(key, []).append(metrics[key])
+    for key, values in by_key.items():
+        values_R = torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float64)
+        # the random model's zero ablation barely changes its loss, so CE loss recovered
+        # divides by a small difference: float32 rounding shows at 1e-6 relative
+        rel = 1e-3 if key == "ce_loss_recovered" else 1e-5
+        assert result[f"{key}_se"] == pytest.approx(values_R.std().item(), rel=rel), key
+    assert result["explained_variance_se"] > 0 and result["kl_div_se"] > 0
