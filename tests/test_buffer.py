@@ -144,3 +144,45 @@ def test_a_source_exhausted_by_peek_is_still_handed_out_whole():
     assert buffer.peek(32)["h"].shape == (12, 1)  # the source ran dry while peeking
     rows = torch.cat([b["h"] for b in buffer]).flatten()
     assert sorted(rows.tolist()) == list(range(12))
+
+
+def test_refills_write_into_one_store_in_place():
+    """The store is allocated once at buffer_tokens rows; refills and batches never copy it."""
+    buf = ShuffleBuffer(CountingSource(), buffer_tokens=64, batch_tokens=8, seed=0)
+    first = next(buf)
+    store = buf.state_dict()["store"]["a"]
+    assert store.shape == (64, 3)
+    pointer = buf._store["a"].data_ptr()
+    rest = list(buf)
+    assert buf._store["a"].data_ptr() == pointer
+    ids = _ids([first, *rest])
+    assert len(ids) == len(set(ids)) == 312 // 8 * 8  # every row at most once, 0 left over
+
+
+def test_peek_beyond_the_buffer_grows_the_store_once():
+    buf = ShuffleBuffer(CountingSource(), buffer_tokens=32, batch_tokens=8, seed=0)
+    sample = buf.peek(50)
+    assert sorted(int(v) for v in sample["a"][:, 0]) == list(range(50))
+    ids = _ids(buf)
+    assert len(ids) == len(set(ids)) == 312 and set(range(50)) <= set(ids)
+
+
+def test_a_state_saved_before_in_place_refills_still_resumes():
+    """The earlier format: `store` rows whose first `ready` were shuffled, then the kept rows."""
+    source = CountingSource()
+    for _ in range(4):  # rows 0..44 were pulled
+        next(source)
+    rows = torch.arange(45, dtype=torch.float32)[torch.randperm(45)]
+    state = {
+        "store": {"a": rows[:, None].repeat(1, 3), "b": -rows[:, None].repeat(1, 2)},
+        "ready": 20, "exhausted": False, "rng": torch.Generator().manual_seed(1).get_state(),
+        "source": source.state_dict(),
+    }  # fmt: skip
+    buf = ShuffleBuffer(CountingSource(), 64, 10, seed=0)
+    buf.load_state_dict(state)
+    batches = list(buf)
+    assert _ids(batches[:2]) == [int(v) for v in rows[:20]]  # the ready rows first, in order
+    ids = _ids(batches)
+    assert len(ids) == len(set(ids)) == 310  # every row once
+    for b in batches:
+        assert torch.equal(b["b"][:, 0], -b["a"][:, 0])

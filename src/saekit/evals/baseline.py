@@ -169,9 +169,7 @@ def model_fingerprint(lm) -> dict[str, str]:
     """What identifies the model's function: name, class, config, dtype, device type, and a
     digest of every weight (its float64 sum and up to `_SAMPLES` evenly spaced elements)."""
     model = lm.model
-    config = model.config.to_json_string() if hasattr(model.config, "to_json_string") else ""
-    if lm.backend == "tl":
-        config = repr(model.cfg)
+    config = repr(model.cfg) if lm.backend == "tl" else model.config.to_json_string()
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         flat = tensor.detach().flatten()
@@ -233,7 +231,9 @@ def compute_baseline(
             clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
         record = BatchBaseline(token_losses(forked, clean_in_MD, targets_M)[0], {})
         for hook in hooks_out:
-            record.ce_zero_M[hook] = ablated_ce(forked, resid_BTD, input_ids_BT, keep_BT, hook, None)
+            record.ce_zero_M[hook] = ablated_ce(
+                forked, resid_BTD, input_ids_BT, keep_BT, hook, None
+            )
             if hook in mean_acts:
                 record.ce_mean_M[hook] = ablated_ce(
                     forked, resid_BTD, input_ids_BT, keep_BT, hook, mean_acts[hook]

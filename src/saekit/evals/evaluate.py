@@ -202,8 +202,9 @@ def _spliced_pass(
     finally:
         bar.close()
     return {
-        name: _result(stats[name], windows[name], totals[name], baseline, t.hook_out,
-                      dense_threshold)  # fmt: skip
+        name: _result(
+            stats[name], windows[name], totals[name], baseline, t.hook_out, dense_threshold
+        )  # fmt: skip
         for name, t in targets.items()
     }
 

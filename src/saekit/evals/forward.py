@@ -98,7 +98,7 @@ class ForkedModel:
         else:
             logits_NV = lm.model.get_output_embeddings()(head_in_ND)
             cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:
+        if cap is not None and cap > 0:  # TransformerLens: -1 when there is none
             logits_NV = torch.tanh(logits_NV / cap) * cap
         return logits_NV
 
@@ -128,8 +128,10 @@ def fork_layer(lm, hooks: Sequence[str]) -> int | None:
         point = lm.resolve_hook(name)
         if point.layer is None:
             return None
-        after = lm.backend == "hf" and point.read == "output" and point.module.endswith(
-            f".{point.layer}"
+        after = (
+            lm.backend == "hf"
+            and point.read == "output"
+            and point.module.endswith(f".{point.layer}")
         )  # a decoder layer's output is the next layer's input
         layers.append(point.layer + 1 if after else point.layer)
     fork = min(layers)
@@ -141,7 +143,7 @@ def fork_layer(lm, hooks: Sequence[str]) -> int | None:
 def _head_input_hook(lm) -> str | None:
     """The module whose output the unembedding reads (the final norm)."""
     if lm.backend == "tl":
-        return "ln_final.hook_normalized" if lm.model.cfg.normalization_type else None
+        return "ln_final" if lm.model.cfg.normalization_type else None
     return lm.layout.final_norm or None
 
 

@@ -66,7 +66,9 @@ class WindowSums:
             self.losses.setdefault(name, []).append(sums_B)
 
 
-def standard_errors(sums: WindowSums, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, float]:
+def standard_errors(
+    sums: WindowSums, resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, float]:
     """Bootstrap standard errors of the headline metrics (NaN with fewer than two windows)."""
     n_windows = sum(t.numel() for t in sums.tokens)
     if n_windows < 2:
