@@ -389,6 +389,11 @@ def test_transformer_lens_backend_matches_hf_and_run_with_hooks():
     keep = torch.ones_like(ids, dtype=torch.bool)
     keep[:, 0] = False
 
+    from saekit.evals.forward import ForkedModel
+
+    for lm in (hf_lm, tl_lm):  # both start the suffix at the hook and stop at the unembedding
+        forked = ForkedModel.of(lm, [hook], ids[:1])
+        assert (forked.fork, forked.head) == (1, True), lm.spec
     got = spliced_batch(sae, tl_lm, ids, keep)
     with torch.no_grad():
         x = tl.run_with_cache(ids, names_filter=hook)[1][hook]

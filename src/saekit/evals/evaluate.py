@@ -115,6 +115,7 @@ def evaluate_saes(
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
     baselines: BaselineStore | None = None,
+    windows: dict[str, WindowSums] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`evaluate_sae` for several SAEs at once, sharing every forward they can share.
 
@@ -123,7 +124,8 @@ def evaluate_saes(
     is taken from `baselines` when it holds it for this model, hooks and tokens, else computed
     once (and put there). Then each SAE costs one spliced suffix per batch: the model from its
     earliest hook on, the unembedding at the counted positions only. Each result equals
-    `evaluate_sae` of that SAE alone.
+    `evaluate_sae` of that SAE alone. Given a dict `windows`, each SAE's per-window sums (see
+    `saekit.evals.intervals`) are put in it under the SAE's name.
     """
     if not targets:
         raise ValueError("no SAE to evaluate")
@@ -148,7 +150,10 @@ def evaluate_saes(
     for t in targets.values():
         t.sae.eval()
     try:
-        return _spliced_pass(targets, forked, batches, baseline, dense_threshold, progress)
+        sums = {name: WindowSums() for name in targets}
+        if windows is not None:
+            windows.update(sums)
+        return _spliced_pass(targets, forked, batches, baseline, sums, dense_threshold, progress)
     finally:
         for name, t in targets.items():
             t.sae.train(modes[name])
@@ -159,12 +164,12 @@ def _spliced_pass(
     forked: ForkedModel,
     batches: list[tuple[Tensor, Tensor]],
     baseline: Baseline,
+    windows: dict[str, WindowSums],
     dense_threshold: float,
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
     """Every SAE's spliced forwards, then each result from its sums and the baseline's."""
     stats = {name: RunningStats() for name in targets}
-    windows = {name: WindowSums() for name in targets}
     totals = {name: {"spliced": 0.0, "kl": 0.0} for name in targets}
     bar = tqdm(total=sum(int(k.sum()) for _, k in batches), unit="tok", desc="eval",
                disable=not progress)  # fmt: skip

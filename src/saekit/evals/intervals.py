@@ -57,6 +57,11 @@ class WindowSums:
             if sum(f.numel() for f in self.fires) > MAX_FIRING_ENTRIES:
                 self.fires = None
 
+    @property
+    def windows(self) -> int:
+        """Windows added so far."""
+        return sum(t.numel() for t in self.tokens)
+
     def add_losses(self, windows: int, rows_M: Tensor, **values_M: Tensor) -> None:
         """Per-token losses of one batch of `windows` windows, `rows_M` the window of each."""
         rows_M = rows_M.cpu()
@@ -70,31 +75,38 @@ def standard_errors(
     sums: WindowSums, resamples: int = RESAMPLES, seed: int = 0
 ) -> dict[str, float]:
     """Bootstrap standard errors of the headline metrics (NaN with fewer than two windows)."""
-    n_windows = sum(t.numel() for t in sums.tokens)
+    n_windows = sums.windows
     if n_windows < 2:
         return dict.fromkeys(SE_KEYS, math.nan)
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(n_windows, (resamples, n_windows), generator=generator)
     counts_RW = torch.zeros(resamples, n_windows, dtype=torch.float64)
     counts_RW.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    result = dict.fromkeys(SE_KEYS, math.nan)
+    for key, draws_R in weighted_metrics(sums, counts_RW).items():
+        finite_R = draws_R[torch.isfinite(draws_R)]
+        result[f"{key}_se"] = finite_R.std().item() if finite_R.numel() > 1 else math.nan
+    return result
+
+
+def weighted_metrics(sums: WindowSums, weights_RW: Tensor) -> dict[str, Tensor]:
+    """The headline metrics `[R]` of R weightings of the windows (a bootstrap's counts, or 0/1
+    rows that pick disjoint blocks of windows); keys as in the results, without `_se`."""
+    weights_RW = weights_RW.double()
 
     def total(parts: list[Tensor]) -> Tensor:
-        return counts_RW @ torch.cat(parts)
+        return weights_RW @ torch.cat(parts)
 
     sx_RD = total(sums.sx)
     sst_R = total(sums.sxx) - sx_RD.pow(2).sum(dim=1) / total(sums.tokens)
-    values = {"explained_variance_se": 1 - total(sums.sse) / sst_R}
+    values = {"explained_variance": 1 - total(sums.sse) / sst_R}
     losses = {name: total(parts) for name, parts in sums.losses.items()}
     if {"clean", "spliced", "zero"} <= losses.keys():
         zero = losses["zero"]
-        values["ce_loss_recovered_se"] = (zero - losses["spliced"]) / (zero - losses["clean"])
+        values["ce_loss_recovered"] = (zero - losses["spliced"]) / (zero - losses["clean"])
     if {"kl", "counted"} <= losses.keys():
-        values["kl_div_se"] = losses["kl"] / losses["counted"]
+        values["kl_div"] = losses["kl"] / losses["counted"]
     if sums.fires:
-        fired_RF = counts_RW.float() @ torch.cat(sums.fires).float()
-        values["dead_fraction_se"] = (fired_RF == 0).double().mean(dim=1)
-    result = dict.fromkeys(SE_KEYS, math.nan)
-    for key, draws_R in values.items():
-        finite_R = draws_R[torch.isfinite(draws_R)]
-        result[key] = finite_R.std().item() if finite_R.numel() > 1 else math.nan
-    return result
+        fired_RF = weights_RW.float() @ torch.cat(sums.fires).float()
+        values["dead_fraction"] = (fired_RF == 0).double().mean(dim=1)
+    return values

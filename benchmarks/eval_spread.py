@@ -1,0 +1,108 @@
+"""How the evaluation's headline metrics spread with the number of evaluation tokens.
+
+    python benchmarks/eval_spread.py SAE_FOLDER --pool 65536 --sizes 2k,4k,8k,16k,32k
+
+Evaluates the SAE once on `--pool` held-back tokens (its provenance's dataset and holdout
+rule), keeping per-window sums, then cuts the pool's windows into disjoint blocks of each size
+and recomputes every headline metric per block. For each size it prints the spread across
+blocks (the standard deviation: what a second evaluation on other tokens would move by), the
+mean bootstrap standard error that a single block would report (`saekit.evals.intervals`: it
+should match the spread), and the mean over blocks minus the pool's value (bias: the dead
+fraction falls with more tokens). With `--json`, one JSON line per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from saekit.settings import count_arg
+
+
+def block_weights(n_windows: int, per_block: int) -> torch.Tensor:
+    """`[blocks, n_windows]` 0/1 rows picking consecutive disjoint blocks of windows."""
+    blocks = n_windows // per_block
+    weights = torch.zeros(blocks, n_windows, dtype=torch.float64)
+    for b in range(blocks):
+        weights[b, b * per_block : (b + 1) * per_block] = 1
+    return weights
+
+
+def sub_sums(sums, start: int, stop: int):
+    """The `WindowSums` of windows `start:stop` only."""
+    from saekit.evals.intervals import WindowSums
+
+    out = WindowSums()
+    for name in ("tokens", "sse", "sxx", "sx"):
+        setattr(out, name, [torch.cat(getattr(sums, name))[start:stop]])
+    out.fires = [torch.cat(sums.fires)[start:stop]] if sums.fires else None
+    out.losses = {k: [torch.cat(v)[start:stop]] for k, v in sums.losses.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sae", help="SAE folder")
+    parser.add_argument("--pool", type=count_arg, default=65_536, help="tokens evaluated once")
+    parser.add_argument("--sizes", default="2k,4k,8k,16k,32k", help="block sizes in tokens")
+    parser.add_argument("--json", help="append one JSON line per size to this file")
+    args = parser.parse_args()
+
+    from saekit.data.provenance import Provenance, token_batches
+    from saekit.dtypes import DTYPES
+    from saekit.evals import EvalTarget, evaluate_saes
+    from saekit.evals.baseline import BaselineStore
+    from saekit.evals.intervals import standard_errors, weighted_metrics
+    from saekit.models import load_model
+    from saekit.saes import SAE
+
+    sae = SAE.load(args.sae)
+    prov, _ = Provenance.from_sae(sae)
+    lm = load_model(prov.model, dtype=DTYPES[prov.dtype])
+    windows: dict = {}
+    started = time.perf_counter()
+    result = evaluate_saes(
+        {"sae": EvalTarget.of(sae)}, lm, token_batches(prov, lm.tokenizer, 16, "heldout"),
+        max_tokens=args.pool, baselines=BaselineStore.default(), windows=windows,
+    )["sae"]  # fmt: skip
+    seconds = time.perf_counter() - started
+    sums = windows["sae"]
+    n_windows = sums.windows
+    per_window = result["tokens"] / n_windows
+    keys = ("explained_variance", "ce_loss_recovered", "kl_div", "dead_fraction")
+    print(f"pool: {result['tokens']} tokens in {n_windows} windows, evaluated in {seconds:.0f} s")
+    print("pool values: " + ", ".join(f"{k} {result[k]:.4f}" for k in keys))
+    print(f"{'tokens':>7} {'blocks':>6}  " + "  ".join(f"{k[:18]:>30}" for k in keys))
+    print(f"{'':>15}" + "  ".join(f"{'spread / boot SE / bias':>30}" for _ in keys))
+    for size in (count_arg(s) for s in args.sizes.split(",")):
+        per_block = max(1, round(size / per_window))
+        weights = block_weights(n_windows, per_block)
+        if weights.shape[0] < 2:
+            continue
+        values = weighted_metrics(sums, weights)
+        ses = [
+            standard_errors(sub_sums(sums, b * per_block, (b + 1) * per_block))
+            for b in range(weights.shape[0])
+        ]
+        row = {"tokens": round(per_block * per_window), "blocks": weights.shape[0]}
+        for key in keys:
+            row[key] = {
+                "spread": values[key].std().item(),
+                "bootstrap_se": sum(se[f"{key}_se"] for se in ses) / len(ses),
+                "bias": values[key].mean().item() - result[key],
+            }
+        cells = [
+            f"{row[k]['spread']:9.4f} / {row[k]['bootstrap_se']:7.4f} / {row[k]['bias']:+8.4f}"
+            for k in keys
+        ]
+        print(f"{row['tokens']:>7} {row['blocks']:>6}  " + "  ".join(f"{c:>30}" for c in cells))
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps({"sae": args.sae, "pool": result["tokens"], **row}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
