@@ -159,8 +159,11 @@ def test_refills_write_into_one_store_in_place():
     assert len(ids) == len(set(ids)) == 312 // 8 * 8  # every row at most once, 0 left over
 
 
-def test_peek_beyond_the_buffer_grows_the_store_once():
-    buf = ShuffleBuffer(CountingSource(), buffer_tokens=32, batch_tokens=8, seed=0)
+def test_peek_pulls_only_what_it_needs_and_may_grow_the_store():
+    source = CountingSource()
+    buf = ShuffleBuffer(source, buffer_tokens=32, batch_tokens=8, seed=0)
+    assert buf.peek(10)["a"].shape == (10, 3)
+    assert source.done == 2  # chunks of 7 and 13 rows: no more forwards than needed
     sample = buf.peek(50)
     assert sorted(int(v) for v in sample["a"][:, 0]) == list(range(50))
     ids = _ids(buf)

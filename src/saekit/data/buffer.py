@@ -19,6 +19,13 @@ def _rows(acts: Acts | None) -> int:
     return 0 if not acts else next(iter(acts.values())).shape[0]
 
 
+def _grown(store: Acts, rows: int) -> Acts:
+    """`store` with zero rows appended up to `rows`."""
+    return {
+        h: torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))]) for h, t in store.items()
+    }
+
+
 class ShuffleBuffer:
     """Iterator of shuffled batches ``dict[hook, Tensor[batch_tokens, D]]``.
 
@@ -84,11 +91,11 @@ class ShuffleBuffer:
         """A copy of ``n_tokens`` rows (the next ones in the buffer), without consuming them.
 
         Use it before training for the decoder-bias init and the activation scale (then the
-        rows come in stream order; the store grows to ``n_tokens`` rows if it is smaller).
+        rows come in stream order; only the chunks needed are pulled, and the store grows to
+        ``n_tokens`` rows if it is smaller).
         Fewer rows come back only if the source holds fewer.
         """
-        if self._store is None:
-            self._fill(max(n_tokens, self.buffer_tokens))
+        self._fill(max(n_tokens, self.buffer_tokens), rows=n_tokens)
         if self._store is None:
             raise ValueError("the activation source is empty")
         self._settle()
@@ -123,10 +130,7 @@ class ShuffleBuffer:
         if "order" not in state:  # saved by the earlier buffer: the first `ready` rows shuffled
             n = _rows(self._store)
             if self._store is not None and n < self.buffer_tokens:
-                self._store = {
-                    h: torch.cat([t, t.new_zeros((self.buffer_tokens - n, *t.shape[1:]))])
-                    for h, t in self._store.items()
-                }  # fmt: skip
+                self._store = _grown(self._store, self.buffer_tokens)
             state = {**state, "free": torch.zeros(0, dtype=torch.long), "filled": n,
                      "order": torch.arange(int(state["ready"])), "pending": {}}  # fmt: skip
         self._free = state["free"].clone()
@@ -152,9 +156,12 @@ class ShuffleBuffer:
                 return chunk if self.device is None else _to(chunk, self.device)
         return None
 
-    def _fill(self, capacity: int) -> None:
-        """Write rows from the source into the free slots (allocating the store first)."""
-        while True:
+    def _fill(self, capacity: int, rows: int | None = None) -> None:
+        """Write rows from the source into the free slots (allocating `capacity` slots first),
+        until none is free or, given `rows`, that many rows are held."""
+        if self._store is not None and capacity > self._capacity:  # `peek` beyond the store
+            self._store = _grown(self._store, capacity)
+        while rows is None or self._filled - self._free.numel() < rows:
             room = (capacity if self._store is None else self._capacity) - self._filled
             if self._free.numel() == 0 and room == 0:
                 return
