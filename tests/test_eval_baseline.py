@@ -11,7 +11,13 @@ from saekit.evals import baseline as baseline_module
 from saekit.evals import evaluate_sae
 from saekit.evals import forward as forward_module
 from saekit.evals.baseline import BaselineStore, model_fingerprint
-from saekit.evals.forward import ForkedModel, fork_layer, token_losses
+from saekit.evals.forward import (
+    CleanDistribution,
+    ForkedModel,
+    clean_losses,
+    fork_layer,
+    token_losses,
+)
 from saekit.evals.intervals import RESAMPLES
 from test_spliced import (
     counting_calls,
@@ -76,13 +82,21 @@ def test_token_losses_in_chunks_equal_the_full_log_softmax(tiny_lm, monkeypatch)
     positions[:, -1] = False
     targets = ids.roll(-1, 1)[positions]
     monkeypatch.setattr(forward_module, "CHUNK_ELEMENTS", 3 * len(tiny_lm.tokenizer))  # 3 rows
-    ce, kl = token_losses(forked, other_in[positions], targets, clean_in[positions])
     clean_logits = tiny_lm.model.lm_head(clean_in)
     other_logits = tiny_lm.model.lm_head(other_in)
-    torch.testing.assert_close(ce.double(), hand_ce(other_logits, ids, keep), atol=1e-5, rtol=1e-5)
+    ce_clean, compact = clean_losses(forked, clean_in[positions], targets)
+    assert compact.u_MD is not None and compact.head_in_MD is None  # lm_head is affine
     torch.testing.assert_close(
-        kl.double(), hand_kl(clean_logits, other_logits, keep), atol=1e-6, rtol=1e-4
+        ce_clean.double(), hand_ce(clean_logits, ids, keep), atol=1e-5, rtol=1e-5
     )
+    for clean in (CleanDistribution(clean_in[positions]), compact):
+        ce, kl = token_losses(forked, other_in[positions], targets, clean)
+        torch.testing.assert_close(
+            ce.double(), hand_ce(other_logits, ids, keep), atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            kl.double(), hand_kl(clean_logits, other_logits, keep), atol=1e-6, rtol=1e-4
+        )
 
 
 def test_the_baseline_is_cached_on_disk_and_shared_across_stores(setup, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saekit.evals.forward import ForkedModel, token_losses
+from saekit.evals.forward import CleanDistribution, ForkedModel, clean_losses, token_losses
 from saekit.evals.spliced import ablated, loss_positions, next_token_targets
 from saekit.fileio import atomic_write
 from saekit.paths import cache_root
@@ -47,14 +47,14 @@ class BatchBaseline:
         ce_clean_M: next-token CE of the clean model at the M counted positions.
         ce_zero_M, ce_mean_M: the same with each output hook zero- / mean-ablated.
         resid_BTD: the residual stream at the fork (`ForkedModel.prefix`).
-        clean_in_MD: the clean model's unembedding input at the counted positions.
+        clean: the clean next-token distribution at the counted positions, for the KL.
     """
 
     ce_clean_M: Tensor
     ce_zero_M: dict[str, Tensor]
     ce_mean_M: dict[str, Tensor] = field(default_factory=dict)
     resid_BTD: Tensor | None = None
-    clean_in_MD: Tensor | None = None
+    clean: CleanDistribution | None = None
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Baseline:
         return sum(
             t.numel() * t.element_size()
             for b in self.batches
-            for t in (b.resid_BTD, b.clean_in_MD)
+            for t in (b.resid_BTD, *_clean_tensors(b.clean).values())
             if t is not None
         )
 
@@ -82,9 +82,8 @@ class Baseline:
             tensors.update({f"{i}.zero.{h}": ce for h, ce in b.ce_zero_M.items()})
             tensors.update({f"{i}.mean.{h}": ce for h, ce in b.ce_mean_M.items()})
             if with_large:
-                for name, t in (("resid", b.resid_BTD), ("clean_in", b.clean_in_MD)):
-                    if t is not None:
-                        tensors[f"{i}.{name}"] = t
+                large = {"resid": b.resid_BTD, **_clean_tensors(b.clean)}
+                tensors.update({f"{i}.{k}": t for k, t in large.items() if t is not None})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {"format": str(FORMAT), "key": self.key, "batches": str(len(self.batches))}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +108,7 @@ class Baseline:
             batches.append(
                 BatchBaseline(
                     tensors[prefix + "clean"], part("zero"), part("mean"),
-                    tensors.get(prefix + "resid"), tensors.get(prefix + "clean_in"),
+                    tensors.get(prefix + "resid"), _clean_from(tensors, prefix),
                 )
             )  # fmt: skip
         means = {k[5:]: v for k, v in tensors.items() if k.startswith("mean.")}
@@ -229,7 +228,8 @@ def compute_baseline(
             for hook, acc in sums.items():
                 stack.enter_context(lm.splice(hook, _summing(acc, keep_BT)))
             clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-        record = BatchBaseline(token_losses(forked, clean_in_MD, targets_M)[0], {})
+        ce_clean_M, clean = clean_losses(forked, clean_in_MD, targets_M)
+        record = BatchBaseline(ce_clean_M, {})
         for hook in hooks_out:
             record.ce_zero_M[hook] = ablated_ce(
                 forked, resid_BTD, input_ids_BT, keep_BT, hook, None
@@ -239,7 +239,7 @@ def compute_baseline(
                     forked, resid_BTD, input_ids_BT, keep_BT, hook, mean_acts[hook]
                 )
         if keep_large:
-            record.resid_BTD, record.clean_in_MD = resid_BTD, clean_in_MD
+            record.resid_BTD, record.clean = resid_BTD, clean
         records.append(record)
     means = {hook: mean_acts[hook] for hook in hooks_out if hook in mean_acts}
     for hook, (total_D, n) in sums.items():
@@ -266,6 +266,18 @@ def ablated_ce(
     with ablated(forked.lm, hook, value_D, keep_BT):
         head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
     return token_losses(forked, head_in_MD, next_token_targets(input_ids_BT, positions_BT))[0]
+
+
+_CLEAN_FIELDS = {"clean_in": "head_in_MD", "clean_u": "u_MD", "clean_k": "k_M"}
+
+
+def _clean_tensors(clean: CleanDistribution | None) -> dict[str, Tensor | None]:
+    return {k: getattr(clean, f) for k, f in _CLEAN_FIELDS.items()} if clean else {}
+
+
+def _clean_from(tensors: dict[str, Tensor], prefix: str) -> CleanDistribution | None:
+    found = {f: tensors.get(prefix + k) for k, f in _CLEAN_FIELDS.items()}
+    return CleanDistribution(**found) if any(t is not None for t in found.values()) else None
 
 
 def _summing(acc: list, keep_BT: Tensor):

@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.evals.baseline import Baseline, BaselineStore, baseline_key, compute_baseline
-from saekit.evals.forward import ForkedModel, token_losses
+from saekit.evals.forward import ForkedModel, clean_losses, token_losses
 from saekit.evals.intervals import SE_KEYS, WindowSums, standard_errors
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
 from saekit.evals.spliced import (
@@ -181,9 +181,10 @@ def _spliced_pass(
             resid_BTD = record.resid_BTD
             if resid_BTD is None:
                 resid_BTD = forked.prefix(input_ids_BT)
-            clean_in_MD = record.clean_in_MD
-            if clean_in_MD is None:
+            clean = record.clean
+            if clean is None:
                 clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+                clean = clean_losses(forked, clean_in_MD, targets_M)[1]
             for name, t in targets.items():
 
                 def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF, name=name, keep_BT=keep_BT):
@@ -196,7 +197,7 @@ def _spliced_pass(
                     scale_in=t.scale_in, scale_out=t.scale_out, observe=observe,
                 ):  # fmt: skip
                     head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-                ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean_in_MD)
+                ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
                 totals[name]["spliced"] += ce_M.double().sum().item()
                 totals[name]["kl"] += kl_M.double().sum().item()  # type: ignore[union-attr]
                 windows[name].add_losses(

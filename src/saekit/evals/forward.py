@@ -21,6 +21,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -102,6 +103,21 @@ class ForkedModel:
             logits_NV = torch.tanh(logits_NV / cap) * cap
         return logits_NV
 
+    def affine_head(self) -> Tensor | None:
+        """`W [V, D]` when `logits` is `h @ W.T + b` in float32 or float64, else None."""
+        lm = self.lm
+        if not self.head or lm.dtype not in (torch.float32, torch.float64):
+            return None
+        if lm.backend == "tl":
+            if lm.model.cfg.output_logits_soft_cap > 0:
+                return None
+            return lm.model.unembed.W_U.T
+        head = lm.model.get_output_embeddings()
+        cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+        if type(head) is not nn.Linear or (cap is not None and cap > 0):
+            return None
+        return head.weight
+
     def reproduces_logits(self, input_ids_BT: Tensor) -> bool:
         """Whether prefix + suffix + unembedding give `lm.logits` (cached per model)."""
         cache = _VERIFIED.setdefault(self.lm.model, {})
@@ -169,28 +185,80 @@ def _hf_started_at(lm, fork: int, resid_BTD: Tensor) -> Iterator[None]:
         handle.remove()
 
 
+@dataclass
+class CleanDistribution:
+    """The clean model's next-token distribution p at M positions, as much as KL(p || q) needs.
+
+    Either the unembedding input `head_in_MD` (p is recomputed at each use), or, for an affine
+    unembedding z = W h + b, `u_MD = W^T p` and `k_M = u.h - logsumexp(z)`: then
+    KL(p || softmax(z')) = k - u.h' + logsumexp(z') for z' = W h' + b (the bias cancels), one
+    matmul fewer per use. Both dot products and the logsumexps are float64, so the difference
+    carries only the rounding of `u` times h - h', no worse than the direct sum.
+    """
+
+    head_in_MD: Tensor | None = None
+    u_MD: Tensor | None = None
+    k_M: Tensor | None = None
+
+
+def clean_losses(
+    forked: ForkedModel, head_in_MD: Tensor, targets_M: Tensor
+) -> tuple[Tensor, CleanDistribution]:
+    """The clean model's next-token CE `[M]` and its distribution for later KLs (the compact
+    form when the unembedding is affine and the model float32 or float64)."""
+    weight_VD = forked.affine_head()
+    if weight_VD is None:
+        return token_losses(forked, head_in_MD, targets_M)[0], CleanDistribution(head_in_MD)
+    weight_VD = weight_VD.float()
+    ce, u, k = [], [], []
+    for part in _chunks(forked, targets_M.shape[0]):
+        logits_CV = forked.logits(head_in_MD[part]).float()
+        lse_C = logits_CV.double().logsumexp(dim=-1)
+        ce.append((lse_C - logits_CV.gather(1, targets_M[part, None]).squeeze(1)).float())
+        u_CD = logits_CV.sub_(lse_C.float()[:, None]).exp_() @ weight_VD
+        u.append(u_CD)
+        k.append(_dot(u_CD, head_in_MD[part]) - lse_C)
+    width = weight_VD.shape[1]
+    return _cat(ce, head_in_MD), CleanDistribution(
+        None, _cat(u, head_in_MD, width), _cat(k, head_in_MD).double()
+    )
+
+
 def token_losses(
     forked: ForkedModel,
     head_in_MD: Tensor,
     targets_M: Tensor,
-    clean_head_in_MD: Tensor | None = None,
+    clean: CleanDistribution | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Next-token CE `[M]` of the logits from `head_in_MD` against `targets_M`, and, given the
-    clean model's unembedding input, KL(clean || these) `[M]`; both float32, computed a chunk of
-    tokens at a time."""
-    rows = max(1, CHUNK_ELEMENTS // forked.vocab)
+    clean distribution, KL(clean || these) `[M]`; both float32, computed a chunk of tokens at a
+    time."""
     ce, kl = [], []
-    for start in range(0, targets_M.shape[0], rows):
-        part = slice(start, start + rows)
+    for part in _chunks(forked, targets_M.shape[0]):
         logits_CV = forked.logits(head_in_MD[part]).float()
         lse_C = logits_CV.logsumexp(dim=-1)
         ce.append(lse_C - logits_CV.gather(1, targets_M[part, None]).squeeze(1))
-        if clean_head_in_MD is not None:
-            clean_logp_CV = forked.logits(clean_head_in_MD[part]).float().log_softmax(dim=-1)
+        if clean is not None and clean.u_MD is not None:
+            assert clean.k_M is not None
+            lse64_C = logits_CV.double().logsumexp(dim=-1)
+            dot_C = _dot(clean.u_MD[part], head_in_MD[part])
+            kl.append((clean.k_M[part].double() - dot_C + lse64_C).float())
+        elif clean is not None:
+            assert clean.head_in_MD is not None
+            clean_logp_CV = forked.logits(clean.head_in_MD[part]).float().log_softmax(dim=-1)
             logp_CV = logits_CV.sub_(lse_C[:, None])
             kl.append((clean_logp_CV.exp() * (clean_logp_CV - logp_CV)).sum(dim=-1))
-    empty = head_in_MD.new_zeros(0, dtype=torch.float32)
-    ce_M = torch.cat(ce) if ce else empty
-    if clean_head_in_MD is None:
-        return ce_M, None
-    return ce_M, torch.cat(kl) if kl else empty
+    return _cat(ce, head_in_MD), None if clean is None else _cat(kl, head_in_MD)
+
+
+def _dot(a_CD: Tensor, b_CD: Tensor) -> Tensor:
+    return (a_CD.double() * b_CD.double()).sum(dim=-1)
+
+
+def _chunks(forked: ForkedModel, n: int) -> list[slice]:
+    rows = max(1, CHUNK_ELEMENTS // forked.vocab)
+    return [slice(start, start + rows) for start in range(0, n, rows)]
+
+
+def _cat(parts: list[Tensor], like: Tensor, *width: int) -> Tensor:
+    return torch.cat(parts) if parts else like.new_zeros((0, *width), dtype=torch.float32)

@@ -208,7 +208,7 @@ def spliced_batch(
     mean-ablated forwards, all forked from one run of the layers before the hooks.
     `scale_in`/`scale_out`: see `reconstruct`."""
     from saekit.evals.baseline import ablated_ce
-    from saekit.evals.forward import ForkedModel, token_losses
+    from saekit.evals.forward import ForkedModel, clean_losses, token_losses
 
     hook_in, hook_out = sae_hooks(sae, hook_name, hook_name_out)
     check_sae_fits(sae, lm, hook_in, hook_out)
@@ -219,6 +219,7 @@ def spliced_batch(
     forked = ForkedModel.of(lm, [hook_in, hook_out], input_ids_BT[:1])
     resid_BTD = forked.prefix(input_ids_BT)
     clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+    ce_clean_M, clean = clean_losses(forked, clean_in_MD, targets_M)
     seen: dict[str, Tensor] = {}
 
     def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF):
@@ -231,14 +232,14 @@ def spliced_batch(
         keep_error=keep_error, observe=observe,
     ):  # fmt: skip
         spliced_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-    ce_spliced_M, kl_M = token_losses(forked, spliced_in_MD, targets_M, clean_in_MD)
+    ce_spliced_M, kl_M = token_losses(forked, spliced_in_MD, targets_M, clean)
     args = (forked, resid_BTD, input_ids_BT, keep_mask_BT, hook_out)
     return SplicedBatch(
         x_ND=seen["x"],
         target_ND=seen["target"],
         x_hat_ND=seen["x_hat"],
         feats_NF=seen["feats"],
-        ce_clean_M=token_losses(forked, clean_in_MD, targets_M)[0],
+        ce_clean_M=ce_clean_M,
         ce_spliced_M=ce_spliced_M,
         ce_zero_M=ablated_ce(*args, None),
         ce_mean_M=None if mean_act_D is None else ablated_ce(*args, mean_act_D),
