@@ -2,8 +2,9 @@
 
 The clean, zero-ablated and mean-ablated next-token losses depend on the model, the hooks the
 SAEs write to and the evaluation tokens, not on the SAEs. A `Baseline` holds them per batch,
-together with the residual stream at the fork and the clean unembedding input at the counted
-positions, so that an SAE's evaluation runs only its own spliced suffix. `BaselineStore` keeps
+together with the residual stream at the fork and the clean next-token distribution at the
+counted positions (`CleanDistribution`), so that an SAE's evaluation runs only its own spliced
+suffix. `BaselineStore` keeps
 baselines in memory (the SAEs of a run, its periodic evaluations) and, given a folder, on disk
 as one safetensors file per content key (across runs and `saekit eval` calls): a hash of the
 model (name, class, config, dtype, device type, and a checksum of every weight), the fork, the
@@ -25,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from saekit.evals.forward import CleanDistribution, ForkedModel, clean_losses, token_losses
 from saekit.evals.spliced import ablated, loss_positions, next_token_targets
@@ -66,7 +68,7 @@ class Baseline:
     mean_D: dict[str, Tensor]
 
     def large_bytes(self) -> int:
-        """Bytes held by the residual streams and clean unembedding inputs."""
+        """Bytes held by the residual streams and clean distributions."""
         return sum(
             t.numel() * t.element_size()
             for b in self.batches
@@ -211,6 +213,7 @@ def compute_baseline(
     hooks_out: Sequence[str],
     mean_acts: Mapping[str, Tensor],
     key: str,
+    progress: bool = False,
 ) -> Baseline:
     """The clean and ablated losses of every batch; hooks without a given mean are ablated to
     the mean of their clean activation over the kept tokens (a second pass)."""
@@ -220,6 +223,7 @@ def compute_baseline(
     keep_large = forked.head and large * lm.d_model * lm.dtype.itemsize <= MEMORY_LARGE_BYTES
     sums = {hook: [0.0, 0] for hook in hooks_out if hook not in mean_acts}
     records = []
+    bar = tqdm(total=len(batches) * (2 if sums else 1), desc="eval baseline", disable=not progress)
     for input_ids_BT, keep_BT in batches:
         positions_BT = loss_positions(keep_BT)
         targets_M = next_token_targets(input_ids_BT, positions_BT)
@@ -241,6 +245,7 @@ def compute_baseline(
         if keep_large:
             record.resid_BTD, record.clean = resid_BTD, clean
         records.append(record)
+        bar.update()
     means = {hook: mean_acts[hook] for hook in hooks_out if hook in mean_acts}
     for hook, (total_D, n) in sums.items():
         means[hook] = (total_D / n).float() if n else torch.zeros(lm.hook_dim(hook))
@@ -250,6 +255,8 @@ def compute_baseline(
             record.ce_mean_M[hook] = ablated_ce(
                 forked, resid_BTD, input_ids_BT, keep_BT, hook, means[hook]
             )
+        bar.update(bool(sums))
+    bar.close()
     return Baseline(key, records, means)
 
 

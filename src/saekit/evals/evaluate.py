@@ -144,7 +144,7 @@ def evaluate_saes(
     key = baseline_key(forked, hooks_out, batches, given)
     baseline = store.get(key, lm.device)
     if baseline is None:
-        baseline = compute_baseline(forked, batches, hooks_out, given, key)
+        baseline = compute_baseline(forked, batches, hooks_out, given, key, progress)
         store.put(baseline)
     modes = {name: t.sae.training for name, t in targets.items()}
     for t in targets.values():
