@@ -111,6 +111,24 @@ def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_pa
     assert reported["tokens"] == final_eval["eval_tokens"]
 
 
+def test_periodic_evaluations_compute_the_baseline_once(tiny_model_dir, tmp_path, monkeypatch):
+    """Three evaluations (two periodic, the final one) of one SAE on the same held-back tokens:
+    the SAE-independent losses are computed once, and every evaluation's clean loss is equal."""
+    from saekit.evals import evaluate as evaluate_module
+
+    calls = []
+    compute = evaluate_module.compute_baseline
+    monkeypatch.setattr(evaluate_module, "compute_baseline",
+                        lambda *args, **kw: calls.append(1) or compute(*args, **kw))  # fmt: skip
+    train(small_cfg(tiny_model_dir, tmp_path / "run", tokens=3072, eval_every_tokens=1024))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert len(calls) == 1
+    assert len({r["ce_loss_clean"] for r in evals}) == 1
+    assert len({r["ce_loss_spliced"] for r in evals}) == 3  # the SAE changed between them
+
+
 def test_existing_run_folder_is_not_overwritten(tiny_model_dir, tmp_path):
     """A finished run or one with a checkpoint is refused; a run that failed before its first
     checkpoint left nothing to keep, so a new run may start in its folder (it used to be
