@@ -174,3 +174,35 @@ def test_standard_errors_are_a_bootstrap_over_windows(setup):
         rel = 1e-3 if key == "ce_loss_recovered" else 1e-5
         assert result[f"{key}_se"] == pytest.approx(values_R.std().item(), rel=rel), key
     assert result["explained_variance_se"] > 0 and result["kl_div_se"] > 0
+
+
+def test_the_replacement_model_against_hand_hooks(tiny_lm):
+    """Transcoders that write zeros on layers 1-2: the replaced model is the MLP-ablated one;
+    clean and ablated CE and the KL by plain forward hooks on the MLPs."""
+    from saekit.evals.replacement import Replacement, evaluate_replacement
+
+    hooks_in = [f"blocks.{i}.hook_resid_mid" for i in (1, 2)]
+    hooks_out = [f"blocks.{i}.hook_mlp_out" for i in (1, 2)]
+    rep = Replacement(
+        hooks_in, hooks_out, lambda i, x: x[:, :4].relu(), lambda i, feats, x: 0 * x
+    )  # fmt: skip
+    ids, keep = make_tokens(len(tiny_lm.tokenizer), rows=2, seed=12)
+    result = evaluate_replacement(rep, tiny_lm, [(ids, keep)], max_tokens=100)
+
+    mlps = [tiny_lm.model.model.layers[i].mlp for i in (1, 2)]
+    zero_kept = [
+        m.register_forward_hook(lambda _m, _a, out: torch.where(keep[..., None], 0.0, out))
+        for m in mlps
+    ]
+    with torch.no_grad():
+        ablated = tiny_lm.model(input_ids=ids).logits
+    for handle in zero_kept:
+        handle.remove()
+    clean = tiny_lm.logits(ids)
+    assert result["ce_loss_clean"] == pytest.approx(hand_ce(clean, ids, keep).mean().item(), rel=1e-5)
+    assert result["ce_loss_ablated"] == pytest.approx(
+        hand_ce(ablated, ids, keep).mean().item(), rel=1e-5
+    )
+    assert result["ce_loss_replaced"] == pytest.approx(result["ce_loss_ablated"], rel=1e-5)
+    assert result["kl_div"] == pytest.approx(hand_kl(clean, ablated, keep).mean().item(), rel=1e-4)
+    assert result["kl_div"] > 1e-5  # the ablation changes the random model a little

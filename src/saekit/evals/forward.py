@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +135,28 @@ class ForkedModel:
             except _FAILURES:
                 cache[settings] = False
         return cache[settings]
+
+
+def suffix_capturing(
+    forked: ForkedModel, resid_BTD: Tensor | None, input_ids_BT: Tensor, hooks: Sequence[str]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`forked.suffix`, and copies of the activations at `hooks` (a module called twice: its
+    first call) from the same forward."""
+    acts: dict[str, Tensor] = {}
+
+    def grabber(name: str):
+        def grab(act_BTD: Tensor) -> Tensor:
+            if name not in acts:
+                acts[name] = act_BTD.clone()
+            return act_BTD
+
+        return grab
+
+    with ExitStack() as stack:
+        for name in dict.fromkeys(hooks):
+            stack.enter_context(forked.lm.splice(name, grabber(name)))
+        head_in = forked.suffix(resid_BTD, input_ids_BT)
+    return head_in, acts
 
 
 def fork_layer(lm, hooks: Sequence[str]) -> int | None:

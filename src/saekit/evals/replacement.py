@@ -16,13 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.evals.spliced import (
-    capture_logits,
-    ce_loss_recovered,
-    loss_positions,
-    next_token_ce,
-    next_token_kl,
-)
+from saekit.evals.forward import ForkedModel, clean_losses, suffix_capturing, token_losses
+from saekit.evals.spliced import ce_loss_recovered, loss_positions, next_token_targets
 
 
 class Replacement:
@@ -106,10 +101,17 @@ def evaluate_replacement(
     kl: list[Tensor] = []
     sse, sst, active = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64), torch.zeros(L)
     tokens = 0
+    hooks = replacement.hooks_in + replacement.hooks_out
+    forked = None
     for input_ids_BT, keep_BT in batches:
         input_ids_BT, keep_BT = input_ids_BT.to(lm.device), keep_BT.to(lm.device).bool()
         positions_BT = loss_positions(keep_BT)
-        clean_BTV, acts = capture_logits(lm, input_ids_BT, replacement.hooks_in + replacement.hooks_out)
+        targets_M = next_token_targets(input_ids_BT, positions_BT)
+        if forked is None:  # the layers before the first hook run once per batch
+            forked = ForkedModel.of(lm, hooks, input_ids_BT[:1])
+        resid_BTD = forked.prefix(input_ids_BT)
+        clean_in_BTD, acts = suffix_capturing(forked, resid_BTD, input_ids_BT, hooks)
+        ce_clean_M, clean = clean_losses(forked, clean_in_BTD[positions_BT], targets_M)
         xs = [acts[h][keep_BT] for h in replacement.hooks_in]
         feats, ys = replacement.outputs(xs)
         for i, h in enumerate(replacement.hooks_out):
@@ -119,14 +121,16 @@ def evaluate_replacement(
             active[i] += (feats[i] != 0).sum().item()
         with ExitStack() as stack:
             replacement.splices(lm, keep_BT, stack)
-            replaced_BTV = lm.logits(input_ids_BT)
+            replaced_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+        ce_replaced_M, kl_M = token_losses(forked, replaced_in_MD, targets_M, clean)
         with ExitStack() as stack:
             for h in replacement.hooks_out:
                 stack.enter_context(lm.splice(h, lambda a, k=keep_BT: torch.where(k.unsqueeze(-1), 0.0, a)))
-            ablated_BTV = lm.logits(input_ids_BT)
-        for name, logits in (("clean", clean_BTV), ("replaced", replaced_BTV), ("ablated", ablated_BTV)):
-            ce[name].append(next_token_ce(logits, input_ids_BT, positions_BT))
-        kl.append(next_token_kl(clean_BTV, replaced_BTV, positions_BT))
+            ablated_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+        ce["clean"].append(ce_clean_M)
+        ce["replaced"].append(ce_replaced_M)
+        ce["ablated"].append(token_losses(forked, ablated_in_MD, targets_M)[0])
+        kl.append(kl_M)
         tokens += int(keep_BT.sum())
         if tokens >= max_tokens:
             break

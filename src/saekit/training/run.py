@@ -318,8 +318,8 @@ def cache_provenance(cfg: TrainConfig, manifest: dict) -> Provenance:
 
 
 def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
-    """A function returning the model, fresh held-back token batches and the store of
-    evaluation baselines, or None if evaluation is off."""
+    """A function returning the model and fresh held-back token batches (with the run's
+    store of evaluation baselines as `.baselines`), or None if evaluation is off."""
     if cfg.eval_tokens <= 0:
         return None
     if prov.holdout_every < 2:
@@ -329,20 +329,25 @@ def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
             stacklevel=2,
         )
         return None
-    from saekit.evals.baseline import BaselineStore
+    return _HeldBack(prov, lm, device)
 
-    # the SAE-independent losses, computed once for the run's SAEs and evaluations (and runs)
-    state: dict[str, Any] = {"lm": lm, "baselines": BaselineStore.default()}
 
-    def batches():
-        if state["lm"] is None:  # training from a cache: load the model only to evaluate
+class _HeldBack:
+    """Called: the model and fresh held-back token batches. `baselines` keeps the
+    SAE-independent losses for the run's evaluations (and, on disk, for later runs)."""
+
+    def __init__(self, prov: Provenance, lm, device) -> None:
+        from saekit.evals.baseline import BaselineStore
+
+        self.prov, self.lm, self.device = prov, lm, device
+        self.baselines = BaselineStore.default()
+
+    def __call__(self):
+        if self.lm is None:  # training from a cache: load the model only to evaluate
             from saekit.models import load_model
 
-            state["lm"] = load_model(prov.model, device=device, dtype=DTYPES[prov.dtype])
-        rows = token_batches(prov, state["lm"].tokenizer, EVAL_ROWS, "heldout")
-        return state["lm"], rows, state["baselines"]
-
-    return batches
+            self.lm = load_model(self.prov.model, device=self.device, dtype=DTYPES[self.prov.dtype])
+        return self.lm, token_batches(self.prov, self.lm.tokenizer, EVAL_ROWS, "heldout")
 
 
 def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str, Any]]:
@@ -351,11 +356,11 @@ def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str
         return {}
     from saekit.evals import EvalTarget, evaluate_saes
 
-    lm, batches, baselines = eval_batches()
+    lm, batches = eval_batches()
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
     results = evaluate_saes(
         targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
-        baselines=baselines,
+        baselines=eval_batches.baselines,
     )  # fmt: skip
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
