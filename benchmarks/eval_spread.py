@@ -3,8 +3,8 @@
     python benchmarks/eval_spread.py SAE_FOLDER --pool 65536 --sizes 2k,4k,8k,16k,32k
 
 Evaluates the SAE once on `--pool` held-back tokens (its provenance's dataset and holdout
-rule), keeping per-window sums, then cuts the pool's windows into disjoint blocks of each size
-and recomputes every headline metric per block. For each size it prints the spread across
+rule), keeping per-document sums, then cuts the pool's documents into disjoint consecutive
+blocks of about each size and recomputes every headline metric per block. For each size it prints the spread across
 blocks (the standard deviation: what a second evaluation on other tokens would move by), the
 mean bootstrap standard error that a single block would report (`saekit.evals.intervals`: it
 should match the spread), and the mean over blocks minus the pool's value (bias: the dead
@@ -22,25 +22,15 @@ import torch
 from saekit.settings import count_arg
 
 
-def block_weights(n_windows: int, per_block: int) -> torch.Tensor:
-    """`[blocks, n_windows]` 0/1 rows picking consecutive disjoint blocks of windows."""
-    blocks = n_windows // per_block
-    weights = torch.zeros(blocks, n_windows, dtype=torch.float64)
-    for b in range(blocks):
-        weights[b, b * per_block : (b + 1) * per_block] = 1
-    return weights
-
-
-def sub_sums(sums, start: int, stop: int):
-    """The `WindowSums` of windows `start:stop` only."""
-    from saekit.evals.intervals import WindowSums
-
-    out = WindowSums()
-    for name in ("tokens", "sse", "sxx", "sx"):
-        setattr(out, name, [torch.cat(getattr(sums, name))[start:stop]])
-    out.fires = [torch.cat(sums.fires)[start:stop]] if sums.fires else None
-    out.losses = {k: [torch.cat(v)[start:stop]] for k, v in sums.losses.items()}
-    return out
+def block_weights(tokens_U: torch.Tensor, size: int) -> torch.Tensor:
+    """`[blocks, U]` 0/1 rows picking consecutive disjoint blocks of units of about `size`
+    tokens each (a last block under half the size is dropped)."""
+    ends = torch.div(tokens_U.cumsum(0) - 1, size, rounding_mode="floor").long()
+    blocks = int(ends.max()) + 1
+    weights = torch.zeros(blocks, tokens_U.numel(), dtype=torch.float64)
+    weights[ends, torch.arange(tokens_U.numel())] = 1
+    keep = (weights @ tokens_U.double()) >= size / 2
+    return weights[keep]
 
 
 def main() -> None:
@@ -55,39 +45,41 @@ def main() -> None:
     from saekit.dtypes import DTYPES
     from saekit.evals import EvalTarget, evaluate_saes
     from saekit.evals.baseline import BaselineStore
-    from saekit.evals.intervals import standard_errors, weighted_metrics
+    from saekit.evals.intervals import UnitSums, standard_errors, weighted_metrics
     from saekit.models import load_model
     from saekit.saes import SAE
 
     sae = SAE.load(args.sae)
     prov, _ = Provenance.from_sae(sae)
     lm = load_model(prov.model, dtype=DTYPES[prov.dtype])
-    windows: dict = {}
+    unit_sums: dict = {}
     started = time.perf_counter()
     result = evaluate_saes(
         {"sae": EvalTarget.of(sae)}, lm, token_batches(prov, lm.tokenizer, 16, "heldout"),
-        max_tokens=args.pool, baselines=BaselineStore.default(), windows=windows,
+        max_tokens=args.pool, baselines=BaselineStore.default(), unit_sums=unit_sums,
     )["sae"]  # fmt: skip
     seconds = time.perf_counter() - started
-    sums = windows["sae"]
-    n_windows = sums.windows
-    per_window = result["tokens"] / n_windows
+    totals = unit_sums["sae"].totals()
+    tokens_U = totals["tokens"]
     keys = ("explained_variance", "ce_loss_recovered", "kl_div", "dead_fraction")
-    print(f"pool: {result['tokens']} tokens in {n_windows} windows, evaluated in {seconds:.0f} s")
-    print("pool values: " + ", ".join(f"{k} {result[k]:.4f}" for k in keys))
+    print(f"pool: {result['tokens']} tokens in {tokens_U.numel()} documents, "
+          f"evaluated in {seconds:.0f} s")  # fmt: skip
+    print(
+        "pool values: " + ", ".join(f"{k} {result[k]:.4f} +- {result[k + '_se']:.4f}" for k in keys)
+    )
     print(f"{'tokens':>7} {'blocks':>6}  " + "  ".join(f"{k[:18]:>30}" for k in keys))
     print(f"{'':>15}" + "  ".join(f"{'spread / boot SE / bias':>30}" for _ in keys))
     for size in (count_arg(s) for s in args.sizes.split(",")):
-        per_block = max(1, round(size / per_window))
-        weights = block_weights(n_windows, per_block)
+        weights = block_weights(tokens_U, size)
         if weights.shape[0] < 2:
             continue
-        values = weighted_metrics(sums, weights)
+        values = weighted_metrics(totals, weights)
         ses = [
-            standard_errors(sub_sums(sums, b * per_block, (b + 1) * per_block))
-            for b in range(weights.shape[0])
+            standard_errors(UnitSums.from_totals({k: t[w > 0] for k, t in totals.items()}))
+            for w in weights
         ]
-        row = {"tokens": round(per_block * per_window), "blocks": weights.shape[0]}
+        row = {"tokens": round((weights @ tokens_U.double()).mean().item()),
+               "blocks": weights.shape[0]}  # fmt: skip
         for key in keys:
             row[key] = {
                 "spread": values[key].std().item(),

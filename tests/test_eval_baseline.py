@@ -18,7 +18,7 @@ from saekit.evals.forward import (
     fork_layer,
     token_losses,
 )
-from saekit.evals.intervals import RESAMPLES
+from saekit.evals.intervals import RESAMPLES, document_units
 from test_spliced import (
     counting_calls,
     hand_ce,
@@ -155,16 +155,48 @@ def test_the_key_changes_with_the_weights_and_the_tokens(setup):
     assert baseline_module.baseline_key(forked, ["h"], batches, {"h": torch.ones(64)}) != key
 
 
-def test_standard_errors_are_a_bootstrap_over_windows(setup):
-    """The same redraws of windows as the implementation, each metric by brute force on the
-    redrawn windows' tokens."""
-    lm, sae, batches, windows = setup
-    result = evaluate_sae(sae, lm, batches)
-    draws = torch.randint(len(windows), (RESAMPLES, len(windows)),
+def hand_documents(windows):
+    """The hand-computed windows regrouped by document: a new one after each special token
+    inside a window (the EOS between documents), continuing across windows."""
+    docs: dict[int, dict[str, list]] = {}
+    unit = 0
+    for w in windows:
+        keep = w["keep"][0]
+        labels = []
+        for t in range(keep.numel()):
+            unit += int(t > 0 and not keep[t])
+            labels.append(unit)
+        labels = torch.tensor(labels)
+        counted = keep.clone()
+        counted[-1] = False
+        for u in labels.unique().tolist():
+            doc = docs.setdefault(u, {})
+            for key in ("x", "x_hat", "f"):
+                doc.setdefault(key, []).append(w[key][labels[keep] == u])
+            for key in ("clean", "spliced", "zero", "mean", "kl"):
+                doc.setdefault(key, []).append(w[key][labels[counted] == u])
+    return [{k: torch.cat(v) for k, v in docs[u].items()} for u in sorted(docs)]
+
+
+def test_standard_errors_are_a_bootstrap_over_documents(tiny_lm):
+    """The same redraws of documents as the implementation, each metric by brute force on the
+    redrawn documents' tokens."""
+    batches = []
+    for seed, eos in ((4, [(1, 7), (2, 3)]), (5, [(1, 9)])):
+        ids, keep = make_tokens(len(tiny_lm.tokenizer), seed=seed)
+        for row, col in eos:  # more document ends, some inside a window
+            ids[row, col], keep[row, col] = 0, False
+        batches.append((ids, keep))
+    sae = make_sae(seed=3)
+    windows = hand_windows(tiny_lm.model, tiny_lm.model.model.layers[1], sae, batches)
+    docs = hand_documents(windows)
+    assert len(docs) == 6  # five ends: two batches x one EOS each, plus the three above
+    result = evaluate_sae(sae, tiny_lm, batches)
+    draws = torch.randint(len(docs), (RESAMPLES, len(docs)),
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     by_key: dict[str, list[float]] = {}
     for row in draws.tolist():
-        metrics = hand_metrics([windows[i] for i in row])
+        metrics = hand_metrics([docs[i] for i in row])
         for key in ("explained_variance", "ce_loss_recovered", "kl_div", "dead_fraction"):
             by_key.setdefault(key, []).append(metrics[key])
     for key, values in by_key.items():
@@ -174,6 +206,17 @@ def test_standard_errors_are_a_bootstrap_over_windows(setup):
         rel = 1e-3 if key == "ce_loss_recovered" else 1e-5
         assert result[f"{key}_se"] == pytest.approx(values_R.std().item(), rel=rel), key
     assert result["explained_variance_se"] > 0 and result["kl_div_se"] > 0
+
+
+def test_documents_span_windows_and_windows_stand_in_without_separators():
+    keep = torch.ones(3, 5, dtype=torch.bool)
+    keep[:, 0] = False  # BOS opens every window
+    keep[1, 2] = False  # an EOS: the document of window 0 ends inside window 1
+    (units,) = document_units([keep])
+    assert units[:, 1:].tolist() == [[0, 0, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]]
+    keep[1, 2] = True
+    (units,) = document_units([keep])
+    assert units[:, 0].tolist() == [0, 1, 2]  # one unit per window
 
 
 def test_the_replacement_model_against_hand_hooks(tiny_lm):

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from saekit.evals.baseline import Baseline, BaselineStore, baseline_key, compute_baseline
 from saekit.evals.forward import ForkedModel, clean_losses, token_losses
-from saekit.evals.intervals import SE_KEYS, WindowSums, standard_errors
+from saekit.evals.intervals import SE_KEYS, UnitSums, document_units, standard_errors
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
 from saekit.evals.spliced import (
     ce_loss_recovered,
@@ -115,7 +115,7 @@ def evaluate_saes(
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
     baselines: BaselineStore | None = None,
-    windows: dict[str, WindowSums] | None = None,
+    unit_sums: dict[str, UnitSums] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`evaluate_sae` for several SAEs at once, sharing every forward they can share.
 
@@ -124,8 +124,8 @@ def evaluate_saes(
     is taken from `baselines` when it holds it for this model, hooks and tokens, else computed
     once (and put there). Then each SAE costs one spliced suffix per batch: the model from its
     earliest hook on, the unembedding at the counted positions only. Each result equals
-    `evaluate_sae` of that SAE alone. Given a dict `windows`, each SAE's per-window sums (see
-    `saekit.evals.intervals`) are put in it under the SAE's name.
+    `evaluate_sae` of that SAE alone. Given a dict `unit_sums`, each SAE's per-document sums
+    (see `saekit.evals.intervals`) are put in it under the SAE's name.
     """
     if not targets:
         raise ValueError("no SAE to evaluate")
@@ -150,9 +150,9 @@ def evaluate_saes(
     for t in targets.values():
         t.sae.eval()
     try:
-        sums = {name: WindowSums() for name in targets}
-        if windows is not None:
-            windows.update(sums)
+        sums = {name: UnitSums() for name in targets}
+        if unit_sums is not None:
+            unit_sums.update(sums)
         return _spliced_pass(targets, forked, batches, baseline, sums, dense_threshold, progress)
     finally:
         for name, t in targets.items():
@@ -164,7 +164,7 @@ def _spliced_pass(
     forked: ForkedModel,
     batches: list[tuple[Tensor, Tensor]],
     baseline: Baseline,
-    windows: dict[str, WindowSums],
+    sums: dict[str, UnitSums],
     dense_threshold: float,
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
@@ -174,10 +174,13 @@ def _spliced_pass(
     bar = tqdm(total=sum(int(k.sum()) for _, k in batches), unit="tok", desc="eval",
                disable=not progress)  # fmt: skip
     try:
-        for (input_ids_BT, keep_BT), record in zip(batches, baseline.batches, strict=True):
+        units = document_units([keep_BT for _, keep_BT in batches])
+        for (input_ids_BT, keep_BT), record, units_BT in zip(
+            batches, baseline.batches, units, strict=True
+        ):
             positions_BT = loss_positions(keep_BT)
             targets_M = next_token_targets(input_ids_BT, positions_BT)
-            rows_M = positions_BT.nonzero()[:, 0]
+            units_M = units_BT[positions_BT.cpu()]
             resid_BTD = record.resid_BTD
             if resid_BTD is None:
                 resid_BTD = forked.prefix(input_ids_BT)
@@ -187,10 +190,13 @@ def _spliced_pass(
                 clean = clean_losses(forked, clean_in_MD, targets_M)[1]
             for name, t in targets.items():
 
-                def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF, name=name, keep_BT=keep_BT):
+                def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF, name=name, keep_BT=keep_BT,
+                            units_BT=units_BT):  # fmt: skip
                     keep = keep_BT.to(x_hat_BTD.device)
                     stats[name].update(target_BTD[keep_BT], x_hat_BTD[keep], feats_BTF[keep])
-                    windows[name].add_reconstruction(target_BTD, x_hat_BTD, feats_BTF, keep_BT)
+                    sums[name].add_reconstruction(
+                        target_BTD, x_hat_BTD, feats_BTF, keep_BT, units_BT
+                    )
 
                 with reconstruction_spliced(
                     forked.lm, t.sae, t.hook_in, t.hook_out, keep_BT,
@@ -200,8 +206,8 @@ def _spliced_pass(
                 ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
                 totals[name]["spliced"] += ce_M.double().sum().item()
                 totals[name]["kl"] += kl_M.double().sum().item()  # type: ignore[union-attr]
-                windows[name].add_losses(
-                    keep_BT.shape[0], rows_M, spliced=ce_M, kl=kl_M, counted=torch.ones_like(ce_M),
+                sums[name].add_losses(
+                    units_M, spliced=ce_M, kl=kl_M, counted=torch.ones_like(ce_M),
                     clean=record.ce_clean_M, zero=record.ce_zero_M[t.hook_out],
                 )  # fmt: skip
             bar.update(int(keep_BT.sum()))
@@ -209,7 +215,7 @@ def _spliced_pass(
         bar.close()
     return {
         name: _result(
-            stats[name], windows[name], totals[name], baseline, t.hook_out, dense_threshold
+            stats[name], sums[name], totals[name], baseline, t.hook_out, dense_threshold
         )  # fmt: skip
         for name, t in targets.items()
     }
@@ -217,7 +223,7 @@ def _spliced_pass(
 
 def _result(
     stats: RunningStats,
-    windows: WindowSums,
+    unit_sums: UnitSums,
     totals: dict[str, float],
     baseline: Baseline,
     hook_out: str,
@@ -241,7 +247,7 @@ def _result(
         ce_loss_recovered_mean_ablation=ce_loss_recovered(clean, spliced, mean_ablated),
         kl_div=kl,
         ce_tokens=ce_tokens,
-        **standard_errors(windows),
+        **standard_errors(unit_sums),
         log10_feature_density=log10_feature_density(stats.density_F()),
     )
     return result
