@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -31,6 +32,12 @@ def block_weights(tokens_U: torch.Tensor, size: int) -> torch.Tensor:
     weights[ends, torch.arange(tokens_U.numel())] = 1
     keep = (weights @ tokens_U.double()) >= size / 2
     return weights[keep]
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (a block of one document has no bootstrap SE)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def main() -> None:
@@ -83,7 +90,7 @@ def main() -> None:
         for key in keys:
             row[key] = {
                 "spread": values[key].std().item(),
-                "bootstrap_se": sum(se[f"{key}_se"] for se in ses) / len(ses),
+                "bootstrap_se": _finite_mean([se[f"{key}_se"] for se in ses]),
                 "bias": values[key].mean().item() - result[key],
             }
         cells = [

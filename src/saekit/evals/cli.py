@@ -178,7 +178,7 @@ def format_table(report: dict[str, Any]) -> str:
         se = report.get(f"{key}_se")
         error = f" +- {se:.2g}" if isinstance(se, float) and math.isfinite(se) else ""
         rows.append(f"{label:<36} {shown:>12}{error}")
-    rows.append("(+- one bootstrap standard error over the evaluation windows)")
+    rows.append("(+- one bootstrap standard error over the documents evaluated)")
     return "\n".join(head + rows)
 
 
