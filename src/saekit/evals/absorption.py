@@ -38,6 +38,7 @@ from saekit.evals.first_letter import (
     letter_f1,
     train_probe,
 )
+from saekit.evals.probing import logistic_regression
 
 EPS = 1e-8
 EVAL_TYPE_ID = "absorption_first_letter"
@@ -63,17 +64,13 @@ def k_sparse_f1(
     feature_ids: Tensor, letter: int,
 ) -> float:  # fmt: skip
     """Test F1 (score > 0) of a balanced logistic regression on `feature_ids` for `letter`."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
     y = (train_letters == letter).astype(np.int64)
     if y.sum() == 0:
         return 0.0
+    fit = logistic_regression(max_iter=500, class_weight="balanced")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = LogisticRegression(max_iter=500, class_weight="balanced").fit(
-            train_NF[:, feature_ids].numpy(), y
-        )
+        warnings.simplefilter("ignore", category=UserWarning)  # ConvergenceWarning
+        fit.fit(train_NF[:, feature_ids].numpy(), y)
     pred = fit.decision_function(test_MF[:, feature_ids].numpy()) > 0
     return f1_score(test_letters == letter, pred)
 

@@ -71,16 +71,24 @@ def top_k_mean_diff(X_ND: Tensor, y_N: Tensor, k: int) -> Tensor:
     return torch.argsort(diff_D, descending=True, stable=True)[:k]
 
 
+def logistic_regression(**settings: Any):
+    """scikit-learn's `LogisticRegression`, with a clear error if scikit-learn is missing."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as err:
+        raise ImportError(
+            "sparse probing and absorption need scikit-learn: pip install 'saekit[evals]'"
+        ) from err
+    return LogisticRegression(**settings)
+
+
 def probe_accuracy(
     X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray
 ) -> float:
     """Test accuracy of scikit-learn's logistic regression (L2, C=1, max_iter=1000)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
+    probe = logistic_regression(C=1.0, max_iter=1000)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        probe = LogisticRegression(C=1.0, max_iter=1000)
+        warnings.simplefilter("ignore", category=UserWarning)  # ConvergenceWarning
         probe.fit(X_train.astype(np.float32), y_train)
     return float((probe.predict(X_test.astype(np.float32)) == y_test).mean())
 
