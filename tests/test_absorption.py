@@ -163,3 +163,21 @@ def test_sae_absorption_end_to_end_on_a_built_sae():
     assert out["eval_result_metrics"]["mean"]["mean_absorption_fraction_score"] == pytest.approx(
         0.5
     )
+
+
+@pytest.mark.integration
+def test_first_letter_prompts_on_the_default_model(default_lm):
+    """The word's last token is found with the real tokenizer; activations come back per word."""
+    from saekit.evals.first_letter import collect_first_letter
+
+    tok = default_lm.tokenizer
+    words = [" cat", "Bob", " understanding", "zz"]
+    text, ends = build_prompt(words[1:], words[:1])
+    ids, positions = word_token_positions(tok, text, ends)
+    for pos, word in zip(positions, words[1:], strict=True):
+        assert tok.decode(ids[: pos + 1]).endswith(word)
+        assert tok.decode(ids[pos + 1 : pos + 2]) == " has"
+    data = collect_first_letter(default_lm, "blocks.2.hook_resid_pre", n_words=40, n_icl=4)
+    assert data.train_acts_ND.shape == (32, default_lm.d_model)
+    assert data.test_acts_MD.shape == (8, default_lm.d_model)
+    assert torch.isfinite(data.train_acts_ND).all()

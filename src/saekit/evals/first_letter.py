@@ -69,8 +69,9 @@ def make_prompts(
 ) -> list[tuple[str, list[int], list[str]]]:
     """`(prompt, word end offsets, query words)` covering every word once."""
     prompts = []
-    for start in range(0, len(words), words_per_prompt):
-        queries = words[start : start + words_per_prompt]
+    per_prompt = max(1, min(words_per_prompt, len(words) - n_icl))  # leave n_icl examples
+    for start in range(0, len(words), per_prompt):
+        queries = words[start : start + per_prompt]
         taken = set(queries)
         candidates = [w for w in words if w not in taken]
         if len(candidates) < n_icl:
