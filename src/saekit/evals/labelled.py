@@ -150,7 +150,8 @@ def builtin_rows(name: str, *, refresh: bool = False) -> Iterator[tuple[str, str
     return read_jsonl_rows(path)
 
 
-DEFAULT_DATASETS = ("fortunes-topic", "fortunes-language", "code-language", "python-docs-topic")
+DEFAULT_DATASETS = ("fortunes-topic", "fortunes-language", "code-language")
+"""The suite's default probing tasks (`python-docs-topic` is available, not run by default)."""
 
 
 def load_labelled(

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,13 +108,21 @@ def find_sae_folders(paths: list[str]) -> list[Path]:
         if (path / "cfg.json").is_file():
             found.append(path)
         elif path.is_dir():
-            inner = sorted(p.parent for p in path.rglob("cfg.json") if "checkpoints" not in p.parts)
+            inner = sorted(
+                (p.parent for p in path.rglob("cfg.json") if "checkpoints" not in p.parts),
+                key=_natural,
+            )
             if not inner:
                 raise FileNotFoundError(f"{path} holds no SAE folder (no cfg.json under it)")
             found += inner
         else:
             raise FileNotFoundError(f"{path} is not an SAE folder or a folder of SAE folders")
     return list(dict.fromkeys(found))
+
+
+def _natural(path: Path) -> list:
+    """Sort key in which k16 comes before k128."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def sae_names(folders: list[Path]) -> dict[str, Path]:
