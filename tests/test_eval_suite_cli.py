@@ -96,3 +96,12 @@ def test_format_comparison_puts_saes_side_by_side():
     row = next(line for line in table if line.startswith("probe acc., top 1"))
     assert row.split()[-3:] == ["0.750", "0.780", "0.700"]
     assert any(line.startswith("L0") and "16.000" in line and "64.000" in line for line in table)
+
+
+def test_sweep_names_drop_the_shared_prefix(tmp_path):
+    from saekit.evals.suite_cli import sae_names
+
+    folders = [tmp_path / f"blocks.3.hook_resid_pre-topk-k{k}" for k in (16, 128)]
+    assert list(sae_names(folders)) == ["k16", "k128"]
+    same_leaf = [tmp_path / "a" / "sae", tmp_path / "b" / "sae"]
+    assert list(sae_names(same_leaf)) == ["a/sae", "b/sae"]

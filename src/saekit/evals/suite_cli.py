@@ -126,11 +126,18 @@ def _natural(path: Path) -> list:
 
 
 def sae_names(folders: list[Path]) -> dict[str, Path]:
-    """Short unique names: paths relative to the folders' common parent."""
+    """Short unique names: paths relative to the folders' common parent, less the prefix
+    they all share (a sweep's `blocks.15.hook_resid_pre-topk-k16` becomes `k16`)."""
     if len(folders) == 1:
         return {folders[0].name: folders[0]}
     root = Path(os.path.commonpath([str(f.resolve()) for f in folders]))
-    return {str(f.resolve().relative_to(root)) or f.name: f for f in folders}
+    names = [str(f.resolve().relative_to(root)) for f in folders]
+    prefix = os.path.commonprefix(names)
+    cut = max(prefix.rfind(sep) for sep in "-_/.") + 1
+    short = [n[cut:] for n in names]
+    if all(short) and len(set(short)) == len(short):
+        names = short
+    return dict(zip(names, folders, strict=True))
 
 
 def run_suite_command(args: argparse.Namespace) -> int:
