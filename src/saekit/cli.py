@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.toy",
     "saekit.export.cli",
     "saekit.steering.cli",
+    "saekit.evals.suite_cli",
 ]
 
 

@@ -1,0 +1,208 @@
+"""The evaluation suite: core metrics, sparse probing and absorption for several SAEs at once.
+
+SAEs that read the same hook share every model pass: one spliced-model evaluation
+(`evaluate_saes`), one pass per labelled dataset (mean-pooled activations feed all SAEs and
+the residual baselines), and one pass over the first-letter prompts (with one ground-truth
+probe). Pooled activations and first-letter activations are cached on disk, so repeating a
+run, or adding an SAE, costs no forward for what is already known.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from saekit.evals.conventions import sae_conventions
+from saekit.evals.labelled import DEFAULT_DATASETS
+from saekit.evals.pooling import PooledCache, _key, default_cache
+from saekit.evals.probing import K_VALUES, run_sparse_probing
+
+SUITES = ("core", "probing", "absorption")
+
+
+@dataclass
+class SuiteSettings:
+    """What the suite runs and on how much data."""
+
+    suites: tuple[str, ...] = SUITES
+    datasets: tuple[str, ...] = DEFAULT_DATASETS
+    k_values: tuple[int, ...] = K_VALUES
+    train_per_class: int = 100
+    test_per_class: int = 40
+    probe_context: int = 128
+    core_tokens: int = 8192
+    core_dataset: str | None = None
+    core_context: int | None = None
+    holdout_every: int = 20
+    absorption_words: int | None = 3000
+    n_icl: int = 10
+    words_per_prompt: int = 8
+    absorption_max_k: int = 10
+    batch_rows: int = 16
+    seed: int = 42
+    progress: bool = False
+    cache: PooledCache | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown:
+            raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+
+
+def _groups(saes: Mapping[str, torch.nn.Module]) -> dict[tuple[str, bool], dict[str, Any]]:
+    """SAEs by (hook, prepend_bos): each group shares its model passes."""
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for name, sae in saes.items():
+        conv = sae_conventions(sae)
+        if not conv.hook_name:
+            raise ValueError(f"SAE {name!r} names no hook (cfg.json metadata.hook_name)")
+        groups.setdefault((conv.hook_name, conv.prepend_bos), {})[name] = sae
+    return groups
+
+
+def run_core(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, dict[str, Any]]:
+    """Reconstruction, sparsity and spliced-model metrics (`evaluate_saes`), SAEBench names beside."""
+    from saekit.evals.evaluate import (
+        EvalTarget,
+        evaluate_saes,
+        heldout_token_batches,
+        scalar_metrics,
+    )
+
+    first = sae_conventions(next(iter(saes.values())))
+    dataset = settings.core_dataset or first.dataset_path or "builtin:python-docs"
+    context = int(settings.core_context or first.context_size or 128)
+    results: dict[str, dict[str, Any]] = {}
+    for (_, prepend_bos), group in _groups(saes).items():
+        conv = sae_conventions(next(iter(group.values())))
+        batches = heldout_token_batches(
+            dataset, lm.tokenizer, context, settings.batch_rows, prepend_bos=prepend_bos,
+            exclude_special_tokens=conv.exclude_special_tokens,
+            holdout_every=settings.holdout_every,
+        )  # fmt: skip
+        targets = {name: EvalTarget.of(sae) for name, sae in group.items()}
+        out = evaluate_saes(targets, lm, batches, max_tokens=settings.core_tokens,
+                            progress=settings.progress)  # fmt: skip
+        for name, result in out.items():
+            metrics = scalar_metrics(result)
+            results[name] = {
+                "eval_type_id": "core",
+                "eval_config": {
+                    "dataset": dataset,
+                    "context_size": context,
+                    "tokens": settings.core_tokens,
+                    "holdout_every": settings.holdout_every,
+                },  # fmt: skip
+                "saekit": metrics,
+                "eval_result_metrics": saebench_core_names(metrics),
+            }
+    return results
+
+
+def saebench_core_names(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """saekit's core metrics under SAEBench's core categories and key names."""
+    return {
+        "model_behavior_preservation": {"kl_div_with_sae": m["kl_div"]},
+        "model_performance_preservation": {
+            "ce_loss_score": m["ce_loss_recovered"],
+            "ce_loss_with_ablation": m["ce_loss_zero_ablation"],
+            "ce_loss_with_sae": m["ce_loss_spliced"],
+            "ce_loss_without_sae": m["ce_loss_clean"],
+        },
+        "reconstruction_quality": {
+            "explained_variance": m["explained_variance"],
+            "mse": m["mse"],
+            "cossim": m["cos_sim"],
+        },  # fmt: skip
+        "shrinkage": {"l2_ratio": m["l2_ratio"]},
+        "sparsity": {"l0": m["l0"]},
+        "misc_metrics": {"frac_alive": 1 - m["dead_fraction"]},
+    }
+
+
+def run_absorption_suite(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, Any]:
+    """First-letter data and probe per hook (cached), then absorption per SAE."""
+    from saekit.evals.absorption import run_absorption
+    from saekit.evals.first_letter import (
+        LETTERS,
+        FirstLetterData,
+        collect_first_letter,
+        letter_f1,
+        train_letter_probe,
+    )
+
+    cache = settings.cache or PooledCache(None)
+    results: dict[str, Any] = {}
+    for (hook, prepend_bos), group in _groups(saes).items():
+        opts = dict(n_words=settings.absorption_words, n_icl=settings.n_icl,
+                    words_per_prompt=settings.words_per_prompt, prepend_bos=prepend_bos,
+                    seed=settings.seed)  # fmt: skip
+        key = _key("first-letter", 1, lm.spec, hook, opts)
+        stored = cache.get(key)
+        if stored is None:
+            data = collect_first_letter(lm, hook, batch_rows=settings.batch_rows,
+                                        progress=settings.progress, **opts)  # fmt: skip
+            cache.put(key, asdict(data))  # type: ignore[arg-type]
+        else:
+            data = FirstLetterData(**stored)
+        probe = train_letter_probe(data.train_acts_ND, data.train_letters, seed=settings.seed)
+        f1 = letter_f1(probe.scores(data.test_acts_MD), data.test_letters)
+        out = run_absorption(
+            group, data, probe, max_k=settings.absorption_max_k, seed=settings.seed
+        )
+        for result in out.values():
+            result["eval_config"] = {**opts, "hook": hook, "train_words": len(data.train_words),
+                                     "test_words": len(data.test_words)}  # fmt: skip
+            result["ground_truth_probe_f1"] = dict(zip(LETTERS, f1.tolist(), strict=True))
+        results.update(out)
+    return results
+
+
+def run_suite(
+    lm, saes: Mapping[str, torch.nn.Module], settings: SuiteSettings | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every requested suite for every SAE: `{name: {"core": ..., "sparse_probing": ..., ...}}`.
+
+    Each report's `timings_s` gives the wall time of each part; parts shared by SAEs on one
+    hook are counted once and shown in each of them.
+    """
+    settings = settings or SuiteSettings(cache=default_cache())
+    if not saes:
+        raise ValueError("no SAE to evaluate")
+    reports: dict[str, dict[str, Any]] = {
+        name: {
+            "sae": name,
+            "model": lm.spec,
+            "hook_name": sae_conventions(sae).hook_name,
+            "timings_s": {},
+        }  # fmt: skip
+        for name, sae in saes.items()
+    }
+
+    def record(part: str, started: float, results: Mapping[str, Any]) -> None:
+        for name, value in results.items():
+            reports[name][part] = value
+            reports[name]["timings_s"][part] = round(time.perf_counter() - started, 2)
+
+    if "core" in settings.suites:
+        started = time.perf_counter()
+        record("core", started, run_core(lm, saes, settings))
+    if "probing" in settings.suites:
+        for (hook, prepend_bos), group in _groups(saes).items():
+            started = time.perf_counter()
+            out = run_sparse_probing(
+                lm, hook, group, settings.datasets, k_values=settings.k_values,
+                train_per_class=settings.train_per_class, test_per_class=settings.test_per_class,
+                context=settings.probe_context, prepend_bos=prepend_bos,
+                batch_rows=settings.batch_rows, seed=settings.seed, cache=settings.cache,
+                progress=settings.progress,
+            )  # fmt: skip
+            record("sparse_probing", started, out)
+    if "absorption" in settings.suites:
+        started = time.perf_counter()
+        record("absorption_first_letter", started, run_absorption_suite(lm, saes, settings))
+    return reports
