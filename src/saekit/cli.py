@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.evals.cli",
     "saekit.analysis.cli",
     "saekit.io.cli",
+    "saekit.autointerp.cli",
 ]
 
 

@@ -1,0 +1,129 @@
+"""The explainer: marked top-activating windows in, one short phrase out.
+
+Tokens at or above ``threshold`` x the window's largest activation are wrapped in ``<< >>``
+(runs of them share one pair); a ``Strength`` line lists them with their activation on a 1-10
+scale relative to the feature's maximum (delphi's normalisation: ceil(10 x act / max)).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from saekit.autointerp.clients import LLMClient
+from saekit.autointerp.exampleset import Window
+from saekit.autointerp.prompts import Messages, fill
+
+THRESHOLD = 0.3
+MAX_STRENGTHS = 10  # tokens listed per "Strength" line
+MAX_EXPLANATION_CHARS = 200
+L, R = "<<", ">>"
+
+
+def show(token: str) -> str:
+    """A token as shown to the LLM: newlines written as \\n so each excerpt stays one line."""
+    return token.replace("\r", "").replace("\n", "\\n")
+
+
+def marked(acts: Sequence[float], threshold: float = THRESHOLD) -> list[bool]:
+    """Which tokens are marked: activation > 0 and >= ``threshold`` x the window's maximum."""
+    top = max(acts, default=0.0)
+    return [a > 0 and a >= threshold * top for a in acts]
+
+
+def highlight(tokens: Sequence[str], marks: Sequence[bool]) -> str:
+    """The tokens joined, each run of marked tokens wrapped in one ``<< >>`` pair."""
+    out, inside = [], False
+    for tok, m in zip(tokens, marks, strict=True):
+        if m and not inside:
+            out.append(L)
+        if not m and inside:
+            out.append(R)
+        out.append(show(tok))
+        inside = m
+    if inside:
+        out.append(R)
+    return "".join(out)
+
+
+def strength(act: float, feature_max: float) -> int:
+    """Activation on a 1-10 scale relative to the feature's maximum."""
+    if feature_max <= 0:
+        return 0
+    return max(1, min(10, math.ceil(10 * act / feature_max)))
+
+
+def format_explain_examples(
+    windows: Sequence[Window], feature_max: float, threshold: float = THRESHOLD
+) -> str:
+    """The excerpts block of the explainer prompt."""
+    blocks = []
+    for i, w in enumerate(windows):
+        marks = marked(w.acts, threshold)
+        listed = [
+            f"{show(t).strip() or repr(t)} {strength(a, feature_max)}"
+            for t, a, m in zip(w.tokens, w.acts, marks, strict=True)
+            if m
+        ][:MAX_STRENGTHS]
+        blocks.append(
+            f"Excerpt {i + 1}: {highlight(w.tokens, marks)}\nStrength: {', '.join(listed)}"
+        )
+    return "\n".join(blocks)
+
+
+def explain_messages(
+    template: Messages, windows: Sequence[Window], feature_max: float, threshold: float = THRESHOLD
+) -> Messages:
+    """The explainer's chat for one feature."""
+    return fill(template, examples=format_explain_examples(windows, feature_max, threshold))
+
+
+_LABEL = re.compile(r"\[?\s*explanation\s*\]?\s*[:\-=]\s*(.*)", re.IGNORECASE)
+_JUNK = " \t\"'`*_.,;:-<>[]()"
+
+
+def parse_explanation(text: str) -> str:
+    """The phrase in an explainer's answer.
+
+    Takes the text after the last ``Explanation:`` label (any case, ``[EXPLANATION]:`` too),
+    else the first line that is not an echoed excerpt; strips quotes, markdown and ``<< >>``.
+    Raises ``ValueError`` when nothing is left.
+    """
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    found = None
+    for i, line in enumerate(lines):
+        m = _LABEL.search(line)
+        if m:
+            rest = m.group(1).strip()
+            found = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+    if found is None:
+        found = next(
+            (ln for ln in lines if not re.match(r"(excerpt\s*\d+|strength)\s*:", ln, re.I)), ""
+        )
+    found = found.replace(L, "").replace(R, "")
+    found = re.sub(r"\s+", " ", found).strip(_JUNK)
+    if len(found) > MAX_EXPLANATION_CHARS:
+        found = found[:MAX_EXPLANATION_CHARS].rsplit(" ", 1)[0]
+    if not found:
+        raise ValueError(f"no explanation in the answer {text[:120]!r}")
+    return found
+
+
+def explain(
+    client: LLMClient,
+    template: Messages,
+    windows: Sequence[Window],
+    feature_max: float,
+    *,
+    threshold: float = THRESHOLD,
+    max_tokens: int = 60,
+) -> tuple[str | None, str]:
+    """``(explanation or None when unparsable, raw answer)`` for one feature's windows."""
+    answer = client.complete(
+        explain_messages(template, windows, feature_max, threshold), max_tokens=max_tokens
+    ).text
+    try:
+        return parse_explanation(answer), answer
+    except ValueError:
+        return None, answer
