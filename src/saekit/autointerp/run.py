@@ -189,7 +189,7 @@ def run_autointerp(
         other = sources.get(f)
         rec["shuffled"] = {
             "explanation_of": other,
-            "explanation": explained[other]["explanation"] if other else None,
+            "explanation": explained[other]["explanation"] if other is not None else None,
         }
         for scorer in s.scorers:
             samples = scorer_samples(scorer, fe, s.seed, s.threshold)
