@@ -48,7 +48,7 @@ class Oracle:
         self.calls, self.fail_after, self.garbage = 0, fail_after, garbage
         self.lock = threading.Lock()
 
-    def complete(self, messages, *, max_tokens, temperature=0.0, logprobs=False) -> Completion:
+    def complete(self, messages, *, max_tokens, temperature=0.0, logprobs=False, **_) -> Completion:
         with self.lock:
             self.calls += 1
             if self.fail_after is not None and self.calls > self.fail_after:

@@ -13,7 +13,6 @@ summary = run_autointerp(ex, client, "interp/")     # results.jsonl, summary.jso
 from saekit.autointerp.clients import (
     CachedClient,
     Completion,
-    HFClient,
     LLMClient,
     LLMError,
     OpenAIClient,
@@ -28,6 +27,7 @@ from saekit.autointerp.examples import (
 )
 from saekit.autointerp.exampleset import ExampleSet, FeatureExamples, Window
 from saekit.autointerp.explain import explain, parse_explanation
+from saekit.autointerp.hf import HFClient
 from saekit.autointerp.metrics import classification_metrics, roc_auc
 from saekit.autointerp.prompts import load_templates
 from saekit.autointerp.run import InterpSettings, run_autointerp

@@ -1,5 +1,5 @@
-"""LLM clients: a chat model in process (``hf:MODEL``) or any OpenAI-compatible server
-(``openai:URL``), and a disk cache of every prompt/response pair keyed by content hash.
+"""LLM clients: any OpenAI-compatible server (``openai:URL``), a chat model in process
+(``hf:MODEL``, in :mod:`saekit.autointerp.hf`), and a disk cache of every prompt/response pair keyed by content hash.
 
 A client has ``name`` (its identity in the cache key), ``concurrency`` (how many requests the
 pipeline may have in flight) and ``complete(messages, max_tokens=, temperature=, logprobs=)``.
@@ -75,66 +75,11 @@ class LLMClient(Protocol):
         max_tokens: int,
         temperature: float = 0.0,
         logprobs: bool = False,
-    ) -> Completion: ...
-
-
-class HFClient:
-    """A chat model run in process with transformers (greedy at temperature 0).
-
-    ``spec`` is anything :func:`saekit.models.load_model` takes (``smollm2-135m``, an HF id or
-    folder). Token log-probabilities come from the model's own logits.
-    """
-
-    def __init__(self, spec: str, device: str = "cpu") -> None:
-        from saekit.models import load_model
-
-        lm = load_model(spec, device=device)
-        if lm.backend != "hf":
-            raise ValueError(f"--explainer hf:{spec}: needs a transformers model, not {spec!r}")
-        self.model, self.tokenizer = lm.model.eval(), lm.tokenizer
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"--explainer hf:{spec}: the tokenizer has no chat template")
-        self.name, self.concurrency = f"hf:{spec}", 1
-        self._lock = threading.Lock()
-
-    def complete(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        logprobs: bool = False,
+        binary_answers: int | None = None,
     ) -> Completion:
-        """Generate an answer to ``messages``."""
-        import torch
-
-        tok = self.tokenizer
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        ids_1T = enc["input_ids"] if hasattr(enc, "keys") else enc
-        ids_1T = ids_1T.to(self.model.device)
-        sample = temperature > 0
-        with self._lock, torch.no_grad():
-            out = self.model.generate(
-                ids_1T, attention_mask=torch.ones_like(ids_1T), max_new_tokens=max_tokens,
-                do_sample=sample, temperature=temperature if sample else None, top_p=None,
-                top_k=None, output_logits=logprobs, return_dict_in_generate=True,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            )  # fmt: skip
-        new = out.sequences[0, ids_1T.shape[1] :].tolist()
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        stop = {tok.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])}
-        n_new = next((i for i, t in enumerate(new) if t in stop), len(new))
-        text = tok.decode(new[:n_new], skip_special_tokens=True)
-        lps = None
-        if logprobs:
-            lps = []
-            for step in range(n_new):
-                logp_V = torch.log_softmax(out.logits[step][0].float(), dim=-1)
-                top = logp_V.topk(TOP_LOGPROBS)
-                alts = tok.batch_decode([[i] for i in top.indices.tolist()])
-                lps.append(TokenLogprobs(tok.decode([new[step]]),
-                                         dict(zip(alts, top.values.tolist(), strict=True))))  # fmt: skip
-        return Completion(text, lps, ids_1T.shape[1], n_new)
+        """Answer ``messages``. ``binary_answers=n`` says the answer should be a list of n
+        0/1; a client that can enforce it (``hf:``) does, others just ask via the prompt."""
+        ...
 
 
 class OpenAIClient:
@@ -224,6 +169,7 @@ class OpenAIClient:
         max_tokens: int,
         temperature: float = 0.0,
         logprobs: bool = False,
+        binary_answers: int | None = None,
     ) -> Completion:
         """One chat completion (token log-probabilities requested when ``logprobs``)."""
         body: dict[str, Any] = {
@@ -292,9 +238,13 @@ class CachedClient:
         max_tokens: int,
         temperature: float = 0.0,
         logprobs: bool = False,
+        binary_answers: int | None = None,
     ) -> Completion:
         """The cached answer, or a new one (then stored)."""
-        settings = {"max_tokens": max_tokens, "temperature": temperature, "logprobs": logprobs}
+        settings: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature,
+                                    "logprobs": logprobs}  # fmt: skip
+        if binary_answers is not None:  # keys of earlier requests stay valid
+            settings["binary_answers"] = binary_answers
         key = self.key(messages, **settings)
         path = self.folder / key[:2] / f"{key}.json"
         try:
@@ -333,6 +283,8 @@ def make_client(
     """``hf:MODEL`` or ``openai:URL`` (the ``--explainer`` setting) -> a client."""
     kind, _, rest = spec.partition(":")
     if kind == "hf" and rest:
+        from saekit.autointerp.hf import HFClient
+
         return HFClient(rest, device=device)
     if kind == "openai" and rest:
         return OpenAIClient(rest, model, api_key_env=api_key_env, timeout=timeout,

@@ -156,7 +156,7 @@ def classify(
         batch = [Sample(**asdict(s)) for s in samples[i : i + per_prompt]]
         completion = client.complete(
             classifier_messages(template, explanation, batch),
-            max_tokens=max_tokens, logprobs=logprobs,
+            max_tokens=max_tokens, logprobs=logprobs, binary_answers=len(batch),
         )  # fmt: skip
         try:
             values, span = parse_predictions(completion.text, len(batch))
