@@ -178,6 +178,8 @@ def test_parse_predictions_refuses(text, n):
         ("Explanation:\nPython keywords", "Python keywords"),
         ("Excerpt 1: <<foo>>\nnumbers in code", "numbers in code"),
         ("Explanation: <<def>> keywords", "def keywords"),
+        ("Explanation: the word if. Also: the word if. Also", "the word if"),
+        ("Explanation: e.g. numbers", "e.g. numbers"),
     ],
 )
 def test_parse_explanation(text, expected):
@@ -187,6 +189,8 @@ def test_parse_explanation(text, expected):
 def test_parse_explanation_refuses_empty():
     with pytest.raises(ValueError, match="no explanation"):
         parse_explanation("Explanation: ...")
+    with pytest.raises(ValueError, match="no explanation"):  # an echo of the excerpts
+        parse_explanation("Excerpt 1: The <<object>> must\nStrength: object 10\nExcerpt")
     assert len(parse_explanation("Explanation: " + "word " * 100)) <= 200
 
 
@@ -206,3 +210,23 @@ def test_answer_probabilities_by_hand():
     assert probs == pytest.approx([0.7 / 0.9, 0.25 / 1.0])
     assert answer_probabilities(Completion("[1, 0]", None), span, 2) is None
     assert answer_probabilities(comp, span, 3) is None  # not aligned: no probabilities
+
+
+def test_explainer_asks_for_the_answer_prefix():
+    from saekit.autointerp.explain import ANSWER_PREFIX, explain
+
+    seen = {}
+
+    class Echo:
+        name, concurrency = "echo", 1
+
+        def complete(self, messages, *, max_tokens, prefix=None, **_):
+            seen.update(prefix=prefix, max_tokens=max_tokens, prompt=messages[-1]["content"])
+            return Completion(f"{prefix} the letter t\nExcerpt 2: junk")
+
+    w = _w("top0", [0.0, 2.0], ["a", " t"], 1, "top")
+    text, raw = explain(Echo(), load_templates()["explain"], [w], 2.0)
+    assert text == "the letter t" and raw.startswith(ANSWER_PREFIX)
+    assert (
+        seen["prefix"] == "Explanation:" and seen["prompt"] == "Excerpt 1: a<< t>>\nStrength: t 10"
+    )

@@ -76,9 +76,11 @@ class LLMClient(Protocol):
         temperature: float = 0.0,
         logprobs: bool = False,
         binary_answers: int | None = None,
+        prefix: str | None = None,
     ) -> Completion:
-        """Answer ``messages``. ``binary_answers=n`` says the answer should be a list of n
-        0/1; a client that can enforce it (``hf:``) does, others just ask via the prompt."""
+        """Answer ``messages``. ``binary_answers=n``: the answer should be a list of n 0/1;
+        ``prefix``: the answer should start with this text. A client that can enforce these
+        (``hf:``) does; others leave them to the prompt, which asks for the same."""
         ...
 
 
@@ -170,6 +172,7 @@ class OpenAIClient:
         temperature: float = 0.0,
         logprobs: bool = False,
         binary_answers: int | None = None,
+        prefix: str | None = None,
     ) -> Completion:
         """One chat completion (token log-probabilities requested when ``logprobs``)."""
         body: dict[str, Any] = {
@@ -239,12 +242,14 @@ class CachedClient:
         temperature: float = 0.0,
         logprobs: bool = False,
         binary_answers: int | None = None,
+        prefix: str | None = None,
     ) -> Completion:
         """The cached answer, or a new one (then stored)."""
         settings: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature,
                                     "logprobs": logprobs}  # fmt: skip
-        if binary_answers is not None:  # keys of earlier requests stay valid
-            settings["binary_answers"] = binary_answers
+        for name, value in (("binary_answers", binary_answers), ("prefix", prefix)):
+            if value is not None:  # keys of plain requests stay as they were
+                settings[name] = value
         key = self.key(messages, **settings)
         path = self.folder / key[:2] / f"{key}.json"
         try:

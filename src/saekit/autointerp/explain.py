@@ -19,6 +19,7 @@ THRESHOLD = 0.3
 MAX_STRENGTHS = 10  # tokens listed per "Strength" line
 MAX_EXPLANATION_CHARS = 200
 L, R = "<<", ">>"
+ANSWER_PREFIX = "Explanation:"  # what the shipped template asks the answer to start with
 
 
 def show(token: str) -> str:
@@ -86,7 +87,7 @@ _JUNK = " \t\"'`*_.,;:-<>[]()"
 def parse_explanation(text: str) -> str:
     """The phrase in an explainer's answer.
 
-    Takes the text after the last ``Explanation:`` label (any case, ``[EXPLANATION]:`` too),
+    Takes the text after the first ``Explanation:`` label (any case, ``[EXPLANATION]:`` too),
     else the first line that is not an echoed excerpt; strips quotes, markdown and ``<< >>``.
     Raises ``ValueError`` when nothing is left.
     """
@@ -97,11 +98,11 @@ def parse_explanation(text: str) -> str:
         if m:
             rest = m.group(1).strip()
             found = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+            break
     if found is None:
-        found = next(
-            (ln for ln in lines if not re.match(r"(excerpt\s*\d+|strength)\s*:", ln, re.I)), ""
-        )
+        found = next((ln for ln in lines if not re.match(r"(excerpt|strength)\b", ln, re.I)), "")
     found = found.replace(L, "").replace(R, "")
+    found = re.split(r"(?<=\w\w)\. ", found, maxsplit=1)[0]  # the first sentence
     found = re.sub(r"\s+", " ", found).strip(_JUNK)
     if len(found) > MAX_EXPLANATION_CHARS:
         found = found[:MAX_EXPLANATION_CHARS].rsplit(" ", 1)[0]
@@ -121,7 +122,9 @@ def explain(
 ) -> tuple[str | None, str]:
     """``(explanation or None when unparsable, raw answer)`` for one feature's windows."""
     answer = client.complete(
-        explain_messages(template, windows, feature_max, threshold), max_tokens=max_tokens
+        explain_messages(template, windows, feature_max, threshold),
+        max_tokens=max_tokens,
+        prefix=ANSWER_PREFIX,
     ).text
     try:
         return parse_explanation(answer), answer

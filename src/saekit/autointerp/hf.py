@@ -1,7 +1,8 @@
 """``hf:MODEL``: a chat model run in process with transformers.
 
 Free answers (the explainer) are generated greedily at temperature 0, with the log-probabilities
-of the top tokens at each step. A scorer's answer (``binary_answers=n``) is decoded under a
+of the top tokens at each step; an answer ``prefix`` (``Explanation:``) is written for the
+model and continued, which keeps small models from echoing the excerpts. A scorer's answer (``binary_answers=n``) is decoded under a
 constraint instead: after ``[`` the model chooses between the tokens ``0`` and ``1`` n times,
 the separators ``, `` and ``]`` being written for it. The answer is then always well formed
 (small models otherwise drift into other numbers), and each choice comes with delphi's
@@ -27,10 +28,20 @@ class HFClient:
         lm = load_model(spec, device=device)
         if lm.backend != "hf":
             raise ValueError(f"--explainer hf:{spec}: needs a transformers model, not {spec!r}")
-        self.model, self.tokenizer = lm.model.eval(), lm.tokenizer
+        self._setup(lm.model, lm.tokenizer, f"hf:{spec}")
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer: object, name: str) -> HFClient:
+        """A client on a model already loaded (e.g. ``load_model(spec).model``)."""
+        client = cls.__new__(cls)
+        client._setup(model, tokenizer, name)
+        return client
+
+    def _setup(self, model: torch.nn.Module, tokenizer: object, name: str) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"--explainer hf:{spec}: the tokenizer has no chat template")
-        self.name, self.concurrency = f"hf:{spec}", 1
+            raise ValueError(f"--explainer {name}: the tokenizer has no chat template")
+        self.name, self.concurrency = name, 1
         self._lock = threading.Lock()
         enc = self._encode
         self._digits = [enc("0"), enc("1")]
@@ -57,13 +68,23 @@ class HFClient:
         temperature: float = 0.0,
         logprobs: bool = False,
         binary_answers: int | None = None,
+        prefix: str | None = None,
     ) -> Completion:
-        """Generate an answer (a constrained 0/1 list when ``binary_answers`` is given)."""
+        """Generate an answer: a constrained 0/1 list when ``binary_answers`` is given, else
+        free text that starts with ``prefix`` (written for the model, then continued)."""
         ids_1T = self._prompt(messages)
         with self._lock:
             if binary_answers is not None and self._constrained:
                 return self._binary(ids_1T, binary_answers)
-            return self._generate(ids_1T, max_tokens, temperature, logprobs)
+            if not prefix:
+                return self._generate(ids_1T, max_tokens, temperature, logprobs)
+            head = torch.tensor([self._encode(prefix)], device=ids_1T.device)
+            done = self._generate(torch.cat([ids_1T, head], 1), max_tokens, temperature, logprobs)
+            done.text = prefix + done.text
+            if done.logprobs is not None:
+                done.logprobs.insert(0, TokenLogprobs(prefix, {prefix: 0.0}))
+            done.prompt_tokens = ids_1T.shape[1]
+            return done
 
     def _generate(
         self, ids_1T: torch.Tensor, max_tokens: int, temperature: float, logprobs: bool
