@@ -58,7 +58,7 @@ class Oracle:
             return Completion("I am not sure what you mean.")
         if "Strength:" in prompt:
             return Completion(f"Explanation: the word {re.search(r'<<(.*?)>>', prompt)[1].strip()}")
-        word = re.search(r"Description: the word (\S+)", prompt)[1]
+        word = re.search(r"Description of the neuron: the word (\S+)", prompt)[1]
         answers = []
         for excerpt in re.findall(r"^Excerpt \d+: (.*)$", prompt, re.M):
             marks = re.findall(r"<<(.*?)>>", excerpt)
@@ -156,3 +156,23 @@ def test_shuffled_sources_is_a_derangement():
         assert sorted(src) == list(range(n)) and sorted(src.values()) == list(range(n))
         assert all(k != v for k, v in src.items())
     assert shuffled_sources([5], 0) == {}
+
+
+def test_dashboard_shows_explanations(example_set, tiny_lm, tmp_path):
+    from saekit.analysis.dashboard import write_dashboard
+    from saekit.autointerp.run import read_results
+
+    run_autointerp(example_set, Oracle(), tmp_path / "interp", settings=SETTINGS)
+    interp = read_results(tmp_path / "interp")
+    stats = example_set.collected.stats
+    index = write_dashboard(tmp_path / "dash", stats, [], tiny_lm.tokenizer, interp=interp)
+    page = index.read_text()
+    assert 'id="search"' in page and "search explanations" in page
+    assert '<td class="expl">the word w1 <span class=sub>(detection 1.00, fuzzing 1.00)' in page
+    feature = (tmp_path / "dash" / "feature_2.html").read_text()
+    assert "<b>Explanation:</b> the word w2" in feature and "fuzzing (shuffled) 0.50" in feature
+    summary = json.loads((tmp_path / "dash" / "features.json").read_text())
+    assert summary[0]["explanation"] == "the word w0"
+    assert summary[0]["interp_scores"]["fuzzing (shuffled)"] == 0.5
+    plain = write_dashboard(tmp_path / "plain", stats, [], tiny_lm.tokenizer).read_text()
+    assert 'id="search"' not in plain and 'td class="expl"' not in plain

@@ -136,8 +136,8 @@ def test_classifier_prompt():
     fe = FeatureExamples(1, 1.0, 0.1, [], [_w("q0.0", [1.0, 0])], [])
     msgs = classifier_messages(tmpl, "the letter t", scorer_samples("detection", fe, 0))
     last = msgs[-1]["content"]
-    assert "Description: the letter t" in last and "Excerpt 1: t0t1" in last
-    assert "There are 1 excerpts: answer with 1 numbers." in last
+    assert "Description of the neuron: the letter t" in last and "Excerpt 1: t0t1" in last
+    assert "For each of the 1 excerpts" in last and "a list of 1 numbers" in last
     assert "{" not in last
 
 
@@ -228,5 +228,5 @@ def test_explainer_asks_for_the_answer_prefix():
     text, raw = explain(Echo(), load_templates()["explain"], [w], 2.0)
     assert text == "the letter t" and raw.startswith(ANSWER_PREFIX)
     assert (
-        seen["prefix"] == "Explanation:" and seen["prompt"] == "Excerpt 1: a<< t>>\nStrength: t 10"
+        seen["prefix"] == "Explanation:" and seen["prompt"].startswith("Excerpt 1: a<< t>>\nStrength: t 10\n\nWhat do")
     )

@@ -72,6 +72,14 @@ def _read_jsonl(path: Path) -> dict[int, dict]:
     return out
 
 
+def read_results(folder: str | Path) -> dict[int, dict]:
+    """The ``results.jsonl`` of a run (``saekit explain --out``) by feature."""
+    path = Path(folder) / "results.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no results.jsonl (run `saekit explain` first)")
+    return _read_jsonl(path)
+
+
 def _check_run(out: Path, record: dict[str, Any]) -> None:
     path = out / "run.json"
     if path.is_file():
