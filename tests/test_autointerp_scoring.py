@@ -180,6 +180,8 @@ def test_parse_predictions_refuses(text, n):
         ("Explanation: <<def>> keywords", "def keywords"),
         ("Explanation: the word if. Also: the word if. Also", "the word if"),
         ("Explanation: e.g. numbers", "e.g. numbers"),
+        ("The tokens in << >> have in common that they are a summary.", "a summary"),
+        ("The marked tokens share in common: dates", "dates"),
     ],
 )
 def test_parse_explanation(text, expected):
@@ -227,6 +229,6 @@ def test_explainer_asks_for_the_answer_prefix():
     w = _w("top0", [0.0, 2.0], ["a", " t"], 1, "top")
     text, raw = explain(Echo(), load_templates()["explain"], [w], 2.0)
     assert text == "the letter t" and raw.startswith(ANSWER_PREFIX)
-    assert (
-        seen["prefix"] == "Explanation:" and seen["prompt"].startswith("Excerpt 1: a<< t>>\nStrength: t 10\n\nWhat do")
+    assert seen["prefix"] == "Explanation:" and seen["prompt"].startswith(
+        "Excerpt 1: a<< t>>\nStrength: t 10\n\nWhat do"
     )

@@ -81,6 +81,11 @@ def explain_messages(
 
 
 _LABEL = re.compile(r"\[?\s*explanation\s*\]?\s*[:\-=]\s*(.*)", re.IGNORECASE)
+_RESTATED = re.compile(  # "The tokens in << >> have in common that they are ..." -> "..."
+    r"^\W*the (marked |highlighted )?tokens( in)?\s*(<<\s*>>)?\s*(all )?(have|share) in common"
+    r"\s*(is|are|that|:)?\s*(they (all )?(are|have)\s*)?",
+    re.IGNORECASE,
+)
 _JUNK = " \t\"'`*_.,;:-<>[]()"
 
 
@@ -101,7 +106,7 @@ def parse_explanation(text: str) -> str:
             break
     if found is None:
         found = next((ln for ln in lines if not re.match(r"(excerpt|strength)\b", ln, re.I)), "")
-    found = found.replace(L, "").replace(R, "")
+    found = _RESTATED.sub("", found.replace(L, "").replace(R, ""))
     found = re.split(r"(?<=\w\w)\. ", found, maxsplit=1)[0]  # the first sentence
     found = re.sub(r"\s+", " ", found).strip(_JUNK)
     if len(found) > MAX_EXPLANATION_CHARS:
