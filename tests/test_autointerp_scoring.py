@@ -176,7 +176,12 @@ def test_parse_predictions_refuses(text, n):
         ("[EXPLANATION]: the word 'the'.", "the word 'the"),
         ('Sure.\n**Explanation:** "closing brackets"\n', "closing brackets"),
         ("Explanation:\nPython keywords", "Python keywords"),
-        ("Excerpt 1: <<foo>>\nnumbers in code", "numbers in code"),
+        ("Strength: foo 10\nnumbers in code", "numbers in code"),
+        (
+            "Explanation:\n\nExcerpt 1:\n\nThe tokens in << >> have in common that they are dates",
+            "dates",
+        ),
+        ("Explanation: Excerpt 1: The token 'x' is a name. More", "The token 'x' is a name"),
         ("Explanation: <<def>> keywords", "def keywords"),
         ("Explanation: the word if. Also: the word if. Also", "the word if"),
         ("Explanation: e.g. numbers", "e.g. numbers"),
@@ -192,7 +197,7 @@ def test_parse_explanation_refuses_empty():
     with pytest.raises(ValueError, match="no explanation"):
         parse_explanation("Explanation: ...")
     with pytest.raises(ValueError, match="no explanation"):  # an echo of the excerpts
-        parse_explanation("Excerpt 1: The <<object>> must\nStrength: object 10\nExcerpt")
+        parse_explanation("Excerpt\nStrength: object 10\nExcerpt")
     assert len(parse_explanation("Explanation: " + "word " * 100)) <= 200
 
 

@@ -86,6 +86,7 @@ _RESTATED = re.compile(  # "The tokens in << >> have in common that they are ...
     r"\s*(is|are|that|:)?\s*(they (all )?(are|have)\s*)?",
     re.IGNORECASE,
 )
+_ECHO = re.compile(r"^\s*excerpt\s*\d+\s*:\s*", re.IGNORECASE)  # "Excerpt 2: ..." -> "..."
 _JUNK = " \t\"'`*_.,;:-<>[]()"
 
 
@@ -93,19 +94,17 @@ def parse_explanation(text: str) -> str:
     """The phrase in an explainer's answer.
 
     Takes the text after the first ``Explanation:`` label (any case, ``[EXPLANATION]:`` too),
-    else the first line that is not an echoed excerpt; strips quotes, markdown and ``<< >>``.
+    else the first line; an echoed ``Excerpt N:`` / ``Strength:`` is skipped; strips quotes,
+    markdown, ``<< >>`` and a restated "the tokens in << >> have in common that".
     Raises ``ValueError`` when nothing is left.
     """
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    found = None
-    for i, line in enumerate(lines):
-        m = _LABEL.search(line)
-        if m:
-            rest = m.group(1).strip()
-            found = rest or (lines[i + 1] if i + 1 < len(lines) else "")
-            break
-    if found is None:
-        found = next((ln for ln in lines if not re.match(r"(excerpt|strength)\b", ln, re.I)), "")
+    lines = [_ECHO.sub("", ln).strip() for ln in text.strip().splitlines()]
+    lines = [ln for ln in lines if ln and not re.fullmatch(r"(excerpt|strength)\W*", ln, re.I)]
+    start = next((i for i, ln in enumerate(lines) if _LABEL.search(ln)), None)
+    if start is not None:
+        rest = _ECHO.sub("", _LABEL.search(lines[start]).group(1)).strip()
+        lines = ([rest] if rest else []) + lines[start + 1 :]
+    found = next((ln for ln in lines if not re.match(r"strength\s*:", ln, re.I)), "")
     found = _RESTATED.sub("", found.replace(L, "").replace(R, ""))
     found = re.split(r"(?<=\w\w)\. ", found, maxsplit=1)[0]  # the first sentence
     found = re.sub(r"\s+", " ", found).strip(_JUNK)
