@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.export.cli",
     "saekit.steering.cli",
     "saekit.evals.suite_cli",
+    "saekit.autointerp.cli",
 ]
 
 

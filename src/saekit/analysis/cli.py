@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=20, help="top examples per feature (default 20)")
     p.add_argument("--logits", type=int, default=10, help="tokens per logit table (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the quantile sampling")
+    p.add_argument(
+        "--autointerp", metavar="DIR", help="show explanations from `saekit explain`'s --out"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_dashboard)
 
@@ -73,6 +76,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """Handler of `saekit dashboard`."""
     from saekit.analysis.dashboard import build_dashboard
     from saekit.analysis.features import parse_feature_spec
+    from saekit.autointerp.run import read_results
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be positive, got {args.tokens}")
@@ -90,6 +94,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         top_k=args.top_k,
         seed=args.seed,
+        interp=read_results(args.autointerp) if args.autointerp else None,
     )
     print(f"wrote {index} ({len(ids)} features; {data.describe_special_tokens()})")
     return 0

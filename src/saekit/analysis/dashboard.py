@@ -39,6 +39,7 @@ def build_dashboard(
     n_logits: int = 10,
     title: str = "SAE features",
     progress: bool = False,
+    interp: dict[int, dict] | None = None,
     **collector_kwargs,
 ) -> Path:
     """One pass over ``batches`` for all ``feature_ids``, then write the dashboard.
@@ -52,7 +53,9 @@ def build_dashboard(
     effects = logit_effects(sae, lm, feature_ids, k=n_logits)
     meta = sae.cfg.metadata
     subtitle = f"{getattr(meta, 'model_name', '?')} · {getattr(meta, 'hook_name', '?')}"
-    return write_dashboard(out_dir, stats, effects, lm.tokenizer, title=title, subtitle=subtitle)
+    return write_dashboard(
+        out_dir, stats, effects, lm.tokenizer, title=title, subtitle=subtitle, interp=interp
+    )
 
 
 def write_dashboard(
@@ -63,8 +66,12 @@ def write_dashboard(
     *,
     title: str = "SAE features",
     subtitle: str = "",
+    interp: dict[int, dict] | None = None,
 ) -> Path:
-    """Write ``index.html``, one ``feature_<id>.html`` per feature and ``features.json``."""
+    """Write ``index.html``, one ``feature_<id>.html`` per feature and ``features.json``.
+
+    ``interp`` maps a feature to its autointerp result (``saekit explain``'s results.jsonl
+    lines): the explanation and scores are shown, and the index is searchable by them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     effects_by_id = {e.feature: e for e in effects}
@@ -77,8 +84,14 @@ def write_dashboard(
     summary = []
     for n, feature in enumerate(stats.feature_ids):
         page = _feature_page(n, stats, effects_by_id.get(feature), text, title, subtitle)
+        found = (interp or {}).get(feature)
+        if found is not None:
+            page = page.replace('<div class="cols">', _interp_block(found), 1)
         atomic_write_text(out / feature_page_name(feature), page)
         summary.append(_summary(n, stats, effects_by_id.get(feature), text))
+        if interp is not None:
+            summary[-1]["explanation"] = (found or {}).get("explanation")
+            summary[-1]["interp_scores"] = _interp_scores(found)
     atomic_write_text(out / "index.html", _index_page(summary, stats, title, subtitle))
     atomic_write_text(out / "features.json", json.dumps(summary, indent=1))
     return out / "index.html"
@@ -133,7 +146,28 @@ def _token_list(tokens: list[str], limit: int = 6) -> str:
     return " ".join(f'<code class="t">{_tok(t)}</code>' for t in tokens[:limit])
 
 
+def _interp_scores(found: dict | None) -> dict[str, float]:
+    """Balanced accuracy per scorer (and of the shuffled baseline) of one autointerp result."""
+    out = {}
+    for key, label in (("scores", ""), ("shuffled", " (shuffled)")):
+        for scorer, m in ((found or {}).get(key) or {}).items():
+            if isinstance(m, dict):
+                out[scorer + label] = round(m["balanced_accuracy"], 3)
+    return out
+
+
+def _interp_block(found: dict) -> str:
+    text = found.get("explanation") or f"(none: {found.get('skipped', 'not explained')})"
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in _interp_scores(found).items())
+    return (
+        f'<p class="interp"><b>Explanation:</b> {html.escape(text)}'
+        f"{f' <span class=sub>(balanced accuracy: {html.escape(scores)})</span>' if scores else ''}"
+        '</p><div class="cols">'
+    )
+
+
 def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: str) -> str:
+    with_interp = any("explanation" in s for s in summary)
     rows = []
     for s in summary:
         f, dead = s["feature"], s["fire_count"] == 0
@@ -145,7 +179,9 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
             f'<td data-v="{s["mean_activation"] or 0:.6g}">{mean}</td>'
             f'<td data-v="{s["max_activation"]:.6g}">{s["max_activation"]:.3g}</td>'
             f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}</td>"
-            f"<td>{_token_list(s['top_boosted_tokens'])}</td></tr>"
+            f"<td>{_token_list(s['top_boosted_tokens'])}</td>"
+            + (_interp_cell(s) if with_interp else "")
+            + "</tr>"
         )
     facts = [x for x in (subtitle, f"{stats.n_tokens:,} tokens", f"{len(summary)} features") if x]
     body = (
@@ -153,10 +189,24 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
         '<table id="features" class="index"><thead><tr>'
         "<th>feature</th><th>density</th><th>mean act</th><th>max act</th>"
         "<th>top activating tokens</th><th>top boosted logits</th>"
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        + ("<th>explanation (balanced accuracy)</th>" if with_interp else "")
+        + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<p class="sub">Click a column header to sort.</p>'
     )
-    return _page(title, body, SORT_JS)
+    if with_interp:
+        search = (
+            '<p><input id="search" type="search" placeholder="search explanations" size="40"></p>'
+        )
+        body = body.replace('<table id="features"', search + '<table id="features"', 1)
+    return _page(title, body, SORT_JS + (SEARCH_JS if with_interp else ""))
+
+
+def _interp_cell(s: dict) -> str:
+    scores = ", ".join(
+        f"{k} {v:.2f}" for k, v in s.get("interp_scores", {}).items() if "(" not in k
+    )
+    text = html.escape(s.get("explanation") or "")
+    return f'<td class="expl">{text}{f" <span class=sub>({scores})</span>" if scores else ""}</td>'
 
 
 def _feature_page(
@@ -317,6 +367,7 @@ code.t{background:#eef;border-radius:3px;padding:0 .2em;white-space:pre}
 .tok{border-radius:2px;padding:0 1px}.tok.cur{outline:1px solid #333}
 svg.hist rect.bar{fill:#f60}svg.hist text{font-size:11px;fill:#555}
 td.pos{color:#06c}td.neg{color:#c30}
+p.interp{font-size:1.05em;background:#f4f8ff;padding:.4em .6em;border-radius:4px}
 """
 
 SORT_JS = """
@@ -331,6 +382,16 @@ document.querySelectorAll('table.index th').forEach(function(th, col){
       return desc ? y - x : x - y;
     });
     rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
+
+SEARCH_JS = """
+document.getElementById('search').addEventListener('input', function(e){
+  var q = e.target.value.toLowerCase();
+  document.querySelectorAll('table.index tbody tr').forEach(function(r){
+    var cell = r.querySelector('td.expl');
+    r.style.display = !q || (cell && cell.textContent.toLowerCase().indexOf(q) >= 0) ? '' : 'none';
   });
 });
 """
