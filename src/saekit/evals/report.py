@@ -106,6 +106,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _log_x(ax, ticks: list[int] | None = None) -> None:
+    """A log x axis labelled with plain numbers."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_comparison(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
     """PNGs: L0 vs CE loss recovered and vs explained variance, probe accuracy vs k,
     absorption per letter. Only plots with data are written."""
@@ -132,7 +143,7 @@ def plot_comparison(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Pat
         for name, x, y in points:
             ax.scatter(x, y)
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
+        _log_x(ax, sorted({round(x) for _, x, _ in points}))
         ax.set(xlabel="L0 (active features per token)", ylabel=label, title=f"sparsity vs {label}")
         ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / filename))
@@ -158,7 +169,7 @@ def plot_comparison(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Pat
         full = _get(first, "sparse_probing", "eval_result_metrics", "llm", "llm_test_accuracy")
         if full is not None:
             ax.axhline(full, color="gray", linestyle=":", label="residual, all dims")
-        ax.set_xscale("log")
+        _log_x(ax, ks)
         ax.set(xlabel="k (features in the probe)", ylabel="test accuracy", title="sparse probing")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
