@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Handler of `saekit train`."""
-    from saekit.training.distributed import DistributedError, launch_torchrun
+    from saekit.training.distributed import DistributedError
     from saekit.training.run import train
     from saekit.training.trainer import NonFiniteLossError, TrainingInterrupted
 
@@ -110,3 +113,29 @@ def run_train_command(args: argparse.Namespace) -> int:
     if result.summary:  # empty on ranks other than 0
         print(result.summary)
     return 0
+
+
+def launch_torchrun(cfg: TrainConfig, nproc: int, resume: bool = False) -> int:
+    """`saekit train --nproc N`: run the same training under torchrun on this machine.
+
+    The resolved settings travel in a temporary JSON config (on resume: the run folder and
+    the settings that may change on resume). Returns torchrun's exit status.
+    """
+    from saekit.training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ValueError("--nproc starts torchrun itself; under torchrun, leave it out")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "saekit", "train"]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="saekit-launch-") as tmp:
+        if resume:
+            command += ["--resume", "--out", cfg.out, "--device", cfg.device,
+                        "--threads", str(cfg.threads), "--sae-placement", cfg.sae_placement,
+                        "--dist-timeout", str(cfg.dist_timeout),
+                        "--progress" if cfg.progress else "--no-progress"]  # fmt: skip
+        else:
+            config = os.path.join(tmp, "train_config.json")
+            with open(config, "w") as fh:
+                json.dump(cfg.to_dict(), fh)
+            command += ["--config", config]
+        return subprocess.call(command)

@@ -15,11 +15,7 @@ Only rank 0 writes files, logs and progress.
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -386,27 +382,3 @@ def collect(trainer: Trainer) -> bool:
     if isinstance(trainer, DistributedTrainer):
         trainer.collect()
     return is_main()
-
-
-def launch_torchrun(cfg: TrainConfig, nproc: int, resume: bool = False) -> int:
-    """`saekit train --nproc N`: run the same training under torchrun on this machine.
-
-    The resolved settings travel in a temporary JSON config (on resume: the run folder and
-    the settings that may change on resume). Returns torchrun's exit status.
-    """
-    if launched_by_torchrun():
-        raise ValueError("--nproc starts torchrun itself; under torchrun, leave it out")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "saekit", "train"]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="saekit-launch-") as tmp:
-        if resume:
-            command += ["--resume", "--out", cfg.out, "--device", cfg.device,
-                        "--threads", str(cfg.threads), "--sae-placement", cfg.sae_placement,
-                        "--dist-timeout", str(cfg.dist_timeout),
-                        "--progress" if cfg.progress else "--no-progress"]  # fmt: skip
-        else:
-            config = os.path.join(tmp, "train_config.json")
-            with open(config, "w") as fh:
-                json.dump(cfg.to_dict(), fh)
-            command += ["--config", config]
-        return subprocess.call(command)

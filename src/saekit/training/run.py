@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from saekit.data.provenance import Provenance, activation_source, default_hook, token_batches
+from saekit.data.provenance import Provenance, token_batches
 from saekit.dtypes import DTYPES
 from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
@@ -23,12 +23,12 @@ from saekit.training import distributed
 from saekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from saekit.training.clt import CLTUnit, build_clt_unit, evaluate_replacement_units, initialize_clt
 from saekit.training.config import DEFAULT_K, TrainConfig
+from saekit.training.data import open_data
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
 from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
 from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
-from saekit.training.transcoders import hook_pairs, layers_in_cache
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
 
@@ -168,7 +168,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)
     main = distributed.is_main()
 
-    lm, buffer, pairs, dims, prov = _open_data(cfg, device)
+    lm, buffer, pairs, dims, prov = open_data(cfg, device)
     units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
         build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
     ]
@@ -260,61 +260,6 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     if wandb_logger:
         wandb_logger.finish()
     return TrainResult(run_dir, folders, final_metrics, summary)
-
-
-def _open_data(cfg: TrainConfig, device):
-    """The model (None when training from a cache), shuffle buffer, (input, output) hook
-    pairs, widths, provenance."""
-    from saekit.data import CachedActivations, ShuffleBuffer
-    from saekit.data.activations import LimitedSource
-
-    if cfg.activations:
-        source = CachedActivations(cfg.activations, seed=cfg.seed, epochs=10**9, device=device)
-        prov = cache_provenance(cfg, source.manifest)
-        hooks = cfg.hooks or (() if cfg.transcoders else prov.hooks)
-        pairs = hook_pairs(hooks, cfg.hook_out, cfg.transcoders, layers_in_cache(prov.hooks), "")
-        needed = list(dict.fromkeys(h for pair in pairs for h in pair))
-        missing = [h for h in needed if h not in prov.hooks]
-        if missing:
-            raise ValueError(f"hooks {missing} are not in the cache; it holds {list(prov.hooks)}")
-        source.hooks = needed
-        dims = {h: int(source.manifest["dims"][h]) for h in needed}
-        lm = None
-    else:
-        from saekit.models import load_model
-
-        lm = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype])
-        default = default_hook(lm.n_layers)
-        pairs = hook_pairs(cfg.hooks, cfg.hook_out, cfg.transcoders, lm.n_layers, default)
-        needed = list(dict.fromkeys(h for pair in pairs for h in pair))
-        dims = {h: lm.hook_dim(h) for h in needed}  # also validates every hook name
-        prov = Provenance.of(cfg).replace(hooks=tuple(needed))
-        part = "train" if prov.holdout_every else "all"
-        source = activation_source(
-            prov, lm, cfg.forward_rows, part, repeat=True, expected_tokens=cfg.tokens
-        )
-    source = distributed.strided_source(source, device)  # rank sharding under torchrun
-    source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
-    buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
-    return lm, buffer, pairs, dims, prov
-
-
-def cache_provenance(cfg: TrainConfig, manifest: dict) -> Provenance:
-    """The cache's record; a data setting of `cfg` that differs from it (and from the default,
-    i.e. was set) is an error naming it, since the cache decides what the SAE trains on."""
-    prov = Provenance.from_manifest(manifest)
-    mine, default = Provenance.of(cfg), Provenance()
-    fields = {
-        f.name for f in dataclasses.fields(Provenance)
-        if f.name != "hooks" and getattr(mine, f.name) != getattr(default, f.name)
-    }  # fmt: skip
-    clashes = mine.conflicts(prov, fields)
-    if clashes:
-        raise ValueError(
-            f"--activations {cfg.activations}: the cache was made with other data settings "
-            f"({'; '.join(clashes)}, given != cache); drop these flags or make a new cache"
-        )
-    return prov
 
 
 def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
