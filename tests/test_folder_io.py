@@ -247,3 +247,18 @@ def test_broken_weights_and_configs_are_one_line_errors(tmp_path):
     (tmp_path / "nokey" / "cfg.json").write_text(_json.dumps(cfg))
     with pytest.raises(ValueError, match="lacks required key.*d_in"):
         load_sae(tmp_path / "nokey")
+
+
+def test_a_folder_saved_on_a_gpu_that_is_not_here(tmp_path):
+    """cfg.json naming cuda:7 used to end in a CUDA traceback."""
+    import json as _json
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    make("relu").save(tmp_path / "gpu")
+    cfg = _json.loads((tmp_path / "gpu" / "cfg.json").read_text())
+    cfg["device"] = "cuda:7"
+    (tmp_path / "gpu" / "cfg.json").write_text(_json.dumps(cfg))
+    with pytest.raises(ValueError, match="names device 'cuda:7', which is not here"):
+        SAE.load(tmp_path / "gpu")
+    assert SAE.load(tmp_path / "gpu", device="cpu").W_enc.device.type == "cpu"

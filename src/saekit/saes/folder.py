@@ -86,6 +86,16 @@ def load_sae_folder(
         raise ValueError(f"{folder / CFG_FILENAME} lacks required key(s): {', '.join(missing_keys)}")
     if device is not None:
         data["device"] = str(device)
+    elif isinstance(data.get("device"), str) and data["device"] != "cpu":
+        from saekit.models.loading import resolve_device
+
+        try:  # a folder saved on a GPU: open it there if this machine has one
+            resolve_device(data["device"])
+        except ValueError as err:
+            raise ValueError(
+                f"{folder / CFG_FILENAME} names device {data['device']!r}, which is not here "
+                f"({err}); pass device='cpu' (saekit.load_sae(path, device='cpu'))"
+            ) from None
     scale = _pop_activation_scale(folder, data)
     try:
         cfg = SAEConfig.from_dict(data)
