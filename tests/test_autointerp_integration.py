@@ -96,7 +96,8 @@ def test_in_process_model(examples_folder, default_lm, tmp_path):
     settings = InterpSettings(n_explain=4, n_activating=4, n_random=4, per_prompt=4)
     run_autointerp(examples, client, tmp_path, settings=settings, features=features[:2])
     _check_results(tmp_path, sorted(features[:2]), auc=True)
-    assert client.counts()["llm_calls"] == 2 * (1 + 2 * 2 * 2)
+    # per feature: 1 explanation (2 if the first came back empty) + 2 scorers x 2 x 2 prompts
+    assert 2 * (1 + 8) <= client.counts()["llm_calls"] <= 2 * (2 + 8)
 
 
 def _free_port() -> int:

@@ -237,3 +237,20 @@ def test_explainer_asks_for_the_answer_prefix():
     assert seen["prefix"] == "Explanation:" and seen["prompt"].startswith(
         "Excerpt 1: a<< t>>\nStrength: t 10\n\nWhat do"
     )
+
+
+def test_explainer_asks_again_without_prefix_when_empty():
+    from saekit.autointerp.explain import explain
+
+    prefixes = []
+
+    class EmptyFirst:
+        name, concurrency = "empty", 1
+
+        def complete(self, messages, *, max_tokens, prefix=None, **_):
+            prefixes.append(prefix)
+            return Completion("Explanation:" if prefix else "capital letters")
+
+    w = _w("top0", [0.0, 2.0], ["a", " T"], 1, "top")
+    assert explain(EmptyFirst(), load_templates()["explain"], [w], 2.0)[0] == "capital letters"
+    assert prefixes == ["Explanation:", None]

@@ -125,11 +125,12 @@ def explain(
     max_tokens: int = 60,
 ) -> tuple[str | None, str]:
     """``(explanation or None when unparsable, raw answer)`` for one feature's windows."""
-    answer = client.complete(
-        explain_messages(template, windows, feature_max, threshold),
-        max_tokens=max_tokens,
-        prefix=ANSWER_PREFIX,
-    ).text
+    messages = explain_messages(template, windows, feature_max, threshold)
+    answer = client.complete(messages, max_tokens=max_tokens, prefix=ANSWER_PREFIX).text
+    try:
+        return parse_explanation(answer), answer
+    except ValueError:  # e.g. nothing after the prefix: ask once more, the answer left free
+        answer = client.complete(messages, max_tokens=max_tokens).text
     try:
         return parse_explanation(answer), answer
     except ValueError:
