@@ -24,22 +24,19 @@ class SAEConventions:
 
 
 def sae_conventions(sae: Any, **overrides: Any) -> SAEConventions:
-    """The conventions of `sae` (from its `cfg.json` metadata), with `overrides` applied.
+    """The conventions of `sae` (from its provenance record), with `overrides` applied.
 
     Overrides that are None are ignored, so CLI flags can be passed straight through.
     """
-    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    from saekit.data.provenance import Provenance
 
-    def get(key: str, default: Any = None) -> Any:
-        value = getattr(meta, key, None) if meta is not None else None
-        return default if value is None else value
-
+    prov, known = Provenance.from_sae(sae)  # the SAE's provenance record, as every tool reads it
     conventions = SAEConventions(
-        model_name=get("model_name"),
-        hook_name=get("hook_name"),
-        prepend_bos=bool(get("prepend_bos", True)),
-        exclude_special_tokens=bool(get("exclude_special_tokens", True)),
-        context_size=get("context_size"),
-        dataset_path=get("dataset_path"),
+        model_name=prov.model if "model" in known else None,
+        hook_name=prov.hooks[0] if prov.hooks else None,
+        prepend_bos=prov.prepend_bos,
+        exclude_special_tokens=prov.exclude_special_tokens,
+        context_size=prov.context if "context" in known else None,
+        dataset_path=prov.dataset if "dataset" in known else None,
     )
     return replace(conventions, **{k: v for k, v in overrides.items() if v is not None})

@@ -66,12 +66,8 @@ def _groups(saes: Mapping[str, torch.nn.Module]) -> dict[tuple[str, bool], dict[
 
 def run_core(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, dict[str, Any]]:
     """Reconstruction, sparsity and spliced-model metrics (`evaluate_saes`), SAEBench names beside."""
-    from saekit.evals.evaluate import (
-        EvalTarget,
-        evaluate_saes,
-        heldout_token_batches,
-        scalar_metrics,
-    )
+    from saekit.data.provenance import Provenance, token_batches
+    from saekit.evals.evaluate import EvalTarget, evaluate_saes, scalar_metrics
 
     first = sae_conventions(next(iter(saes.values())))
     dataset = settings.core_dataset or first.dataset_path or "builtin:python-docs"
@@ -79,11 +75,13 @@ def run_core(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, 
     results: dict[str, dict[str, Any]] = {}
     for (_, prepend_bos), group in _groups(saes).items():
         conv = sae_conventions(next(iter(group.values())))
-        batches = heldout_token_batches(
-            dataset, lm.tokenizer, context, settings.batch_rows, prepend_bos=prepend_bos,
+        prov = Provenance.from_sae(next(iter(group.values())))[0].replace(
+            dataset=dataset, context=context, prepend_bos=prepend_bos,
             exclude_special_tokens=conv.exclude_special_tokens,
             holdout_every=settings.holdout_every,
         )  # fmt: skip
+        part = "heldout" if settings.holdout_every else "all"
+        batches = token_batches(prov, lm.tokenizer, settings.batch_rows, part)
         targets = {name: EvalTarget.of(sae) for name, sae in group.items()}
         out = evaluate_saes(targets, lm, batches, max_tokens=settings.core_tokens,
                             progress=settings.progress)  # fmt: skip
