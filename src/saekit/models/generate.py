@@ -199,12 +199,19 @@ def _generate_tl(lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, u
 
 
 def _tl_loop(lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, stop) -> Tensor:
-    from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
+    try:  # TransformerLens 2
+        from transformer_lens.past_key_value_caching import (
+            HookedTransformerKeyValueCache as KeyValueCache,
+        )
+    except ModuleNotFoundError:  # TransformerLens 3
+        from transformer_lens.cache.key_value_cache import (
+            TransformerLensKeyValueCache as KeyValueCache,
+        )
 
     model = lm.model
     eos = torch.tensor(_eos_ids(lm) if stop else [], dtype=torch.long, device=prompt_BL.device)
     cache = (
-        HookedTransformerKeyValueCache.init_cache(model.cfg, model.cfg.device, prompt_BL.shape[0])
+        KeyValueCache.init_cache(model.cfg, model.cfg.device, prompt_BL.shape[0])
         if use_cache
         else None
     )
