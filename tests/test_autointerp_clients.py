@@ -145,3 +145,31 @@ def test_cache_second_run_makes_no_call(tmp_path):
     assert second.client.calls == 1
     stored = list(tmp_path.glob("*/*.json"))
     assert len(stored) == 3 and "request" in json.loads(stored[0].read_text())
+
+
+def test_binary_answers_capped_and_biased(server, tiny_model_dir):
+    """A scorer's request: few answer tokens; with the served model's tokenizer, a logit_bias
+    that allows exactly the tokens of well-formed 0/1 lists (and end of text)."""
+    from transformers import AutoTokenizer
+
+    from saekit.autointerp.clients import binary_answer_cap
+
+    plain = OpenAIClient(server.url)
+    plain.complete(MSG, max_tokens=40, binary_answers=5)
+    assert server.requests[-1]["max_tokens"] == binary_answer_cap(5) == 19
+    assert "logit_bias" not in server.requests[-1]
+    plain.complete(MSG, max_tokens=40)  # free answers keep their limit
+    assert server.requests[-1]["max_tokens"] == 40
+
+    biased = OpenAIClient(server.url, answer_tokenizer=str(tiny_model_dir))
+    assert biased.name != plain.name  # other answers, other cache entries
+    biased.complete(MSG, max_tokens=40, binary_answers=3)
+    bias = {int(k): v for k, v in server.requests[-1]["logit_bias"].items()}
+    assert set(bias.values()) == {100}
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for answer in ("[1, 0, 1]", "[0]", "[1, 1, 0, 0, 1]"):
+        assert set(tok.encode(answer, add_special_tokens=False)) <= set(bias)
+    for i in set(bias) - {tok.eos_token_id}:
+        assert set(tok.decode([i])) <= set("[]01, "), tok.decode([i])
+    with pytest.raises(ValueError, match="--answer-tokenizer"):
+        OpenAIClient(server.url, answer_tokenizer=str(tiny_model_dir / "missing"))

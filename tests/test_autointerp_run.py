@@ -97,7 +97,7 @@ def test_scores_by_hand(example_set, tmp_path):
     assert sorted(r["shuffled"]["explanation_of"] for r in results.values()) == [0, 1, 2]
     assert summary["scores"]["fuzzing"]["balanced_accuracy"] == 1.0
     assert summary["shuffled"]["fuzzing"]["balanced_accuracy"] == 0.5
-    assert summary["failed_answers"]["detection"] == {"failed": 0, "total": 24}
+    assert summary["failed_answers"]["detection"] == {"failed": 0, "retried": 0, "total": 24}
     assert "auc_note" in summary
     # 3 explanations + 3 features x 2 scorers x 2 explanations x 2 prompts of 4
     assert client.counts()["llm_calls"] == 3 + 24 and client.counts()["cache_hits"] == 0
@@ -145,9 +145,35 @@ def test_unparsable_answers_are_counted(example_set, tmp_path):
     summary = run_autointerp(example_set, Oracle(garbage=True), tmp_path, settings=SETTINGS)
     r = _lines(tmp_path / "results.jsonl")[0]
     assert r["explanation"] == "I am not sure what you mean"
-    assert r["scores"]["detection"]["n_failed"] == 8
+    assert r["scores"]["detection"]["n_failed"] == r["scores"]["detection"]["n_retried"] == 8
     assert r["scores"]["detection"]["balanced_accuracy"] == 0.0
-    assert summary["failed_answers"]["fuzzing"] == {"failed": 24, "total": 24}
+    assert summary["failed_answers"]["fuzzing"] == {"failed": 24, "retried": 24, "total": 24}
+
+
+class Sloppy(Oracle):
+    """Answers a scorer in prose first; asked again (the retry template), answers right."""
+
+    def complete(self, messages, **kw) -> Completion:
+        if "Strength:" in messages[-1]["content"]:
+            return super().complete(messages, **kw)
+        if "Description of the neuron" in messages[-1]["content"]:
+            with self.lock:
+                self.calls += 1
+            return Completion("I think the first one, maybe.")
+        assert messages[-2] == {"role": "assistant", "content": "I think the first one, maybe."}
+        assert messages[-1]["content"].startswith("Answer with only a list of 4 numbers")
+        return super().complete(messages[:-2], **kw)
+
+
+def test_unparsable_answer_is_asked_once_more(example_set, tmp_path):
+    client = CachedClient(Sloppy(), tmp_path / "cache")
+    summary = run_autointerp(example_set, client, tmp_path / "a", settings=SETTINGS)
+    reference = run_autointerp(example_set, Oracle(), tmp_path / "b", settings=SETTINGS)
+    for scorer in ("detection", "fuzzing"):
+        assert summary["failed_answers"][scorer] == {"failed": 0, "retried": 24, "total": 24}
+        assert summary["scores"][scorer] == reference["scores"][scorer]
+        assert summary["shuffled"][scorer] == reference["shuffled"][scorer]
+    assert client.counts()["llm_calls"] == 3 + 2 * 24  # each scorer prompt asked twice
 
 
 def test_shuffled_sources_is_a_derangement():

@@ -80,7 +80,8 @@ def test_templates_parse_and_fill(tmp_path):
     with pytest.raises(ValueError, match="before the first"):
         parse_template("stray\n=== user ===\nhi\n")
     shipped = load_templates()
-    assert set(shipped) == {"explain", "detection", "fuzzing"}
+    assert set(shipped) == {"explain", "detection", "fuzzing", "retry"}
+    assert "{n}" in shipped["retry"][-1]["content"]
     assert "{examples}" in shipped["explain"][-1]["content"]
     (tmp_path / "fuzzing.txt").write_text("=== user ===\nmine {explanation}\n")
     mine = load_templates(tmp_path)

@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--retries", type=int, default=4, help="openai: retries on 429/5xx/timeouts (default 4)"
     )
+    g.add_argument("--answer-tokenizer", default=None, metavar="TOKENIZER",
+                   help="openai: the served model's tokenizer (transformers id or folder); the "
+                   "scorers' requests then carry a logit_bias allowing only 0/1-list tokens")  # fmt: skip
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads for the model passes (0: torch's default)")  # fmt: skip
     g.add_argument(
         "--prompts", default=None, help="folder of prompt templates overriding the shipped ones"
     )
@@ -142,6 +147,12 @@ def run_explain(args: argparse.Namespace) -> int:
     from saekit.models.loading import resolve_device
 
     ids = parse_feature_spec(args.features)
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: use 0 (torch's default) or a positive count")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     settings = InterpSettings(
         scorers=tuple(s.strip() for s in args.scorers.split(",") if s.strip()),
         n_explain=args.n_explain, n_activating=args.n_activating, n_random=args.n_random,
@@ -158,6 +169,7 @@ def run_explain(args: argparse.Namespace) -> int:
         args.explainer, model=args.explainer_model, api_key_env=args.api_key_env,
         timeout=args.timeout, retries=args.retries, concurrency=args.concurrency,
         device=str(resolve_device(getattr(args, "device", "auto"))),
+        answer_tokenizer=args.answer_tokenizer,
     )  # fmt: skip
     cached = CachedClient(client, Path(args.out) / "llm-cache")
     summary = run_autointerp(examples, cached, args.out, settings=settings, features=ids,

@@ -21,6 +21,22 @@ from saekit.fileio import atomic_write_text
 
 TOP_LOGPROBS = 5
 RETRY_STATUS = (408, 409, 429)  # and every 5xx
+ANSWER_BIAS = 100  # logit_bias on the tokens of well-formed 0/1 answers (OpenAI's maximum)
+
+
+def binary_answer_cap(n: int) -> int:
+    """Answer tokens a server may spend on a list of n 0/1 (``[1, 0, 1]``: at most 3 a digit)."""
+    return 3 * n + 4
+
+
+def answer_token_ids(tokenizer: Any) -> list[int]:
+    """The token ids of well-formed answers ``[1]``, ``[0, 1, 1]``, ... under ``tokenizer``
+    (plus its end-of-text token): the tokens a biased server may choose from."""
+    texts = ["[0]", "[1]", "[0, 1]", "[1, 0]", "[0, 0, 1, 1]", "[1, 1, 0, 0]", "[0,1]", "[1,0]"]
+    ids = {i for t in texts for i in tokenizer.encode(t, add_special_tokens=False)}
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
 
 
 class LLMError(RuntimeError):
@@ -90,6 +106,11 @@ class OpenAIClient:
     ``model=None`` takes the only model the server lists. The API key, if any, is read from
     the environment variable ``api_key_env``. Requests time out after ``timeout`` seconds and
     are retried ``retries`` times with exponential backoff on timeouts, 408/409/429 and 5xx.
+
+    A scorer's 0/1 answer (``binary_answers=n``) gets at most :func:`binary_answer_cap` tokens;
+    with ``answer_tokenizer`` (the served model's tokenizer: a transformers id or folder) the
+    request also carries a ``logit_bias`` that leaves the model only the tokens of well-formed
+    answers, for servers that honour it (`transformers serve`, vLLM, OpenAI).
     """
 
     def __init__(
@@ -102,6 +123,7 @@ class OpenAIClient:
         retries: int = 4,
         backoff: float = 1.0,
         concurrency: int = 4,
+        answer_tokenizer: str | None = None,
     ) -> None:
         import httpx
 
@@ -115,6 +137,18 @@ class OpenAIClient:
         self.concurrency = max(1, concurrency)
         self.model = model or self._only_model()
         self.name = f"openai:{self.url}#{self.model}"
+        self.answer_bias: dict[str, int] | None = None
+        if answer_tokenizer:
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(answer_tokenizer)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"--answer-tokenizer {answer_tokenizer!r}: cannot load a tokenizer ({err})"
+                ) from err
+            self.answer_bias = {str(i): ANSWER_BIAS for i in answer_token_ids(tok)}
+            self.name += "#biased"  # other answers: another cache key
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         import httpx
@@ -175,10 +209,14 @@ class OpenAIClient:
         prefix: str | None = None,
     ) -> Completion:
         """One chat completion (token log-probabilities requested when ``logprobs``)."""
+        if binary_answers is not None:
+            max_tokens = min(max_tokens, binary_answer_cap(binary_answers))
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "max_tokens": max_tokens,
             "temperature": temperature,
         }  # fmt: skip
+        if binary_answers is not None and self.answer_bias:
+            body["logit_bias"] = self.answer_bias
         if logprobs:
             body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
         try:
@@ -284,6 +322,7 @@ def make_client(
     retries: int = 4,
     concurrency: int = 4,
     device: str = "cpu",
+    answer_tokenizer: str | None = None,
 ) -> LLMClient:
     """``hf:MODEL`` or ``openai:URL`` (the ``--explainer`` setting) -> a client."""
     kind, _, rest = spec.partition(":")
@@ -293,7 +332,8 @@ def make_client(
         return HFClient(rest, device=device)
     if kind == "openai" and rest:
         return OpenAIClient(rest, model, api_key_env=api_key_env, timeout=timeout,
-                            retries=retries, concurrency=concurrency)  # fmt: skip
+                            retries=retries, concurrency=concurrency,
+                            answer_tokenizer=answer_tokenizer)  # fmt: skip
     raise ValueError(
         f"--explainer {spec!r}: use hf:MODEL (e.g. hf:smollm2-135m) or openai:URL "
         f"(e.g. openai:http://localhost:8000/v1)"

@@ -4,7 +4,8 @@ A template is a chat: lines ``=== system ===``, ``=== user ===`` or ``=== assist
 a message; lines starting with ``#`` before the first message are comments. Placeholders
 ``{examples}``, ``{explanation}`` and ``{n}`` are replaced literally (other braces are kept),
 so templates may hold any text. A folder given with ``--prompts`` overrides the shipped files
-it holds (``explain.txt``, ``detection.txt``, ``fuzzing.txt``).
+it holds (``explain.txt``, ``detection.txt``, ``fuzzing.txt``, ``retry.txt``: asked once when
+a scorer's answer does not parse).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-TEMPLATE_NAMES = ("explain", "detection", "fuzzing")
+TEMPLATE_NAMES = ("explain", "detection", "fuzzing", "retry")
 _ROLE = re.compile(r"^=== *(system|user|assistant) *===\s*$")
 
 Messages = list[dict[str, str]]

@@ -207,12 +207,12 @@ def run_autointerp(
                     continue
                 judged = classify(client, templates[scorer], text, samples,
                                   per_prompt=s.per_prompt, logprobs=s.logprobs,
-                                  max_tokens=s.score_tokens)  # fmt: skip
+                                  max_tokens=s.score_tokens, retry=templates.get("retry"))  # fmt: skip
                 rec[key][scorer] = classification_metrics(
                     [j.activating for j in judged],
                     [j.prediction for j in judged],
                     [j.probability for j in judged],
-                )
+                ) | {"n_retried": sum(j.retried for j in judged)}
                 if key == "scores":
                     rec["answers"][scorer] = [j.to_dict() for j in judged]
         return rec

@@ -36,6 +36,7 @@ class Sample:
     text: str
     prediction: int | None = None
     probability: float | None = None
+    retried: bool = False  # the first answer did not parse; the LLM was asked once more
 
     def to_dict(self) -> dict:
         """JSON-able form without the text."""
@@ -149,20 +150,33 @@ def classify(
     per_prompt: int = 5,
     logprobs: bool = True,
     max_tokens: int = 40,
+    retry: Messages | None = None,
 ) -> list[Sample]:
-    """Ask the LLM about ``samples`` in batches of ``per_prompt``; fills predictions."""
+    """Ask the LLM about ``samples`` in batches of ``per_prompt``; fills predictions. An answer
+    that does not parse is asked for once more with ``retry`` (the chat, the answer, then the
+    ``retry`` message) when given; predictions left None count as failed."""
     out = []
     for i in range(0, len(samples), per_prompt):
         batch = [Sample(**asdict(s)) for s in samples[i : i + per_prompt]]
-        completion = client.complete(
-            classifier_messages(template, explanation, batch),
-            max_tokens=max_tokens, logprobs=logprobs, binary_answers=len(batch),
-        )  # fmt: skip
+        messages = classifier_messages(template, explanation, batch)
+        ask = {"max_tokens": max_tokens, "logprobs": logprobs, "binary_answers": len(batch)}
+        completion = client.complete(messages, **ask)
         try:
             values, span = parse_predictions(completion.text, len(batch))
         except ValueError:
-            out.extend(batch)  # predictions stay None: counted as failed
-            continue
+            if retry is None:
+                out.extend(batch)
+                continue
+            again = [*messages, {"role": "assistant", "content": completion.text},
+                     *fill(retry, n=len(batch))]  # fmt: skip
+            completion = client.complete(again, **ask)
+            for s in batch:
+                s.retried = True
+            try:
+                values, span = parse_predictions(completion.text, len(batch))
+            except ValueError:
+                out.extend(batch)
+                continue
         probs = answer_probabilities(completion, span, len(batch)) or [None] * len(batch)
         for s, v, p in zip(batch, values, probs, strict=True):
             s.prediction, s.probability = v, p

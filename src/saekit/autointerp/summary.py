@@ -41,6 +41,7 @@ def summarize(results: Sequence[dict], scorers: Sequence[str]) -> dict[str, Any]
         answers = [r["scores"][scorer] for r in scored if scorer in r["scores"]]
         out["failed_answers"][scorer] = {
             "failed": sum(a["n_failed"] for a in answers),
+            "retried": sum(a.get("n_retried", 0) for a in answers),
             "total": sum(a["n"] for a in answers),
         }
     if not any_auc:
@@ -64,7 +65,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{scorer:<10} {'real':<9} " + " ".join(cell(row[m]) for m in METRICS))
         lines.append(f"{'':<10} {'shuffled':<9} " + " ".join(cell(base.get(m)) for m in METRICS))
         failed = summary["failed_answers"][scorer]
-        lines.append(f"{'':<10} unparsable answers: {failed['failed']} of {failed['total']}")
+        lines.append(
+            f"{'':<10} unparsable answers: {failed['failed']} of {failed['total']} "
+            f"({failed.get('retried', 0)} asked once more)"
+        )
     if "auc_note" in summary:
         lines.append(summary["auc_note"])
     run = summary.get("run") or {}
