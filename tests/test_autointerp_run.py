@@ -202,3 +202,31 @@ def test_dashboard_shows_explanations(example_set, tiny_lm, tmp_path):
     assert summary[0]["interp_scores"]["fuzzing (shuffled)"] == 0.5
     plain = write_dashboard(tmp_path / "plain", stats, [], tiny_lm.tokenizer).read_text()
     assert 'id="search"' not in plain and 'td class="expl"' not in plain
+
+
+def test_load_explanations(example_set, tmp_path):
+    """One loader for every reader: a finished run, a run in progress, either file."""
+    from saekit.autointerp import load_explanations
+
+    run_autointerp(example_set, Oracle(), tmp_path, settings=SETTINGS)
+    lines = {r["feature"]: r for r in _lines(tmp_path / "results.jsonl")}
+    assert load_explanations(tmp_path) == lines == load_explanations(tmp_path / "results.jsonl")
+    only = load_explanations(tmp_path / "explanations.jsonl")
+    assert list(only) == [0, 1, 2]
+    for f, rec in only.items():
+        assert rec == {"feature": f, "explanation": f"the word w{f}",
+                       "examples": {"explain": lines[f]["examples"]["explain"]}}  # fmt: skip
+    # a run in progress: feature 2 explained, not yet scored; a line cut short by the kill
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "explanations.jsonl").write_text((tmp_path / "explanations.jsonl").read_text())
+    done = [json.dumps(lines[f]) for f in (0, 1)]
+    (partial / "results.jsonl").write_text("\n".join(done) + '\n{"feature": 2, "expl')
+    got = load_explanations(partial)
+    assert got[0] == lines[0] and got[1] == lines[1] and got[2] == only[2]
+    assert "scores" not in got[2]
+    with pytest.raises(FileNotFoundError, match="saekit explain"):
+        load_explanations(tmp_path / "nothing-here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="results.jsonl"):
+        load_explanations(tmp_path / "empty")

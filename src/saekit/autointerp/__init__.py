@@ -7,6 +7,7 @@ ex = ExampleSet.from_collected(collect_examples(sae, lm, batches, range(100), ma
 ex.save("interp/")                                  # reload with ExampleSet.load("interp/")
 client = CachedClient(make_client("hf:smollm2-135m"), "interp/llm-cache")
 summary = run_autointerp(ex, client, "interp/")     # results.jsonl, summary.json, scores.png
+by_feature = load_explanations("interp/")           # {feature: {"explanation": ..., "scores": ...}}
 ```
 """
 
@@ -30,6 +31,7 @@ from saekit.autointerp.explain import explain, parse_explanation
 from saekit.autointerp.hf import HFClient
 from saekit.autointerp.metrics import classification_metrics, roc_auc
 from saekit.autointerp.prompts import load_templates
+from saekit.autointerp.results import load_explanations
 from saekit.autointerp.run import InterpSettings, run_autointerp
 from saekit.autointerp.score import classify, parse_predictions, scorer_samples
 
@@ -52,6 +54,7 @@ __all__ = [
     "collect_examples",
     "decoder_neighbours",
     "explain",
+    "load_explanations",
     "load_templates",
     "make_client",
     "parse_explanation",

@@ -30,6 +30,7 @@ from saekit.autointerp.exampleset import ExampleSet, FeatureExamples
 from saekit.autointerp.explain import explain
 from saekit.autointerp.metrics import classification_metrics
 from saekit.autointerp.prompts import Messages, load_templates
+from saekit.autointerp.results import load_explanations, read_jsonl
 from saekit.autointerp.score import SCORERS, classify, scorer_samples
 from saekit.fileio import atomic_write_text
 
@@ -59,25 +60,9 @@ class InterpSettings:
             raise ValueError("--per-prompt, --n-explain and --n-activating must be positive")
 
 
-def _read_jsonl(path: Path) -> dict[int, dict]:
-    """Records by feature; a line cut short by a killed run is ignored."""
-    out: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-                out[int(rec["feature"])] = rec
-            except (ValueError, KeyError, TypeError):
-                continue
-    return out
-
-
 def read_results(folder: str | Path) -> dict[int, dict]:
-    """The ``results.jsonl`` of a run (``saekit explain --out``) by feature."""
-    path = Path(folder) / "results.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no results.jsonl (run `saekit explain` first)")
-    return _read_jsonl(path)
+    """The records of a run by feature (see :func:`~saekit.autointerp.results.load_explanations`)."""
+    return load_explanations(folder)
 
 
 def _check_run(out: Path, record: dict[str, Any]) -> None:
@@ -159,7 +144,7 @@ def run_autointerp(
 
     # 1. explanations
     exp_path = out / "explanations.jsonl"
-    explained = _read_jsonl(exp_path)
+    explained = read_jsonl(exp_path)
 
     def explain_one(f: int) -> dict:
         fe = chosen[f]
@@ -177,7 +162,7 @@ def run_autointerp(
 
     # 2. scores: the real explanation and a shuffled one, on the same samples
     res_path = out / "results.jsonl"
-    results = _read_jsonl(res_path)
+    results = read_jsonl(res_path)
     has_text = [f for f in features if explained[f].get("explanation")]
     sources = shuffled_sources(has_text, s.seed)
 
