@@ -75,7 +75,9 @@ def _compare(a: dict, b: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("examples")
-    ap.add_argument("--features", default="0,1")
+    ap.add_argument(
+        "--features", default="first2", help="'0,1', or 'firstN': the first N that fire"
+    )
     ap.add_argument("--before", required=True, help="path of the hf.py to compare against")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=1)
@@ -83,7 +85,12 @@ def main() -> None:
     args = ap.parse_args()
 
     examples = ExampleSet.load(args.examples)
-    features = [int(f) for f in args.features.split(",")]
+    if args.features.startswith("first"):
+        usable = [f for n, f in enumerate(examples.feature_ids)
+                  if len(examples.select(n).activating) >= 10]  # fmt: skip
+        features = usable[: int(args.features[5:])]
+    else:
+        features = [int(f) for f in args.features.split(",")]
     lm = load_model("smollm2-135m")
     classes = {"before": _load_before(args.before), "after": HFClient}
     rows, answers = defaultdict(list), {}

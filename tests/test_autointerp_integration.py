@@ -119,7 +119,9 @@ def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, limit: float) ->
     "transformers").exists(), reason="needs transformers[serving] (the `transformers` CLI)")  # fmt: skip
 def test_openai_path_through_transformers_serve(random_sae_folder, examples_folder, tmp_path):
     """`saekit explain --explainer openai:URL` against a real `transformers serve`, killed and
-    resumed. The server ignores `logprobs`, so the summary says AUC is absent."""
+    resumed. The server ignores `logprobs`, so the summary says AUC is absent; it honours the
+    `logit_bias` built from the model's tokenizer (`--answer-tokenizer`), so every scorer
+    answer holds only the characters of a 0/1 list."""
     import httpx
 
     from saekit.models.loading import DEFAULT_MODEL
@@ -152,7 +154,7 @@ def test_openai_path_through_transformers_serve(random_sae_folder, examples_fold
         argv = [sys.executable, "-m", "saekit", "explain", str(random_sae_folder), "--features",
                 spec, "--tokens", "2k", "--examples", str(folder), "--explainer",
                 f"openai:http://127.0.0.1:{port}/v1", "--concurrency", "2", "--out", str(out),
-                "--no-progress", *SMALL]  # fmt: skip
+                "--answer-tokenizer", str(model_dir), "--no-progress", *SMALL]  # fmt: skip
         src = str(Path(__file__).parents[1] / "src")
         cli_env = env | {"PYTHONPATH": src + os.pathsep + env.get("PYTHONPATH", "")}
         first = subprocess.Popen(
@@ -171,6 +173,13 @@ def test_openai_path_through_transformers_serve(random_sae_folder, examples_fold
         summary = json.loads((out / "summary.json").read_text())
         assert summary["run"]["features_this_call"] == 3 - min(done, 3)
         assert "AUC is absent" in second.stdout
+        cached = [json.loads(p.read_text()) for p in (out / "llm-cache").glob("*/*.json")]
+        scorer_answers = [c["response"]["text"] for c in cached
+                          if c["request"].get("binary_answers")]  # fmt: skip
+        assert len(scorer_answers) >= 3 * 8
+        assert all(set(a) <= set("[]01, ") for a in scorer_answers), scorer_answers
+        failed = summary["failed_answers"]["detection"]
+        assert failed["total"] == 3 * 8 and 0 <= failed["failed"] <= failed["retried"]
     finally:
         server.terminate()
         try:
