@@ -173,3 +173,5 @@ def test_binary_answers_capped_and_biased(server, tiny_model_dir):
         assert set(tok.decode([i])) <= set("[]01, "), tok.decode([i])
     with pytest.raises(ValueError, match="--answer-tokenizer"):
         OpenAIClient(server.url, answer_tokenizer=str(tiny_model_dir / "missing"))
+    with pytest.raises(ValueError, match="--answer-tokenizer: only for openai"):
+        make_client("hf:smollm2-135m", answer_tokenizer=str(tiny_model_dir))

@@ -329,6 +329,12 @@ def make_client(
     if kind == "hf" and rest:
         from saekit.autointerp.hf import HFClient
 
+        if answer_tokenizer:
+            raise ValueError(
+                "--answer-tokenizer: only for openai:URL explainers (hf: ones constrain the "
+                "answers themselves)"
+            )
+
         return HFClient(rest, device=device)
     if kind == "openai" and rest:
         return OpenAIClient(rest, model, api_key_env=api_key_env, timeout=timeout,
