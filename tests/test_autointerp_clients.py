@@ -164,9 +164,11 @@ def test_binary_answers_capped_and_biased(server, tiny_model_dir):
     biased = OpenAIClient(server.url, answer_tokenizer=str(tiny_model_dir))
     assert biased.name != plain.name  # other answers, other cache entries
     biased.complete(MSG, max_tokens=40, binary_answers=3)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # the cap: a well-formed answer's length
+    assert server.requests[-1]["max_tokens"] == len(tok.encode("[0, 0, 0]")) < 3 * 3 + 4
     bias = {int(k): v for k, v in server.requests[-1]["logit_bias"].items()}
-    assert set(bias.values()) == {100}
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert set(bias.values()) == {100.0}
+    assert all(isinstance(v, float) for v in bias.values())  # `transformers serve` needs floats
     for answer in ("[1, 0, 1]", "[0]", "[1, 1, 0, 0, 1]"):
         assert set(tok.encode(answer, add_special_tokens=False)) <= set(bias)
     for i in set(bias) - {tok.eos_token_id}:

@@ -21,12 +21,16 @@ from saekit.fileio import atomic_write_text
 
 TOP_LOGPROBS = 5
 RETRY_STATUS = (408, 409, 429)  # and every 5xx
-ANSWER_BIAS = 100  # logit_bias on the tokens of well-formed 0/1 answers (OpenAI's maximum)
+ANSWER_BIAS = 100.0  # logit_bias on the tokens of well-formed 0/1 answers (OpenAI's maximum)
 
 
-def binary_answer_cap(n: int) -> int:
-    """Answer tokens a server may spend on a list of n 0/1 (``[1, 0, 1]``: at most 3 a digit)."""
-    return 3 * n + 4
+def binary_answer_cap(n: int, tokenizer: Any = None) -> int:
+    """Answer tokens a server may spend on a list of n 0/1: as many as ``[0, 0, 0]`` takes
+    under the served model's ``tokenizer`` (so a biased model cannot run on past n answers),
+    else ``3n + 4``."""
+    if tokenizer is None:
+        return 3 * n + 4
+    return len(tokenizer.encode("[" + ", ".join("0" * n) + "]", add_special_tokens=False))
 
 
 def answer_token_ids(tokenizer: Any) -> list[int]:
@@ -109,8 +113,9 @@ class OpenAIClient:
 
     A scorer's 0/1 answer (``binary_answers=n``) gets at most :func:`binary_answer_cap` tokens;
     with ``answer_tokenizer`` (the served model's tokenizer: a transformers id or folder) the
-    request also carries a ``logit_bias`` that leaves the model only the tokens of well-formed
-    answers, for servers that honour it (`transformers serve`, vLLM, OpenAI).
+    cap is the length of a well-formed answer and the request carries a ``logit_bias`` that
+    leaves the model only the tokens of well-formed answers, for servers that honour it
+    (`transformers serve`, vLLM, OpenAI).
     """
 
     def __init__(
@@ -137,7 +142,8 @@ class OpenAIClient:
         self.concurrency = max(1, concurrency)
         self.model = model or self._only_model()
         self.name = f"openai:{self.url}#{self.model}"
-        self.answer_bias: dict[str, int] | None = None
+        self.answer_bias: dict[str, float] | None = None
+        self._answer_tokenizer = None
         if answer_tokenizer:
             from transformers import AutoTokenizer
 
@@ -148,6 +154,7 @@ class OpenAIClient:
                     f"--answer-tokenizer {answer_tokenizer!r}: cannot load a tokenizer ({err})"
                 ) from err
             self.answer_bias = {str(i): ANSWER_BIAS for i in answer_token_ids(tok)}
+            self._answer_tokenizer = tok
             self.name += "#biased"  # other answers: another cache key
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -210,7 +217,8 @@ class OpenAIClient:
     ) -> Completion:
         """One chat completion (token log-probabilities requested when ``logprobs``)."""
         if binary_answers is not None:
-            max_tokens = min(max_tokens, binary_answer_cap(binary_answers))
+            cap = binary_answer_cap(binary_answers, self._answer_tokenizer)
+            max_tokens = min(max_tokens, cap)
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "max_tokens": max_tokens,
             "temperature": temperature,
