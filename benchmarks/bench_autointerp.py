@@ -80,6 +80,9 @@ def main() -> None:
     )
     ap.add_argument("--before", required=True, help="path of the hf.py to compare against")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--variants", default=None,
+                    help="e.g. before:2,after:2,after:1 (variant:threads; default: every variant "
+                    "at every --threads)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args()
@@ -94,23 +97,25 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     classes = {"before": _load_before(args.before), "after": HFClient}
     rows, answers = defaultdict(list), {}
+    if args.variants:
+        plan = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
+    else:
+        plan = [(n, int(t)) for t in args.threads.split(",") for n in classes]
     for rnd in range(args.rounds):
-        for threads in [int(t) for t in args.threads.split(",")]:
+        for name, threads in plan if rnd % 2 == 0 else plan[::-1]:
             torch.set_num_threads(threads)
-            order = list(classes) if rnd % 2 == 0 else list(classes)[::-1]
-            for name in order:
-                timed = Timed(classes[name].from_model(lm.model, lm.tokenizer, "hf:smollm2-135m"))
-                with tempfile.TemporaryDirectory() as tmp:
-                    client = CachedClient(timed, Path(tmp) / "cache")
-                    start = time.perf_counter()
-                    run_autointerp(examples, client, tmp, features=features)
-                    seconds = time.perf_counter() - start
-                    answers[name, threads, rnd] = _answers(Path(tmp))
-                rows[name, threads].append({"seconds": seconds, "load": os.getloadavg()[0],
-                                            "stats": {k: dict(v) for k, v in timed.stats.items()}})  # fmt: skip
-                print(f"round {rnd} threads {threads} {name}: {seconds:.1f} s "
-                      f"({60 * len(features) / seconds:.2f} features/min), load "
-                      f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+            timed = Timed(classes[name].from_model(lm.model, lm.tokenizer, "hf:smollm2-135m"))
+            with tempfile.TemporaryDirectory() as tmp:
+                client = CachedClient(timed, Path(tmp) / "cache")
+                start = time.perf_counter()
+                run_autointerp(examples, client, tmp, features=features)
+                seconds = time.perf_counter() - start
+                answers[name, threads, rnd] = _answers(Path(tmp))
+            rows[name, threads].append({"seconds": seconds, "load": os.getloadavg()[0],
+                                        "stats": {k: dict(v) for k, v in timed.stats.items()}})  # fmt: skip
+            print(f"round {rnd} threads {threads} {name}: {seconds:.1f} s "
+                  f"({60 * len(features) / seconds:.2f} features/min), load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     print(
         f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, features {features}, "
         f"{args.rounds} round(s); median over rounds"
@@ -130,8 +135,9 @@ def main() -> None:
                          f"{s.get('prompt_tokens', 0) / n:.0f}/{s.get('answer_tokens', 0) / n:.1f}")  # fmt: skip
         print(f"| {name} | {threads} | {60 * len(features) / sec:.2f} | {cells[0]} | {cells[1]} |")
         report.append({"variant": name, "threads": threads, "seconds": sec, "runs": runs})
-    same = {k: _compare(answers[k], answers["before", k[1], k[2]]) for k in answers
-            if k[0] == "after"}  # fmt: skip
+    before = {k[2]: v for k, v in answers.items() if k[0] == "before"}  # per round
+    same = {k: _compare(v, before[k[2]]) for k, v in answers.items()
+            if k[0] == "after" and k[2] in before}  # fmt: skip
     print("after vs before:", same)
     if args.json:
         Path(args.json).write_text(json.dumps({"features": features, "rows": report,
