@@ -72,6 +72,34 @@ def _compare(a: dict, b: dict) -> str:
     return f"identical explanations and answers: {same}; max |P diff| {diff:.2e}"
 
 
+def per_call(lm, examples: ExampleSet, before_cls, rounds: int) -> None:
+    """Seconds per scorer call, before vs after alternating: the 16 scorer prompts of the
+    third feature (2 scorers x 2 explanations x 4 batches of 5)."""
+    from saekit.autointerp import load_templates
+    from saekit.autointerp.score import classifier_messages, scorer_samples
+
+    templates, fe = load_templates(), examples.select(min(2, len(examples.feature_ids) - 1))
+    prompts = []
+    for scorer in ("detection", "fuzzing"):
+        samples = scorer_samples(scorer, fe, 0)
+        for expl in ("python keywords", "names of functions"):
+            prompts += [classifier_messages(templates[scorer], expl, samples[i : i + 5])
+                        for i in range(0, 20, 5)]  # fmt: skip
+    clients = {"before": before_cls.from_model(lm.model, lm.tokenizer, "b"),
+               "after": HFClient.from_model(lm.model, lm.tokenizer, "a")}  # fmt: skip
+    times: dict[str, list[float]] = {k: [] for k in clients}
+    for rnd in range(rounds):
+        for name in list(clients) if rnd % 2 == 0 else list(clients)[::-1]:
+            start = time.perf_counter()
+            for p in prompts:
+                clients[name].complete(p, max_tokens=40, binary_answers=5)
+            times[name].append((time.perf_counter() - start) / len(prompts))
+    after = clients["after"]
+    print(f"seconds per scorer call ({torch.get_num_threads()} threads, load "
+          f"{os.getloadavg()[0]:.1f}):", {k: [round(x, 2) for x in v] for k, v in times.items()},
+          f"after reused {after.reused_tokens} of {after.prompt_tokens} prompt tokens")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("examples")
@@ -85,6 +113,8 @@ def main() -> None:
                     "at every --threads)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--per-call", type=int, default=0, metavar="ROUNDS",
+                    help="only time scorer calls, before vs after, this many rounds")  # fmt: skip
     args = ap.parse_args()
 
     examples = ExampleSet.load(args.examples)
@@ -96,6 +126,9 @@ def main() -> None:
         features = [int(f) for f in args.features.split(",")]
     lm = load_model("smollm2-135m")
     classes = {"before": _load_before(args.before), "after": HFClient}
+    if args.per_call:
+        torch.set_num_threads(int(args.threads.split(",")[0]))
+        return per_call(lm, examples, classes["before"], args.per_call)
     rows, answers = defaultdict(list), {}
     if args.variants:
         plan = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
