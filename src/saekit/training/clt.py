@@ -43,6 +43,10 @@ class CLTUnit(SAEUnit):
         super().load_state_dict(state)
         self.scales_in_L, self.scales_out_L = state["scales_in"], state["scales_out"]
 
+    def metadata_extra(self) -> dict:
+        """What the saved folder records beyond the provenance: every layer's hooks."""
+        return {"hook_names": list(self.hooks_in), "hook_names_out": list(self.hooks_out)}
+
     def raw_clt(self) -> CrossLayerTranscoder:
         """A copy working on raw activations (scales folded in), in eval mode."""
         import copy
