@@ -70,7 +70,7 @@ def test_auxk_adds_the_dead_features_reconstruction_of_the_residual():
     dead_F[[1, 4, 5, 9]] = True
     with torch.no_grad():
         out = cc(x_BSD, dead_mask=dead_F)
-        pre = (torch.einsum("bsd,sdf->bf", x_BSD.double(), cc.W_enc.double()) + cc.b_enc.double())
+        pre = torch.einsum("bsd,sdf->bf", x_BSD.double(), cc.W_enc.double()) + cc.b_enc.double()
     residual = x_BSD.double() - out.sae_out.double()
     k_aux = min(D // 2, 4)
     aux_f = torch.zeros_like(pre)
@@ -206,4 +206,6 @@ def test_model_diffing_crosscoder_trains_and_records_both_models(
 def test_crosscoder_settings_are_checked(tiny_model_dir, tmp_path, changes, message):
     hooks = ("blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre")
     with pytest.raises(ValueError, match=message):
-        small_train_config(tiny_model_dir, tmp_path, **{**CROSSCODER_RUN, "hooks": hooks, **changes})
+        small_train_config(
+            tiny_model_dir, tmp_path, **{**CROSSCODER_RUN, "hooks": hooks, **changes}
+        )

@@ -184,9 +184,13 @@ class Crosscoder(nn.Module):
         k_aux = min(self.cfg.aux_k or max(self.cfg.d_in // 2, 1), int(dead_F.sum()))
         masked_BF = torch.where(dead_F, pre_BF.relu(), 0.0)
         vals_BK, idx_BK = masked_BF.topk(k_aux, dim=-1)
-        aux_BF = torch.zeros_like(pre_BF).scatter(-1, idx_BK, pre_BF.gather(-1, idx_BK).relu() * (vals_BK > 0))
+        aux_BF = torch.zeros_like(pre_BF).scatter(
+            -1, idx_BK, pre_BF.gather(-1, idx_BK).relu() * (vals_BK > 0)
+        )
         aux_out_BSD = self.decode(aux_BF, bias=False)
-        return self.cfg.aux_coefficient * self.source_losses(residual_BSD.detach(), aux_out_BSD).sum()
+        return (
+            self.cfg.aux_coefficient * self.source_losses(residual_BSD.detach(), aux_out_BSD).sum()
+        )
 
     def before_optimizer_step(self) -> None:
         """No decoder constraint (the per-source norms carry the diffing signal)."""

@@ -58,12 +58,14 @@ def crosscoder_sources(cfg: TrainConfig, default_hook: str) -> list[str]:
     return hooks
 
 
-def build_crosscoder_unit(cfg: TrainConfig, sources: list[str], dims: dict[str, int], device) -> CrosscoderUnit:
+def build_crosscoder_unit(
+    cfg: TrainConfig, sources: list[str], dims: dict[str, int], device
+) -> CrosscoderUnit:
     """A fresh crosscoder (training mode) over `sources`, its Adam and firing statistics."""
     widths = {dims[s] for s in sources}
     if len(widths) != 1:
         raise ValueError(
-            f"--crosscoder needs hooks of one width; got {({s: dims[s] for s in sources})}"
+            f"--crosscoder needs hooks of one width; got { ({s: dims[s] for s in sources}) }"
         )
     d_in = widths.pop()
     ccfg = CrosscoderConfig(
@@ -111,7 +113,9 @@ class PairedActivationSource(ActivationSource):
             acts = self.lm.run_to_hooks(ids_BT, self.hooks)
             acts_b = self.lm_b.run_to_hooks(ids_BT, self.hooks)
         out = {h: acts[h][keep_BT].float() for h in self.hooks}
-        return out | {DIFF_PREFIX + h: acts_b[h][keep_BT].to(self.device).float() for h in self.hooks}
+        return out | {
+            DIFF_PREFIX + h: acts_b[h][keep_BT].to(self.device).float() for h in self.hooks
+        }
 
 
 def open_diff_data(cfg: TrainConfig, device: Any):
