@@ -113,4 +113,4 @@ def test_saekit_convert_round_trips_a_clt_and_a_transcoder_run(tmp_path):
         assert again.cfg.metadata.hook_name_out == sae.cfg.metadata.hook_name_out
         for name, value in sae.state_dict().items():
             assert torch.equal(again.state_dict()[name], value), name
-    assert main(["convert", str(tmp_path / "ct2"), str(tmp_path / "run2")]) == 1  # exists: refused
+    assert main(["convert", str(tmp_path / "ct2"), str(tmp_path / "run2")]) == 2  # exists: refused
