@@ -93,13 +93,17 @@ class PairedActivationSource(ActivationSource):
     def __init__(self, lm: Any, lm_b: Any, hooks: list[str], windows, rows_per_forward: int = 32):
         super().__init__(lm, hooks, windows, rows_per_forward)
         self.lm_b = lm_b
-        for h in self.hooks:
+        self.model_hooks = list(self.hooks)
+        for h in self.model_hooks:
             width_b = int(lm_b.hook_dim(h))
             if width_b != self.dims[h]:
                 raise ValueError(
                     f"--diff-model: hook {h!r} is {self.dims[h]} wide in the base model and "
                     f"{width_b} in the other; model diffing needs models of one shape"
                 )
+        # what each item holds (torchrun's RankStridedSource gathers these keys)
+        self.hooks = self.model_hooks + [DIFF_PREFIX + h for h in self.model_hooks]
+        self.dims |= {DIFF_PREFIX + h: self.dims[h] for h in self.model_hooks}
 
     def __next__(self) -> dict[str, Tensor]:
         if self._batches is None:
@@ -109,13 +113,12 @@ class PairedActivationSource(ActivationSource):
         input_ids_BT, keep_BT = next(self._batches)
         ids_BT = input_ids_BT.to(self.device)
         keep_BT = keep_BT.to(self.device)
+        hooks = self.model_hooks
         with torch.no_grad():
-            acts = self.lm.run_to_hooks(ids_BT, self.hooks)
-            acts_b = self.lm_b.run_to_hooks(ids_BT, self.hooks)
-        out = {h: acts[h][keep_BT].float() for h in self.hooks}
-        return out | {
-            DIFF_PREFIX + h: acts_b[h][keep_BT].to(self.device).float() for h in self.hooks
-        }
+            acts = self.lm.run_to_hooks(ids_BT, hooks)
+            acts_b = self.lm_b.run_to_hooks(ids_BT, hooks)
+        out = {h: acts[h][keep_BT].float() for h in hooks}
+        return out | {DIFF_PREFIX + h: acts_b[h][keep_BT].to(self.device).float() for h in hooks}
 
 
 def open_diff_data(cfg: TrainConfig, device: Any):
