@@ -142,8 +142,8 @@ def open_diff_data(cfg: TrainConfig, device: Any):
     windows = token_windows(prov, lm.tokenizer, part, repeat=True, expected_tokens=cfg.tokens)
     source = PairedActivationSource(lm, lm_b, [sources[0]], windows, cfg.forward_rows)
     dims = {s: source.dims[sources[0]] for s in sources}
-    from saekit.training import distributed
+    from saekit.data.strided import strided_source
 
-    limited = LimitedSource(distributed.strided_source(source, device), cfg.tokens)
+    limited = LimitedSource(strided_source(source, device), cfg.tokens)
     buffer = ShuffleBuffer(limited, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
     return lm, buffer, [(s, s) for s in sources], dims, prov
