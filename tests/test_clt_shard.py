@@ -100,3 +100,38 @@ def test_two_gloo_ranks_equal_the_unsharded_clt(activation, tmp_path):
 def test_uneven_feature_split_is_refused():
     with pytest.raises(ValueError, match="divide evenly by 3 ranks"):
         feature_slice(16, 0, 3)
+
+
+def test_feature_placement_under_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
+    """`--sae-placement features` with 2 ranks trains the same CLT as one process, logs the
+    same losses, and a checkpoint resumes to the same weights."""
+    import json
+    import shutil
+
+    from conftest import small_train_config
+    from saekit.saes.clt import load_clt
+    from saekit.training.run import train
+    from test_distributed import run_ranks
+
+    settings = dict(hooks=(), transcoders="1:4", cross_layer=True, expansion_factor=1, ks=(4,),
+                    tokens=4096, eval_tokens=256, dead_after_tokens=512, checkpoint_every=2048,
+                    sae_placement="features")  # fmt: skip
+    one = train(small_train_config(tiny_model_dir, tmp_path / "one", **settings))
+    run_ranks(small_train_config(tiny_model_dir, tmp_path / "two", **settings))
+    a, b = load_clt(one.sae_folders["clt"]), load_clt(tmp_path / "two" / "clt")
+    for key, value in a.state_dict_flat().items():
+        torch.testing.assert_close(b.state_dict_flat()[key], value, rtol=1e-4, atol=1e-5)
+
+    def losses(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r[key] for r in rows if r["kind"] == "train" for key in ("loss", "l0")]
+
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "two", copy)
+    shutil.rmtree(copy / "clt")
+    (copy / "summary.txt").unlink()
+    run_ranks(small_train_config(tiny_model_dir, copy, **settings), resume=True)
+    c = load_clt(copy / "clt")
+    for key, value in b.state_dict_flat().items():
+        assert torch.equal(c.state_dict_flat()[key], value), key

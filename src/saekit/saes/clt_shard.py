@@ -80,6 +80,11 @@ class ShardedCLT(nn.Module):
         local = CLTConfig(**{**cfg.__dict__, "d_sae": cfg.d_sae // world, "k": 1})
         self.local = CrossLayerTranscoder(local)  # parameters only; the choice is global here
 
+    @property
+    def b_dec(self) -> nn.Parameter:
+        """The decoder bias, the same on every rank."""
+        return self.local.b_dec
+
     @classmethod
     def from_full(cls, clt: CrossLayerTranscoder, rank: int, world: int) -> ShardedCLT:
         """This rank's slice of `clt` (a copy)."""

@@ -164,8 +164,10 @@ class TrainConfig(LoopSettings, DataSettings):
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     sae_placement: str = "replicate"
-    """Under torchrun: replicate (every rank trains every SAE on its slice of the batch) or
-    shard (SAE i trained by rank i % world on the whole batch; for sweeps)."""
+    """Under torchrun: replicate (every rank trains every SAE on its slice of the batch),
+    shard (SAE i trained by rank i % world on the whole batch; for sweeps) or features
+    (cross_layer only: every rank holds a slice of every CLT encoder and decoder and sees
+    every token; the partial reconstructions are summed)."""
     dist_timeout: int = 1800
     """Under torchrun: seconds a collective may wait for the other ranks before the job fails."""
 
@@ -189,7 +191,7 @@ class TrainConfig(LoopSettings, DataSettings):
             ("dead_feature_method", self.dead_feature_method, DEAD_FEATURE_METHODS),
             ("b_dec_init", self.b_dec_init, B_DEC_INITS),
             ("normalize_activations", self.normalize_activations, NORMALIZATIONS),
-            ("sae_placement", self.sae_placement, ("replicate", "shard")),
+            ("sae_placement", self.sae_placement, ("replicate", "shard", "features")),
             ("approx_selection", self.approx_selection, APPROX_SELECTIONS),
         ):
             if value not in allowed:
@@ -214,6 +216,8 @@ class TrainConfig(LoopSettings, DataSettings):
                 raise ValueError("transcoders chooses the hooks itself; drop hooks and hook_out")
         if self.cross_layer:
             self._validate_cross_layer()
+        elif self.sae_placement == "features":
+            raise ValueError("sae_placement features splits a CLT's features: also give cross_layer")
         if self.crosscoder or self.diff_model:
             self._validate_crosscoder()
         if self.skip and not (self.transcoders or self.hook_out):
