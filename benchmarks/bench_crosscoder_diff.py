@@ -62,6 +62,7 @@ def finetune(lm, texts: list[str], steps: int, lr: float, context: int, rows: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/cc-diff")
+    parser.add_argument("--model", default="smollm2-135m", help="the base model")
     parser.add_argument("--fortunes", default="startrek")
     parser.add_argument("--finetune-steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -83,7 +84,7 @@ def main() -> None:
     tuned_dir = out / "finetuned"
     started = time.perf_counter()
     if not (tuned_dir / "config.json").exists():
-        lm = load_model("smollm2-135m")
+        lm = load_model(args.model)
         losses = finetune(lm, tune, args.finetune_steps, args.lr, 64, 8, seed=0)
         lm.model.save_pretrained(tuned_dir)
         lm.tokenizer.save_pretrained(tuned_dir)
@@ -95,7 +96,7 @@ def main() -> None:
     docs = [topics[k].strip() for k in sorted(topics)]
     mixed = docs[:]
     rng = random.Random(0)
-    for t in tune + held:
+    for t in tune:  # the held-back fortunes stay unseen by the fine-tune and the crosscoder
         mixed.insert(rng.randrange(len(mixed) + 1), t)
     (out / "mixed.txt").write_text("\n\n".join(p.replace("\n\n", "\n") for p in mixed) + "\n")
 
@@ -103,7 +104,7 @@ def main() -> None:
     started = time.perf_counter()
     if not (run / "summary.txt").exists():
         code = saekit([
-            "train", "--crosscoder", "--diff-model", str(tuned_dir), "--hook", args.hook,
+            "train", "--model", args.model, "--crosscoder", "--diff-model", str(tuned_dir), "--hook", args.hook,
             "--dataset", str(out / "mixed.txt"), "--arch", "batchtopk", "--k", args.k,
             "--expansion-factor", args.expansion_factor, "--tokens", args.tokens,
             "--batch-tokens", "2048", "--buffer-tokens", "16384", "--init-tokens", "4096",
@@ -116,20 +117,23 @@ def main() -> None:
     report = json.loads((out / "eval" / "eval.json").read_text())
     log(step="eval", seconds=round(time.perf_counter() - started, 1),
         **{k: report[k] for k in ("shared", "a_only", "b_only", "between", "dead", "fvu_per_source")})  # fmt: skip
-    specific(run / "crosscoder", tuned_dir, held, docs[::20], report, out, args.hook)
+    specific(run / "crosscoder", args.model, tuned_dir, held, docs[::20], report, out, args.hook)
 
 
 @torch.no_grad()
-def specific(folder, tuned_dir, fortunes_held, docs_held, report, out, hook) -> None:
+def specific(folder, model, tuned_dir, fortunes_held, docs_held, report, out, hook) -> None:
     """Mean activation of the fine-tuned-only features on held-back fortunes vs python docs
     (both models' activations at the hook, as the crosscoder reads them), and top tokens."""
+    from saekit.evals.crosscoder import training_unit_decoders
     from saekit.models import load_model
-    from saekit.saes.crosscoder import Crosscoder
+    from saekit.saes.crosscoder import Crosscoder, relative_decoder_norms
 
     cc = Crosscoder.load(folder)
-    base, tuned = load_model("smollm2-135m"), load_model(str(tuned_dir))
+    r_F = relative_decoder_norms(training_unit_decoders(cc))
+    base, tuned = load_model(model), load_model(str(tuned_dir))
     tok = base.tokenizer
-    feats = report["b_only_features"][:20] + report["a_only_features"][:5]
+    feats = list(dict.fromkeys(report["b_only_features"][:15] + report["highest_r_features"][:5]
+                               + report["a_only_features"][:3] + report["lowest_r_features"][:2]))
     means, top = {}, {f: [] for f in feats}
     for name, texts in (("fortunes", fortunes_held), ("python_docs", docs_held)):
         total, n = torch.zeros(cc.cfg.d_sae), 0
@@ -148,7 +152,7 @@ def specific(folder, tuned_dir, fortunes_held, docs_held, report, out, hook) -> 
     for j in feats:
         best = sorted(top[j], reverse=True)[:3]
         rows.append({
-            "feature": j, "only_in": "finetuned" if j in report["b_only_features"] else "base",
+            "feature": j, "relative_norm": round(float(r_F[j]), 3),
             "mean_act_fortunes": round(means["fortunes"][j].item(), 4),
             "mean_act_python_docs": round(means["python_docs"][j].item(), 4),
             "top_fortune_contexts": [c for _, c in best],

@@ -61,9 +61,16 @@ def diff_summary(cc: Crosscoder, fired_F: Tensor | None = None) -> dict[str, Any
         "histogram_counts": counts.long().tolist(),
         "histogram_edges": edges.tolist(),
         "b_only_features": b_only[norm_b[b_only].argsort(descending=True)].tolist(),
+        "highest_r_features": _live_order(r_F, dead_F, descending=True)[:20],
+        "lowest_r_features": _live_order(r_F, dead_F, descending=False)[:20],
         "a_only_features": a_only[norm_a[a_only].argsort(descending=True)].tolist(),
         "relative_norm": r_F,
     }
+
+
+def _live_order(r_F: Tensor, dead_F: Tensor, descending: bool) -> list[int]:
+    live = (~dead_F).nonzero().flatten()
+    return live[r_F[live].argsort(descending=descending)].tolist()
 
 
 def plot_relative_norms(summary: dict[str, Any], path: str | Path, names=("base", "other")) -> Path:
