@@ -3,12 +3,11 @@ every loss part, each rank's gradient slice, and the weights after two Adam step
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from saekit.saes.clt import CLTConfig, CrossLayerTranscoder
 from saekit.saes.clt_shard import ShardedCLT, feature_slice
@@ -32,69 +31,70 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.randn(B, L, D, generator=g), torch.randn(B, L, D, generator=g), dead
 
 
-def _worker(rank: int, world: int, init_file: str, activation: str, out: str) -> None:
+def _check(rank: int, world: int, activation: str) -> dict:
+    full = reference(activation)
+    shard = ShardedCLT.from_full(full, rank, world)
+    cut = feature_slice(F, rank, world)
+    opt_full = torch.optim.Adam(full.parameters(), lr=1e-2)
+    opt_shard = torch.optim.Adam(shard.parameters(), lr=1e-2)
+    report = {}
+    for step in range(2):
+        x, t, dead = data(step)
+        want = full(x, t, dead_mask=dead.flatten())
+        got = shard(x, t, dead_mask=dead[:, cut].flatten())
+        want.loss.backward()
+        got.loss.backward()
+        report[f"out{step}"] = (got.sae_out - want.sae_out).abs().max().item()
+        feats_want = want.feature_acts.view(B, L, F)[:, :, cut]
+        report[f"feats{step}"] = (got.feature_acts.view(B, L, -1) - feats_want).abs().max().item()
+        for part in ("loss", "mse_loss", "aux_loss"):
+            report[f"{part}{step}"] = abs(getattr(got, part).item() - getattr(want, part).item())
+        report[f"aux_nonzero{step}"] = want.aux_loss.item() > 0
+        grad_enc = shard.local.W_enc.grad - full.W_enc.grad[:, :, cut]
+        report[f"grad_enc{step}"] = grad_enc.abs().max().item()
+        report[f"grad_dec{step}"] = max(
+            (shard.local.W_dec[i].grad - full.W_dec[i].grad[cut]).abs().max().item()
+            for i in range(L)
+        )
+        report[f"grad_bdec{step}"] = (shard.local.b_dec.grad - full.b_dec.grad).abs().max().item()
+        opt_full.step(), opt_shard.step()
+        opt_full.zero_grad(), opt_shard.zero_grad()
+    gathered = shard.gather_full()
+    if rank == 0:
+        assert gathered is not None
+        report["weights"] = max(
+            (gathered.state_dict_flat()[k] - v).abs().max().item()
+            for k, v in full.state_dict_flat().items()
+        )
+    return report
+
+
+def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        full = reference(activation)
-        shard = ShardedCLT.from_full(full, rank, world)
-        cut = feature_slice(F, rank, world)
-        opt_full = torch.optim.Adam(full.parameters(), lr=1e-2)
-        opt_shard = torch.optim.Adam(shard.parameters(), lr=1e-2)
-        report = {}
-        for step in range(2):
-            x, t, dead = data(step)
-            want = full(x, t, dead_mask=dead.flatten())
-            got = shard(x, t, dead_mask=dead[:, cut].flatten())
-            want.loss.backward()
-            got.loss.backward()
-            report[f"out{step}"] = (got.sae_out - want.sae_out).abs().max().item()
-            report[f"feats{step}"] = (
-                (got.feature_acts.view(B, L, -1) - want.feature_acts.view(B, L, F)[:, :, cut])
-                .abs()
-                .max()
-                .item()
-            )
-            for part in ("loss", "mse_loss", "aux_loss"):
-                report[f"{part}{step}"] = abs(
-                    getattr(got, part).item() - getattr(want, part).item()
-                )
-            report[f"aux_nonzero{step}"] = want.aux_loss.item() > 0
-            report[f"grad_enc{step}"] = (
-                (shard.local.W_enc.grad - full.W_enc.grad[:, :, cut]).abs().max().item()
-            )
-            report[f"grad_dec{step}"] = max(
-                (shard.local.W_dec[i].grad - full.W_dec[i].grad[cut]).abs().max().item()
-                for i in range(L)
-            )
-            report[f"grad_bdec{step}"] = (
-                (shard.local.b_dec.grad - full.b_dec.grad).abs().max().item()
-            )
-            opt_full.step(), opt_shard.step()
-            opt_full.zero_grad(), opt_shard.zero_grad()
-        gathered = shard.gather_full()
-        if rank == 0:
-            assert gathered is not None
-            report["weights"] = max(
-                (gathered.state_dict_flat()[k] - v).abs().max().item()
-                for k, v in full.state_dict_flat().items()
-            )
-        torch.save(report, f"{out}.{rank}")
+        reports = {a: _check(rank, world, a) for a in ("topk", "batchtopk")}
+        torch.save(reports, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
-def test_two_gloo_ranks_equal_the_unsharded_clt(activation, tmp_path):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    out = str(tmp_path / "report")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), activation, out), nprocs=2, join=True)
+def test_two_gloo_ranks_equal_the_unsharded_clt(tmp_path):
+    ctx = multiprocessing.get_context("fork")  # cheap: modules are already imported
+    out, init = str(tmp_path / "report"), str(tmp_path / "init")
+    procs = [ctx.Process(target=_worker, args=(r, 2, init, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
     for rank in range(2):
-        report = torch.load(f"{out}.{rank}")
-        assert report["aux_nonzero0"], "the test must exercise AuxK"
-        for key, value in report.items():
-            if not key.startswith("aux_nonzero"):
-                assert value < 1e-5, (rank, key, value)
-    assert "weights" in torch.load(f"{out}.0")
+        for activation, report in torch.load(f"{out}.{rank}").items():
+            assert report["aux_nonzero0"], "the test must exercise AuxK"
+            for key, value in report.items():
+                if not key.startswith("aux_nonzero"):
+                    assert value < 1e-5, (rank, activation, key, value)
+            assert ("weights" in report) == (rank == 0)
 
 
 def test_uneven_feature_split_is_refused():
