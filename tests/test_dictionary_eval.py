@@ -55,6 +55,8 @@ def test_clt_folder_reports_the_replacement_model(tiny_model_dir, tmp_path, caps
     table = capsys.readouterr().out
     assert "ce_loss_recovered" in table and "blocks.3.ln2.hook_normalized" in table
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert main(["eval", str(tmp_path / "run"), "--tokens", "200"]) == 2  # the run, not its CLT
+    assert f"saekit eval {folder}" in capsys.readouterr().err
     clt = load_clt(folder)
     prov, _ = Provenance.from_sae(clt)
     lm = load_model(str(tiny_model_dir))

@@ -36,9 +36,12 @@ def dictionary_kind(folder: Path) -> str | None:
         return arch if arch in ("clt", "crosscoder") else None
     if any(folder.glob("layer_*.safetensors")):
         return "circuit-tracer"
-    if any(folder.glob("*/cfg.json")):
-        return "transcoders"
-    return None
+    inner = sorted(folder.glob("*/cfg.json"))
+    for cfg in inner:  # a run folder holding a CLT or crosscoder: name the folder to pass
+        arch = json.loads(cfg.read_text()).get("architecture")
+        if arch in ("clt", "crosscoder"):
+            raise ValueError(f"{folder} is a run folder; evaluate its {arch} with: saekit eval {cfg.parent}")
+    return "transcoders" if inner else None
 
 
 def load_transcoder_set(folder: Path, kind: str, device) -> list:
