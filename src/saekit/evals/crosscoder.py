@@ -73,7 +73,9 @@ def _live_order(r_F: Tensor, dead_F: Tensor, descending: bool) -> list[int]:
     return live[r_F[live].argsort(descending=descending)].tolist()
 
 
-def plot_relative_norms(summary: dict[str, Any], path: str | Path, names=("base", "other")) -> Path:
+def plot_relative_norms(
+    summary: dict[str, Any], path: str | Path, names: tuple[str, str] = ("base", "other")
+) -> Path:
     """Histogram of the relative decoder norms of live features, classes shaded."""
     import matplotlib
 

@@ -121,7 +121,9 @@ class PairedActivationSource(ActivationSource):
         return out | {DIFF_PREFIX + h: acts_b[h][keep_BT].to(self.device).float() for h in hooks}
 
 
-def open_diff_data(cfg: TrainConfig, device: Any):
+def open_diff_data(
+    cfg: TrainConfig, device: Any
+) -> tuple[Any, Any, list[tuple[str, str]], dict[str, int], Any]:
     """`open_data` for a model-diffing crosscoder: both models, the paired shuffle buffer."""
     from saekit.data import ShuffleBuffer
     from saekit.data.activations import LimitedSource
