@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--fortunes", default="startrek")
     parser.add_argument("--finetune-steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--tokens", default="65536")
+    parser.add_argument("--finetune-rows", type=int, default=8, help="64-token windows per step")
+    parser.add_argument("--tokens", default="32768")
     parser.add_argument("--hook", default="blocks.15.hook_resid_pre")
     parser.add_argument("--k", default="32")
     parser.add_argument("--expansion-factor", default="4")
@@ -85,7 +86,7 @@ def main() -> None:
     started = time.perf_counter()
     if not (tuned_dir / "config.json").exists():
         lm = load_model(args.model)
-        losses = finetune(lm, tune, args.finetune_steps, args.lr, 64, 8, seed=0)
+        losses = finetune(lm, tune, args.finetune_steps, args.lr, 64, args.finetune_rows, seed=0)
         lm.model.save_pretrained(tuned_dir)
         lm.tokenizer.save_pretrained(tuned_dir)
         log(step="finetune", seconds=round(time.perf_counter() - started, 1),
