@@ -5,9 +5,10 @@ steering hooks installed by one request can never leak into another's forward. A
 its events (progress, streamed tokens, the result or the error) in order; HTTP handlers read
 them from any thread.
 
-Errors: a `ValueError` (or `FileNotFoundError`) raised by a job is the client's fault and
-becomes status 400 with its message; anything else is logged with its traceback on the server
-and reported to the client as a one-line 500.
+Errors: a `ValueError` (or `FileNotFoundError`) raised by a job is the client's fault
+(saekit's functions raise them, with one-line messages, for bad arguments) and becomes status
+400; anything else is logged with its traceback on the server and reported to the client as
+a one-line 500.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger("saekit.serve")
 
-CLIENT_ERRORS = (ValueError, FileNotFoundError, KeyError)
+CLIENT_ERRORS = (ValueError, FileNotFoundError)
 
 
 class Busy(Exception):
@@ -168,5 +169,4 @@ class Worker:
 
 
 def _one_line(err: BaseException) -> str:
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split()) or type(err).__name__
+    return " ".join(str(err).split()) or type(err).__name__
