@@ -142,7 +142,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def screenshots(url: str, out: Path, sae: str, feature: int, token: str) -> None:
-    """One picture per page (Playwright driving Debian's chromium)."""
+    """One picture per page (Playwright driving Debian's chromium); the graph page only when
+    the server has transcoders for every layer."""
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +165,10 @@ def screenshots(url: str, out: Path, sae: str, feature: int, token: str) -> None
         page.wait_for_function("document.getElementById('steer-progress').textContent === 'done'",
                                timeout=300_000)  # fmt: skip
         page.screenshot(path=str(out / "serve-steer.png"))
+        if json.loads(fetch(url + "/api/status"))["graph"]["available"]:
+            page.goto(f"{url}/#/graph?prompt=" + urllib.parse.quote("The cat sat on the"))
+            page.frame_locator("iframe.graph").locator("#detail-title").wait_for(timeout=300_000)
+            page.screenshot(path=str(out / "serve-graph.png"))
         browser.close()
     print(f"screenshots in {out}", file=sys.stderr)
 

@@ -379,3 +379,47 @@ def test_pages_in_headless_chromium(server, page, local, tiny_lm, tmp_path):
     assert all(u.startswith(server) for u in page.requests), [
         u for u in page.requests if not u.startswith(server)
     ]
+
+
+def test_worker_runs_jobs_one_at_a_time_in_order():
+    from saekit.serve.worker import Busy, Worker
+
+    worker = Worker(max_queue=2)
+    gate, order, running = threading.Event(), [], []
+
+    def job(name):
+        def run(j):
+            running.append(name)
+            assert len(running) == 1  # never two at once
+            if name == "first":
+                gate.wait(10)
+            j.report(0.5, f"{name} half way")
+            order.append(name)
+            running.remove(name)
+            if name == "bad":
+                raise ValueError("strength of feature 3 is nan:\n  strengths must be finite")
+            if name == "bug":
+                raise RuntimeError("secret detail")
+            return name
+
+        return run
+
+    first = worker.submit("t", job("first"))
+    while first.status != "running":
+        time.sleep(0.01)
+    bad, bug = worker.submit("t", job("bad")), worker.submit("t", job("bug"))
+    with pytest.raises(Busy):
+        worker.submit("t", job("late"))
+    gate.set()
+    assert bug.wait(10)
+    last = worker.run("t", job("last"), timeout=10)
+    assert order == ["first", "bad", "bug", "last"] and last.result == "last"
+    assert (bad.status, bad.error_status, bad.error) == (
+        "error",
+        400,
+        "strength of feature 3 is nan: strengths must be finite",
+    )
+    assert (bug.error_status, bug.error) == (500, "internal error: RuntimeError")
+    assert [e["type"] for e in first.events] == ["progress", "done"]
+    assert first.events[0]["message"] == "first half way" and first.progress == 0.5
+    worker.stop()

@@ -17,6 +17,7 @@ async function route() {
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const page = parts[0] || "features";
+  hover.hide();
   document.querySelectorAll("header nav a").forEach(a => a.classList.toggle("on", a.dataset.page === page));
   if (!ctx.status.ready && page !== "graph") {
     main.replaceChildren(el("h1", {}, "Building the feature index…"), el("p", {class: "muted", id: "wait"},

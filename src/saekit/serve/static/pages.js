@@ -74,7 +74,8 @@ PAGES.feature = async function (main, params, ctx, sae, id) {
   const quantiles = f.quantiles.map(g => [el("h3", {}, `quantile ${g.lower_percent}–${g.upper_percent}% of firing activations (${fmt(g.low)} – ${fmt(g.high)})`),
     exampleRows(g.examples, f.max_activation)]);
   main.replaceChildren(nav, el("h1", {id: "feature-title"}, `Feature ${f.feature}`),
-    el("p", {class: "muted"}, `${sae} · ${ctx.saeInfo ? ctx.saeInfo.hook : ""}`), interp || "",
+    el("p", {class: "muted"}, [sae, ctx.saeInfo && ctx.saeInfo.hook !== sae ? ctx.saeInfo.hook : null,
+      ctx.saeInfo ? ctx.saeInfo.model : null].filter(Boolean).join(" · ")), interp || "",
     el("div", {class: "cols"}, el("div", {}, facts, el("h2", {}, "Activation histogram (nonzero)"), histogram(f.histogram)),
       el("div", {}, el("h2", {}, "Logit effects (W_dec · W_U, final norm not applied)"), logits)),
     el("h2", {}, "Top activations"), el("div", {id: "top"}, exampleRows(f.top, f.max_activation)),

@@ -5,7 +5,7 @@ function follow(jobId, handlers) {
   src.onmessage = m => {
     const e = JSON.parse(m.data);
     (handlers[e.type] || (() => {}))(e);
-    if (e.type === "done" || e.type === "error") src.close();
+    if (e.type === "done" || e.type === "error") { src.close(); refreshStatus(); }
   };
   src.onerror = () => { src.close(); (handlers.error || (() => {}))({error: "lost the connection to the server"}); };
   return src;
