@@ -169,7 +169,7 @@ def test_feature_page_numbers_match_a_hand_count(server, local, tiny_lm):
     fires, kept, peak = 0, 0, 0.0
     for ids_BT, keep_BT in token_batches(prov, tiny_lm.tokenizer, 32):  # the CLI's forward_rows
         x = tiny_lm.run_to_hooks(ids_BT, [HOOK])[HOOK]
-        acts = local.encode(x)[..., 3].double() * keep_BT
+        acts = local.encode(x)[..., 3].detach().double() * keep_BT
         fires, kept, peak = (
             fires + int((acts > 0).sum()),
             kept + int(keep_BT.sum()),

@@ -100,9 +100,14 @@ def load_entries(args: argparse.Namespace):
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of `saekit serve`."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from saekit.serve.app import create_app
+        from saekit.serve.app import create_app
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            f"saekit serve needs FastAPI and uvicorn ({err}): pip install 'saekit[serve]'"
+        ) from None
     from saekit.serve.state import Limits, ServeState
 
     if args.tokens < 1:
