@@ -192,7 +192,7 @@ def test_inspector_matches_the_sae_encoding(server, local, tiny_lm):
     status, r = call(server + "/api/inspect", {"sae": "sae", "text": text, "k": 3})
     assert status == 200
     ids = [tiny_lm.bos_token_id, *tiny_lm.tokenizer(text, add_special_tokens=False)["input_ids"]]
-    acts_TF = local.encode(tiny_lm.run_to_hooks(torch.tensor([ids]), [HOOK])[HOOK])[0]
+    acts_TF = local.encode(tiny_lm.run_to_hooks(torch.tensor([ids]), [HOOK])[HOOK])[0].detach()
     assert len(r["tokens"]) == len(ids) and r["features"][0] == []  # BOS: left out
     for t in range(1, len(ids)):
         expected = acts_TF[t].topk(3).indices.tolist()
@@ -260,7 +260,7 @@ def test_concurrent_requests_do_not_mix(server, local, tiny_lm):
         tiny_lm.bos_token_id,
         *tiny_lm.tokenizer("Hello there", add_special_tokens=False)["input_ids"],
     ]
-    acts_TF = local.encode(tiny_lm.run_to_hooks(torch.tensor([ids]), [HOOK])[HOOK])[0]
+    acts_TF = local.encode(tiny_lm.run_to_hooks(torch.tensor([ids]), [HOOK])[HOOK])[0].detach()
     assert [s["feature"] for s in inspected["features"][-1]] == acts_TF[-1].topk(2).indices.tolist()
 
 
@@ -296,6 +296,15 @@ def test_bad_requests_get_clear_4xx(server, path, body, status, message):
     assert answer["error"].startswith(head) and all(part in answer["error"] for part in rest)
     assert "\n" not in answer["error"]
     assert "Traceback" not in answer["error"]
+
+
+def test_other_host_names_are_refused(server):
+    # a page on another site cannot reach this localhost server through its own DNS name
+    req = urllib.request.Request(server + "/api/status", headers={"Host": "evil.example:80"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400
+    assert call(server.replace("127.0.0.1", "localhost") + "/api/status")[0] == 200
 
 
 def test_graph_job_serves_the_viewer(server):

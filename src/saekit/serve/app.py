@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from saekit.serve import catalog
 from saekit.serve.catalog import NotFound
@@ -62,11 +63,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(state: ServeState) -> FastAPI:
-    """The FastAPI application over ``state``."""
+def create_app(state: ServeState, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI application over ``state``.
+
+    ``allowed_hosts``: the only ``Host`` headers answered (others get 400), so a web page
+    cannot reach a localhost server through a DNS name it controls (DNS rebinding)."""
     app = FastAPI(
         title="saekit serve", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
     )
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.state.serve = state
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_error_handlers(app)

@@ -127,6 +127,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print("  " + EXPOSE_HINT.format(port=args.port), flush=True)
     else:
         print("  listening on every address it binds: anyone who reaches it can run the model")
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+    local = args.host in ("127.0.0.1", "localhost")
+    app = create_app(state, allowed_hosts=["127.0.0.1", "localhost"] if local else None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     state.worker.stop()
     return 0
