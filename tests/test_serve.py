@@ -347,7 +347,18 @@ def page(server, tmp_path_factory):
 def test_pages_in_headless_chromium(server, page, local, tiny_lm, tmp_path):
     tid = tiny_lm.tokenizer(" the", add_special_tokens=False)["input_ids"][0]
     best = int((local.W_dec.detach() @ tiny_lm.unembed_matrix().detach()[:, tid]).argmax())
-    # feature index: search by boosted token
+    # feature index: a click on a header sorts by it, a second click reverses
+    page.goto(server + "/#/features")
+    for desc in (False, True):
+        page.evaluate("document.getElementById('results').dataset.old = '1'")
+        page.click("#results th:has-text('density')")
+        page.wait_for_selector("#results:not([data-old]) #result-count")  # the new table
+        assert f"desc={int(desc)}" in page.url
+        cells = page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+        assert len(cells) == 32 and sorted(map(float, cells), reverse=desc) == list(
+            map(float, cells)
+        )
+    # search by boosted token
     page.goto(server + "/#/features")
     page.fill("#token", " the")
     page.click("#search-go")

@@ -26,7 +26,8 @@ PAGES.features = async function (main, params, ctx) {
     }
     location.hash = "#/features?" + p.toString();
   });
-  const q = new URLSearchParams({q: v("q"), sort: v("sort") || "feature", desc: v("desc") === "1", limit: 200});
+  const offset = +v("offset") || 0;
+  const q = new URLSearchParams({q: v("q"), sort: v("sort") || "feature", desc: v("desc") === "1", limit: 200, offset});
   if (v("token")) q.set("token", v("token"));
   if (v("min")) q.set("min_density", v("min"));
   if (v("max")) q.set("max_density", v("max"));
@@ -37,6 +38,18 @@ PAGES.features = async function (main, params, ctx) {
   const byToken = !!v("token");
   const head = ["feature", "density", "mean act", "max act", "top activating tokens", "top boosted tokens",
     "explanation", "score"].concat(byToken ? ["logit weight"] : []);
+  const sortKey = {"feature": "feature", "density": "density", "mean act": "mean_activation",
+    "max act": "max_activation", "score": "score"};
+  const goto = changes => {  // the same search with some parameters changed
+    const p = new URLSearchParams(params); for (const [k, x] of Object.entries(changes)) p.set(k, x);
+    location.hash = "#/features?" + p.toString();
+  };
+  const th = h => sortKey[h] && !byToken ? el("th", {title: "click to sort", onclick: () =>
+    goto({sort: sortKey[h], desc: v("sort") === sortKey[h] && v("desc") !== "1" ? "1" : "0", offset: 0})}, h) : el("th", {}, h);
+  const pager = el("p", {class: "muted"},
+    offset > 0 ? el("a", {href: "#", onclick: ev => { ev.preventDefault(); goto({offset: Math.max(0, offset - 200)}); }}, "← previous 200") : "",
+    offset > 0 && offset + data.rows.length < data.total ? " · " : "",
+    offset + data.rows.length < data.total ? el("a", {href: "#", id: "next-page", onclick: ev => { ev.preventDefault(); goto({offset: offset + 200}); }}, "next 200 →") : "");
   const rows = data.rows.map(r => el("tr", {class: r.fire_count ? "" : "dead"},
     el("td", {}, featureLink(ctx.sae, r.feature)), el("td", {class: "num"}, fmt(r.density)),
     el("td", {class: "num"}, fmt(r.mean_activation)), el("td", {class: "num"}, fmt(r.max_activation)),
@@ -44,8 +57,8 @@ PAGES.features = async function (main, params, ctx) {
     el("td", {}, tokenChips(r.top_boosted_tokens)), el("td", {}, r.explanation || ""),
     el("td", {class: "num"}, fmt(r.score, 2)), byToken ? el("td", {class: "num"}, fmt(r.token_score, 4)) : null));
   out.replaceChildren(el("p", {class: "muted", id: "result-count"},
-      `${data.total} feature(s)` + (data.total > data.rows.length ? `, first ${data.rows.length} shown` : "")),
-    el("table", {class: "rows"}, el("thead", {}, el("tr", {}, head.map(h => el("th", {}, h)))), el("tbody", {}, rows)));
+      `${data.total} feature(s)` + (data.total > data.rows.length ? `, ${offset + 1}–${offset + data.rows.length} shown` : "")),
+    el("table", {class: "rows"}, el("thead", {}, el("tr", {}, head.map(th))), el("tbody", {}, rows)), pager);
 };
 
 PAGES.feature = async function (main, params, ctx, sae, id) {
