@@ -307,7 +307,9 @@ def test_other_host_names_are_refused(server):
     assert call(server.replace("127.0.0.1", "localhost") + "/api/status")[0] == 200
 
 
-def test_graph_job_serves_the_viewer(server):
+def test_graph_job_serves_the_viewer(server, folders, tiny_lm):
+    from saekit.circuits.run import load_replacement, trace_prompt
+
     status, job = call(server + "/api/graph", {"prompt": "The cat sat"})
     assert status == 202
     state = call(f"{server}/api/jobs/{job['job']}?wait=120")[1]
@@ -316,6 +318,16 @@ def test_graph_job_serves_the_viewer(server):
         page = r.read().decode()
     data = json.loads(page.split('id="graph-data">', 1)[1].split("</script>", 1)[0])
     assert data["metadata"]["prompt"] == "The cat sat" and data["nodes"]
+    # the same graph as `saekit attribute` computes here
+    mine = trace_prompt(load_replacement(folders["transcoders"], tiny_lm), "The cat sat",
+                        check_features=0, max_feature_nodes=400).json  # fmt: skip
+    assert [n["node_id"] for n in data["nodes"]] == [n["node_id"] for n in mine["nodes"]]
+    assert len(data["links"]) == len(mine["links"])
+    weights = {(x["source"], x["target"]): x["weight"] for x in mine["links"]}
+    for link in data["links"]:
+        assert link["weight"] == pytest.approx(
+            weights[link["source"], link["target"]], rel=1e-4, abs=1e-6
+        )
 
 
 # ---------------------------------------------------------------- the pages, in Chromium
