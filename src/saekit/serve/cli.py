@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="local web app: feature index and pages, text inspector, steering, graphs",
-        description="Index the features of one or more SAE folders (one model pass each over "
-        "the SAE's own dataset, from its provenance record) and serve a feature browser with "
+        description="Index the features of one or more SAE folders (one model pass over each "
+        "SAE's own dataset, from its provenance record, shared by SAEs that read the same "
+        "text) and serve a feature browser with "
         "search, feature pages, a 'what fires here' text inspector, a steering playground and, "
         "when transcoders for every layer are loaded, attribution graphs. Model work runs in "
         "one worker thread with a queue. Binds 127.0.0.1 unless --host says otherwise.",
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default="all", help="features to index: all, '0:1000' or "
                    "'3,17,42' (default all)")  # fmt: skip
     p.add_argument("--tokens", type=count_arg, default=20_000, metavar="N",
-                   help="tokens scanned per SAE at start-up: 20000, 100k (default 20k)")  # fmt: skip
+                   help="tokens scanned per dataset at start-up: 20000, 100k (default 20k)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=20, help="top examples per feature (default 20)")
     p.add_argument("--autointerp", action="append", default=[], metavar="DIR",
                    help="`saekit explain --out` folder with explanations; the i-th --autointerp "
