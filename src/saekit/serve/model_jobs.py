@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -49,7 +47,7 @@ def rank_by_token(entry: Entry, lm, token: str) -> list[tuple[int, float]]:
 
 
 class _TokenStream:
-    """An HF `generate` streamer: new text of row 0 as events (``{"type": "token", ...}``).
+    """A `generate` streamer (HF's protocol: `put`, `end`): new text of row 0 as events (``{"type": "token", ...}``).
 
     Special tokens are left out of the stream; the ``final`` event after it carries the
     completion exactly as `generate` returns it."""
@@ -77,20 +75,6 @@ class _TokenStream:
         pass
 
 
-@contextmanager
-def _streaming(lm, streamer: _TokenStream | None) -> Iterator[None]:
-    """Pass ``streamer`` to the HF model's ``generate`` calls inside the block (other
-    backends generate without streaming; the final event carries the whole text)."""
-    if streamer is None or lm.backend != "hf":
-        yield
-        return
-    lm.model.generate = functools.partial(type(lm.model).generate, lm.model, streamer=streamer)
-    try:
-        yield
-    finally:
-        del lm.model.generate  # back to the class's method
-
-
 def steer_job(job: Job, lm, intervention, prompt: str, settings: dict[str, Any]) -> dict:
     """Default then steered completion of ``prompt``, streamed; then the next-token shift.
 
@@ -106,14 +90,14 @@ def steer_job(job: Job, lm, intervention, prompt: str, settings: dict[str, Any])
         prepend_bos=settings["prepend_bos"],
     )  # fmt: skip
     job.report(0.0, "generating the default completion")
-    with _streaming(lm, _TokenStream(job, "default", lm.tokenizer)):
-        default = generate(lm, prompt, **kwargs)
+    default = generate(lm, prompt, streamer=_TokenStream(job, "default", lm.tokenizer), **kwargs)
     job.emit({"type": "final", "which": "default", "text": default})
     job.report(0.5, "generating the steered completion")
     with steer(lm, [intervention]) as steering:
         described = steering.describe()
-        with _streaming(lm, _TokenStream(job, "steered", lm.tokenizer)):
-            steered = generate(lm, prompt, **kwargs)
+        steered = generate(
+            lm, prompt, streamer=_TokenStream(job, "steered", lm.tokenizer), **kwargs
+        )
     job.emit({"type": "final", "which": "steered", "text": steered})
     job.report(0.95, "next-token shift")
     shift = next_token_shift(lm, prompt, [intervention], k=8, prepend_bos=settings["prepend_bos"])
