@@ -40,7 +40,9 @@ def dictionary_kind(folder: Path) -> str | None:
     for cfg in inner:  # a run folder holding a CLT or crosscoder: name the folder to pass
         arch = json.loads(cfg.read_text()).get("architecture")
         if arch in ("clt", "crosscoder"):
-            raise ValueError(f"{folder} is a run folder; evaluate its {arch} with: saekit eval {cfg.parent}")
+            raise ValueError(
+                f"{folder} is a run folder; evaluate its {arch} with: saekit eval {cfg.parent}"
+            )
     return "transcoders" if inner else None
 
 
