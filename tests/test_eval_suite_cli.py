@@ -1,4 +1,4 @@
-"""`saekit eval-suite` end to end on the tiny model: two SAEs side by side, shared passes."""
+"""`saekit eval --suite` end to end on the tiny model: two SAEs side by side, shared passes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def sweep(tmp_path, tiny_model_dir):
 def test_eval_suite_cli_two_saes(sweep, monkeypatch, capsys):
     monkeypatch.setenv("SAEKIT_CACHE", str(sweep / "cache"))
     args = [
-        "eval-suite", str(sweep / "sweep"), "--datasets", str(sweep / "toy.jsonl"),
+        "eval", str(sweep / "sweep"), "--suite", "core,probing,absorption", "--datasets", str(sweep / "toy.jsonl"),
         "--train-per-class", "12", "--test-per-class", "6", "--k", "1,2", "--tokens", "256",
         "--dataset", str(sweep / "core.txt"), "--words", "150", "--icl", "3",
         "--words-per-prompt", "4", "--absorption-max-k", "3", "--device", "cpu", "--out", str(sweep / "out"),
@@ -77,10 +77,14 @@ def test_eval_suite_cli_two_saes(sweep, monkeypatch, capsys):
     assert again["k4"]["sparse_probing"] == reports["k4"]["sparse_probing"]
 
 
-def test_suite_errors_name_the_setting(tmp_path):
+def test_suite_errors_name_the_setting(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown suite.*core, probing, absorption"):
         SuiteSettings(suites=("core", "autointerp"))
     assert main(["eval-suite", str(tmp_path / "nothing")]) == 2
+    assert main(["eval", str(tmp_path), "--suite", "core,autointerp"]) == 2
+    assert "--suite autointerp: choose from core, probing, absorption or all" in (
+        capsys.readouterr().err
+    )
 
 
 def test_format_comparison_puts_saes_side_by_side():

@@ -1,4 +1,4 @@
-"""`saekit eval SAE_FOLDER`: every metric of a saved SAE, as a table + PNG or as JSON."""
+"""`saekit eval SAE...`: the core metrics of one SAE as a table + PNG or JSON, or the suite."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from saekit.dtypes import DTYPES
 from saekit.evals.baseline import BaselineStore
 from saekit.evals.evaluate import evaluate_sae, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD
+from saekit.evals.suite_cli import REPORT_FILE, add_suite_arguments, run_suite_command
 from saekit.fileio import atomic_write_text
 from saekit.models.loading import resolve_device
 from saekit.settings import count_arg
@@ -30,31 +31,48 @@ RESULT_FILE = "eval.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` sub-command."""
+    """Add the `eval` sub-command (`eval-suite` is another name for `eval --suite all`)."""
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a saved SAE: L0, explained variance, CE loss recovered, KL, density",
-        description="Evaluate an SAE folder (saekit or SAELens layout) spliced into its model. "
-        "The data settings (model, hook, dataset, context, BOS and special-token conventions, "
-        "holdout rule) come from the folder's provenance record unless given; by default the "
-        f"held-back documents (every {HOLDOUT_EVERY}th) are used. The report names the "
-        "special-token convention and where it came from.",
+        aliases=["eval-suite"],
+        help="evaluate saved SAEs: core metrics (L0, explained variance, CE loss recovered, "
+        "KL, density), sparse probing, feature absorption; several side by side",
+        description="Evaluate SAE folders (saekit or SAELens layout), or sweep folders holding "
+        "them. The data settings (model, hook, dataset, context, BOS and special-token "
+        "conventions, holdout rule) come from each folder's provenance record unless given; "
+        f"by default the held-back documents (every {HOLDOUT_EVERY}th) are used. One SAE "
+        f"without --suite: the core metrics as a table, {RESULT_FILE} and {HISTOGRAM_FILE}. "
+        "With --suite core,probing,absorption (or several SAEs): one JSON per SAE with "
+        "SAEBench's key names and, for several, a comparison table and plots.",
     )
-    parser.add_argument("sae", metavar="SAE_FOLDER", help="folder with cfg.json + sae_weights")
+    parser.add_argument(
+        "saes", nargs="+", metavar="SAE", help="SAE folder (cfg.json + sae_weights), or a "
+        "folder of SAE folders (a sweep)",
+    )  # fmt: skip
     add_data_arguments(parser, for_sae=True)
     parser.add_argument(
         "--tokens", type=count_arg, default=16_384, metavar="N",
-        help="evaluation tokens: 16384, 16k, 1M (default: 16384)",
+        help="core: evaluation tokens: 16384, 16k, 1M (default: 16384)",
     )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
     parser.add_argument(
         "--out",
-        help=f"folder for {HISTOGRAM_FILE} and {RESULT_FILE} (default: the SAE folder; "
-        "with --json nothing is written unless --out is given)",
+        help=f"folder for the reports (default: the SAE folder gets {RESULT_FILE} or "
+        f"{REPORT_FILE}, a sweep's comparison goes to the SAEs' common parent; with --json and "
+        "one SAE without --suite nothing is written unless --out is given)",
     )
+    add_suite_arguments(parser)
     parser.set_defaults(func=run_eval_command)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """One SAE without --suite: the core table; otherwise the suite."""
+    first = Path(args.saes[0])
+    sweep = first.is_dir() and not (first / "cfg.json").is_file()  # a folder of SAE folders
+    single = args.suite is None and args.command == "eval" and len(args.saes) == 1
+    return run_core_eval(args) if single and not sweep else run_suite_command(args)
 
 
 def _load_model(data: DataSettings, device):
@@ -68,11 +86,11 @@ def _load_model(data: DataSettings, device):
         raise ValueError(f"cannot load model {data.model!r}: {err}") from err
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
-    """Load the SAE and its model, evaluate, and report."""
+def run_core_eval(args: argparse.Namespace) -> int:
+    """Load one SAE and its model, evaluate the core metrics, and report."""
     from saekit.saes import SAE
 
-    folder = Path(args.sae)
+    folder = Path(args.saes[0])
     if not (folder / "cfg.json").is_file():
         raise FileNotFoundError(f"{folder} is not an SAE folder: no cfg.json in it")
     if args.tokens < 1:
