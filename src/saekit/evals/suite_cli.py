@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saekit.evals.labelled import DEFAULT_DATASETS
 from saekit.evals.probing import K_VALUES
 from saekit.evals.suite import SUITES, SuiteSettings
 from saekit.fileio import atomic_write_text
