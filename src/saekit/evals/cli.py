@@ -147,8 +147,10 @@ def run_core_eval(args: argparse.Namespace) -> int:
             print(f"\nwrote {out_dir / RESULT_FILE} and {out_dir / HISTOGRAM_FILE}")
     broken = [k for k in MUST_BE_FINITE if not math.isfinite(report[k])]
     if broken:
-        print(f"saekit eval: error: {', '.join(broken)} not finite: the SAE's outputs hold "
-              "NaN/inf", file=sys.stderr)
+        print(
+            f"saekit eval: error: {', '.join(broken)} not finite: the SAE's outputs hold NaN/inf",
+            file=sys.stderr,
+        )
         return 3
     return 0
 

@@ -95,8 +95,10 @@ def run_core(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, 
             results[name] = {
                 "eval_type_id": "core",
                 "eval_config": {
-                    "dataset": prov.dataset, "context_size": prov.context,
-                    "tokens": settings.core_tokens, "holdout_every": prov.holdout_every,
+                    "dataset": prov.dataset,
+                    "context_size": prov.context,
+                    "tokens": settings.core_tokens,
+                    "holdout_every": prov.holdout_every,
                     "exclude_special_tokens": prov.exclude_special_tokens,
                     "prepend_bos": prov.prepend_bos,
                 },  # fmt: skip
