@@ -16,6 +16,7 @@ on every SAE feature is `sae_test_accuracy`. Key names follow SAEBench's output.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -179,7 +180,9 @@ def run_sparse_probing(
     details: dict[str, list[dict[str, Any]]] = {name: [] for name in saes}
     unstructured: dict[str, dict[str, Any]] = {name: {} for name in saes}
     summaries = []
+    timings = dict.fromkeys(("data", "activations", "probes"), 0.0)
     for spec in tqdm(datasets, desc="sparse probing", disable=not progress):
+        started = time.perf_counter()
         data = (
             spec
             if isinstance(spec, LabelledDataset)
@@ -187,11 +190,16 @@ def run_sparse_probing(
         )
         summaries.append(data.summary())
         texts, _, _ = data.texts()
+        timings["data"] += time.perf_counter() - started
+        started = time.perf_counter()
         resid_ND, feats = pooled_activations(
             lm, hook, texts, saes, context=context, prepend_bos=prepend_bos,
             batch_rows=batch_rows, cache=cache, progress=progress,
         )  # fmt: skip
+        timings["activations"] += time.perf_counter() - started
+        started = time.perf_counter()
         means, per_class = probe_dataset(data, resid_ND, feats, k_values, seed, sae_full_probe)
+        timings["probes"] += time.perf_counter() - started
         for name in saes:
             details[name].append({"dataset_name": data.name, **means[name]})
             unstructured[name][f"{data.name}_results"] = per_class[name]
@@ -214,5 +222,6 @@ def run_sparse_probing(
             "eval_result_details": details[name],
             "eval_result_unstructured": unstructured[name],
             "datasets": summaries,
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},  # shared by the SAEs
         }
     return results

@@ -155,6 +155,7 @@ def run_absorption_suite(lm, saes: Mapping[str, Any], settings: SuiteSettings) -
                     words_per_prompt=settings.words_per_prompt, prepend_bos=prepend_bos,
                     seed=settings.seed)  # fmt: skip
         key = _key("first-letter", 1, lm.spec, hook, opts)
+        started = time.perf_counter()
         stored = cache.get(key)
         if stored is None:
             data = collect_first_letter(lm, hook, batch_rows=settings.batch_rows,
@@ -162,11 +163,20 @@ def run_absorption_suite(lm, saes: Mapping[str, Any], settings: SuiteSettings) -
             cache.put(key, asdict(data))  # type: ignore[arg-type]
         else:
             data = FirstLetterData(**stored)
+        timings = {"activations": time.perf_counter() - started}
+        started = time.perf_counter()
         probe = train_letter_probe(data.train_acts_ND, data.train_letters, seed=settings.seed)
         f1 = letter_f1(probe.scores(data.test_acts_MD), data.test_letters)
-        out = run_absorption(
-            group, data, probe, max_k=settings.absorption_max_k, seed=settings.seed
-        )
+        timings["letter_probe"] = time.perf_counter() - started
+        out = {}
+        for name, sae in group.items():
+            started = time.perf_counter()
+            out[name] = run_absorption(
+                {name: sae}, data, probe, max_k=settings.absorption_max_k, seed=settings.seed
+            )[name]
+            out[name]["timings_s"] = {k: round(v, 2) for k, v in timings.items()} | {
+                "sae_probes": round(time.perf_counter() - started, 2)
+            }
         for result in out.values():
             result["eval_config"] = {**opts, "hook": hook, "train_words": len(data.train_words),
                                      "test_words": len(data.test_words)}  # fmt: skip
@@ -194,6 +204,7 @@ def run_suite(
             "sae": name,
             "model": lm.spec,
             "hook_name": sae_conventions(sae).hook_name,
+            "architecture": getattr(sae.cfg, "architecture", None),
             "provenance": Provenance.from_sae(sae)[0].to_dict(),
             "timings_s": {},
         }  # fmt: skip
