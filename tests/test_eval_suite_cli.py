@@ -109,3 +109,64 @@ def test_sweep_names_drop_the_shared_prefix(tmp_path):
     assert list(sae_names(folders)) == ["k16", "k128"]
     same_leaf = [tmp_path / "a" / "sae", tmp_path / "b" / "sae"]
     assert list(sae_names(same_leaf)) == ["a/sae", "b/sae"]
+
+
+def test_suite_names_and_aliases():
+    from saekit.cli import build_parser
+    from saekit.evals.suite import SUITES
+    from saekit.evals.suite_cli import chosen_suites
+
+    parser = build_parser()
+    parse = lambda *argv: parser.parse_args(list(argv))  # noqa: E731
+    assert chosen_suites(parse("eval", "x")) == ("core",)
+    assert chosen_suites(parse("eval-suite", "x")) == SUITES  # the alias runs everything
+    assert chosen_suites(parse("eval", "x", "--suite", "all")) == SUITES
+    assert chosen_suites(parse("eval", "x", "--suite", "absorption,core,core")) == (
+        "absorption",
+        "core",
+    )
+
+
+def test_data_flags_override_every_saes_record(tmp_path):
+    from saekit.cli import build_parser
+    from saekit.evals.suite_cli import _apply_data_flags
+
+    def saes(*models):
+        return {
+            f"s{i}": SAE.create(
+                "relu", d_in=8, d_sae=16, metadata={"model_name": m, "hook_name": HOOK}
+            )
+            for i, m in enumerate(models)
+        }
+
+    folders = {f"s{i}": tmp_path / f"s{i}" for i in range(2)}
+    parse = lambda *flags: build_parser().parse_args(["eval", "x", *flags])  # noqa: E731
+    with pytest.raises(ValueError, match=r"different models \['a', 'b'\]: pass --model"):
+        _apply_data_flags(saes("a", "b"), folders, parse())
+    two = saes("a", "b")
+    flags = ("--model", "c", "--hook", "blocks.1.hook_resid_pre", "--no-prepend-bos",
+             "--dataset", "my.txt", "--forward-rows", "8")  # fmt: skip
+    assert _apply_data_flags(two, folders, parse(*flags)) == ("c", "float32", 8)
+    from saekit.data.provenance import Provenance
+
+    for sae in two.values():
+        prov, _ = Provenance.from_sae(sae)
+        assert (prov.model, prov.hooks, prov.prepend_bos, prov.dataset) == (
+            "c", ("blocks.1.hook_resid_pre",), False, "my.txt")  # fmt: skip
+    unnamed = {"s0": SAE.create("relu", d_in=8, d_sae=16, metadata={"hook_name": HOOK})}
+    with pytest.raises(ValueError, match="names no model.*pass --model"):
+        _apply_data_flags(unnamed, folders, parse())
+
+
+def test_saebench_core_names_take_kl_div_score_when_present():
+    from saekit.evals.suite import saebench_core_names
+
+    m = {"kl_div": 0.3, "ce_loss_recovered": 0.9, "ce_loss_zero_ablation": 9.0,
+         "ce_loss_spliced": 4.0, "ce_loss_clean": 3.5, "explained_variance": 0.8, "mse": 0.1,
+         "cos_sim": 0.9, "l2_ratio": 0.95, "l0": 32.0, "dead_fraction": 0.25}  # fmt: skip
+    names = saebench_core_names(m)
+    assert names["model_behavior_preservation"] == {"kl_div_with_sae": 0.3}
+    assert names["misc_metrics"]["frac_alive"] == 0.75
+    assert names["model_performance_preservation"]["ce_loss_score"] == 0.9
+    with_score = saebench_core_names(m | {"kl_div_score": 0.97})
+    assert with_score["model_behavior_preservation"]["kl_div_score"] == 0.97
