@@ -154,6 +154,19 @@ def probe_dataset(
     return means, per_class
 
 
+def accuracy_se(per_dataset: Sequence[Mapping[str, float]], n_test: int) -> float:
+    """Binomial standard error of an accuracy averaged over classes, then datasets.
+
+    `per_dataset` holds each dataset's per-class accuracies, each measured on `n_test`
+    test examples. Classes and datasets are treated as independent; this is the error from
+    the finite test sets only (which training texts were drawn adds to it).
+    """
+    variances = [
+        sum(p * (1 - p) / n_test for p in accs.values()) / len(accs) ** 2 for accs in per_dataset
+    ]
+    return math.sqrt(sum(variances)) / len(variances)
+
+
 def run_sparse_probing(
     lm,
     hook: str,
@@ -212,8 +225,11 @@ def run_sparse_probing(
     for name in saes:
         keys = [k for k in details[name][0] if k != "dataset_name"]
         avg = {k: float(np.mean([d[k] for d in details[name]])) for k in keys}
+        per_key = unstructured[name].values()
+        se = {key: accuracy_se([d[key] for d in per_key], 2 * test_per_class) for key in keys}
         results[name] = {
             "eval_type_id": EVAL_TYPE_ID,
+            "standard_errors": se,  # saekit's: binomial, from the test sets' size
             "eval_config": config,
             "eval_result_metrics": {
                 "llm": {k: v for k, v in avg.items() if k.startswith("llm_")},
