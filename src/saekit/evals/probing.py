@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.evals.labelled import LabelledDataset, load_labelled
+from saekit.evals.labelled import TEST_PER_CLASS, TRAIN_PER_CLASS, LabelledDataset, load_labelled
 from saekit.evals.pooling import PooledCache, pooled_activations
 
 K_VALUES = (1, 2, 5, 10, 20)
@@ -174,8 +174,8 @@ def run_sparse_probing(
     datasets: Sequence[str | LabelledDataset],
     *,
     k_values: Sequence[int] = K_VALUES,
-    train_per_class: int = 100,
-    test_per_class: int = 40,
+    train_per_class: int = TRAIN_PER_CLASS,
+    test_per_class: int = TEST_PER_CLASS,
     context: int = 128,
     prepend_bos: bool = True,
     batch_rows: int = 16,

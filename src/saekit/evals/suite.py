@@ -18,7 +18,7 @@ import torch
 
 from saekit.data.provenance import Provenance
 from saekit.evals.conventions import sae_conventions
-from saekit.evals.labelled import DEFAULT_DATASETS
+from saekit.evals.labelled import DEFAULT_DATASETS, TEST_PER_CLASS, TRAIN_PER_CLASS
 from saekit.evals.pooling import PooledCache, _key, default_cache
 from saekit.evals.probing import K_VALUES, run_sparse_probing
 
@@ -32,8 +32,8 @@ class SuiteSettings:
     suites: tuple[str, ...] = SUITES
     datasets: tuple[str, ...] = DEFAULT_DATASETS
     k_values: tuple[int, ...] = K_VALUES
-    train_per_class: int = 100
-    test_per_class: int = 40
+    train_per_class: int = TRAIN_PER_CLASS
+    test_per_class: int = TEST_PER_CLASS
     probe_context: int = 128
     core_tokens: int = 16_384
     core_dataset: str | None = None
