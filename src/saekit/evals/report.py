@@ -44,6 +44,7 @@ def comparison_rows(reports: Mapping[str, Mapping[str, Any]]) -> list[tuple[str,
     add("explained variance", "core", "saekit", "explained_variance")
     add("CE loss recovered", "core", "saekit", "ce_loss_recovered")
     add("KL(clean || spliced)", "core", "saekit", "kl_div")
+    add("KL div score", "core", "saekit", "kl_div_score")
     add("dead features", "core", "saekit", "dead_fraction")
     sae, llm = (
         ("sparse_probing", "eval_result_metrics", "sae"),
