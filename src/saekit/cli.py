@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.export.cli",
     "saekit.steering.cli",
     "saekit.autointerp.cli",
+    "saekit.serve.cli",
 ]
 
 

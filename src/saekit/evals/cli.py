@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "saes", nargs="+", metavar="SAE", help="SAE folder (cfg.json + sae_weights), or a "
-        "folder of SAE folders (a sweep)",
+        "folder of SAE folders (a sweep); one CLT or crosscoder folder, or a run folder of "
+        "per-layer transcoders, is evaluated as a replacement model (without --suite)",
     )  # fmt: skip
     add_data_arguments(parser, for_sae=True)
     parser.add_argument(
@@ -68,11 +69,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """One SAE without --suite: the core table; otherwise the suite."""
+    """One folder without --suite: a CLT, crosscoder or transcoder set as a replacement model,
+    else one SAE's core table; otherwise (--suite, several SAEs, a sweep) the suite."""
+    from saekit.evals.dictionaries import dictionary_kind, run_dictionary_eval
+
     first = Path(args.saes[0])
-    sweep = first.is_dir() and not (first / "cfg.json").is_file()  # a folder of SAE folders
-    single = args.suite is None and args.command == "eval" and len(args.saes) == 1
-    return run_core_eval(args) if single and not sweep else run_suite_command(args)
+    if args.suite is None and args.command == "eval" and len(args.saes) == 1:
+        if args.tokens < 1:
+            raise ValueError("--tokens must be positive")
+        kind = dictionary_kind(first)  # a CLT, a transcoder set or a crosscoder
+        if kind is not None and (kind != "transcoders" or _all_transcoders(first)):
+            return run_dictionary_eval(args, first, kind)
+        if (first / "cfg.json").is_file() or not first.is_dir():
+            return run_core_eval(args)
+    return run_suite_command(args)  # a sweep folder of plain SAEs comes here too
+
+
+def _all_transcoders(folder: Path) -> bool:
+    """Whether every SAE folder in `folder` writes another hook than it reads."""
+    cfgs = sorted(folder.glob("*/cfg.json"))
+    metas = [json.loads(c.read_text()).get("metadata") or {} for c in cfgs]
+    return bool(metas) and all(m.get("hook_name_out") for m in metas)
 
 
 def _load_model(data: DataSettings, device):
