@@ -171,3 +171,26 @@ def test_saebench_core_names_take_kl_div_score_when_present():
     assert names["model_performance_preservation"]["ce_loss_score"] == 0.9
     with_score = saebench_core_names(m | {"kl_div_score": 0.97})
     assert with_score["model_behavior_preservation"]["kl_div_score"] == 0.97
+
+
+def test_a_folder_of_plain_saes_is_a_sweep_and_one_of_transcoders_a_replacement_model(
+    tmp_path, monkeypatch
+):
+    import saekit.evals.cli as eval_cli
+    import saekit.evals.dictionaries as dictionaries
+
+    calls = []
+    monkeypatch.setattr(eval_cli, "run_suite_command", lambda args: calls.append("suite") or 0)
+    monkeypatch.setattr(eval_cli, "run_core_eval", lambda args: calls.append("core") or 0)
+    monkeypatch.setattr(dictionaries, "run_dictionary_eval", lambda *a: calls.append("dict") or 0)
+    for k in (4, 16):
+        SAE.create("topk", d_in=8, d_sae=16, k=k, metadata={"hook_name": HOOK}).save(
+            tmp_path / "sweep" / f"k{k}"
+        )
+    meta = {"hook_name": "blocks.1.ln2.hook_normalized", "hook_name_out": "blocks.1.hook_mlp_out"}
+    SAE.create("relu", d_in=8, d_sae=16, metadata=meta).save(tmp_path / "tc" / "blocks.1")
+    assert main(["eval", str(tmp_path / "sweep")]) == 0
+    assert main(["eval", str(tmp_path / "tc")]) == 0
+    assert main(["eval", str(tmp_path / "sweep" / "k4")]) == 0
+    assert main(["eval", str(tmp_path / "sweep" / "k4"), "--suite", "core"]) == 0
+    assert calls == ["suite", "dict", "core", "suite"]
