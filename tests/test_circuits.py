@@ -47,13 +47,20 @@ def test_replacement_model_reproduces_the_clean_logits(tiny_lm, ids, arch, read,
     assert prompt.error_LTD.abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("read", ["resid", "normed"])
-def test_input_edges_plus_biases_sum_to_each_nodes_input(tiny_lm, ids, read):
+@pytest.mark.parametrize("read,frozen", [("resid", None), ("normed", None), ("resid", [0, 3])])
+def test_input_edges_plus_biases_sum_to_each_nodes_input(tiny_lm, ids, read, frozen):
     model = replacement(tiny_lm, read=read)
-    graph = attribute(model, ids, batch_size=37)  # odd batch: targets of mixed layers per sweep
-    prompt = model.prepare(ids)
+    # odd batch: targets of mixed layers per sweep
+    graph = attribute(model, ids, batch_size=37, frozen_positions=frozen)
+    prompt = model.prepare(ids, frozen)
     bias_pre, bias_logits = bias_terms(model, prompt)
     assert graph.n_features == len(prompt.acts_N) > 50
+    if frozen:  # held MLP outputs: no features there, zero error nodes, logits still exact
+        assert not torch.isin(graph.features_N3[:, 1], torch.tensor(frozen)).any()
+        errors = torch.tensor([graph.error_index(layer, p) for layer in range(graph.n_layers) for p in frozen])
+        assert not graph.adjacency[:, errors].any() and graph.info["frozen_positions"] == frozen
+        torch.testing.assert_close(model.forward(prompt).logits_TV, tiny_lm.logits(ids[None])[0],
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
     edges_sum = graph.adjacency[: graph.n_features].sum(1).double()
     torch.testing.assert_close(edges_sum + bias_pre.double(), prompt.pre_N.double(), atol=2e-5,
                                rtol=1e-5)  # fmt: skip
@@ -71,7 +78,7 @@ def test_input_edges_plus_biases_sum_to_each_nodes_input(tiny_lm, ids, read):
 
 def test_rows_do_not_depend_on_the_batch(tiny_lm, ids):
     model = replacement(tiny_lm)
-    one = attribute(model, ids, batch_size=1)
+    one = attribute(model, ids, batch_size=5)  # several sweeps per layer; 1 is slow
     many = attribute(model, ids, batch_size=500)
     torch.testing.assert_close(one.adjacency, many.adjacency, atol=1e-6, rtol=1e-5)
 

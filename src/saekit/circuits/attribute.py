@@ -14,7 +14,7 @@ Shapes: B targets in a batch, T positions, D d_model, L layers, N features, K lo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -77,7 +77,7 @@ class Attributor:
             vecs = enc[layer]
             if model.transcoders.read == "normed":
                 pos = feats[self.layer_rows[layer], 1]
-                vecs = vecs * self.fz.layers[layer].post_attention_layernorm.weight * run.scale_mlp_LT1[layer][pos]
+                vecs = self.fz.read_vectors(run, layer, vecs, pos)
             self.encoder_ND[self.layer_rows[layer]] = vecs
         self.feats = feats
 
@@ -158,6 +158,7 @@ def attribute(
     batch_size: int = 256,
     max_feature_nodes: int | None = None,
     update_every: int = 4,
+    frozen_positions: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Graph:
     """The attribution graph of a prompt (dense adjacency, unpruned).
@@ -169,12 +170,17 @@ def attribute(
         max_feature_nodes: keep at most this many features, chosen greedily by their
             influence on the logits in the rows computed so far (None: every active feature).
         update_every: with `max_feature_nodes`, re-rank after this many batches.
+        frozen_positions: positions whose MLP outputs are held (no nodes there; see
+            `ReplacementModel.prepare`); ignored when a prepared `Prompt` is given.
         progress: called with (rows done, rows total).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
-    prompt = input_ids_T if isinstance(input_ids_T, Prompt) else model.prepare(input_ids_T)
+    if isinstance(input_ids_T, Prompt):
+        prompt = input_ids_T
+    else:
+        prompt = model.prepare(input_ids_T, frozen_positions)
     logit_ids, logit_probs = select_logits(prompt.run.logits_TV[-1], max_logits, desired_prob)
     att = Attributor(model, prompt, logit_ids)
     N, K = att.n_features, len(logit_ids)
@@ -210,7 +216,8 @@ def attribute(
         input_ids_T=prompt.input_ids_T, features_N3=prompt.features_N3[chosen],
         acts_N=prompt.acts_N.cpu()[chosen], logit_ids_K=logit_ids.cpu(),
         logit_probs_K=logit_probs.cpu(), adjacency=adjacency, n_layers=model.n_layers,
-        info={"active_features": N, "seconds": round(time.perf_counter() - start, 3)},
+        info={"active_features": N, "seconds": round(time.perf_counter() - start, 3),
+              "frozen_positions": prompt.frozen_T.nonzero()[:, 0].tolist()},
     )  # fmt: skip
 
 

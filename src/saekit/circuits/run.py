@@ -18,7 +18,7 @@ from saekit.circuits.attribute import attribute
 from saekit.circuits.export import graph_json
 from saekit.circuits.graph import Graph, prune, scores
 from saekit.circuits.interventions import intervene
-from saekit.circuits.replacement import Prompt, ReplacementModel
+from saekit.circuits.replacement import Prompt, ReplacementModel, special_positions
 from saekit.circuits.transcoders import PerLayerTranscoders
 from saekit.circuits.viewer import write_viewer
 from saekit.fileio import atomic_write_text
@@ -121,6 +121,7 @@ def trace_prompt(
     max_feature_nodes: int | None = None,
     check_features: int = 5,
     prepend_bos: bool = True,
+    exclude_special_tokens: bool = True,
     feature_info: dict[str, dict] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> TraceResult:
@@ -128,10 +129,13 @@ def trace_prompt(
 
     Files in `out`: `<slug>.json` (circuit-tracer / Neuronpedia schema), `index.html` (the
     offline viewer), `graph.safetensors` (the dense graph), `interventions.json`.
+    With `exclude_special_tokens` (as the transcoders were trained, by default), the MLP
+    outputs at BOS/EOS/padding positions are held at their clean values: no nodes there.
     """
     start = time.perf_counter()
     ids = tokenize(model, text, prepend_bos)
-    prompt: Prompt = model.prepare(ids)
+    frozen = special_positions(model.lm, ids) if exclude_special_tokens else None
+    prompt: Prompt = model.prepare(ids, frozen)
     estimate = estimate_memory(model, len(ids), len(prompt.acts_N), batch_size, max_feature_nodes)
     log(f"{len(ids)} tokens, {len(prompt.acts_N)} active features; memory estimate "
         f"{_gib(estimate['total'])} (" + ", ".join(f"{k} {_gib(v)}" for k, v in estimate.items()
