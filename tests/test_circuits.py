@@ -126,6 +126,18 @@ def test_max_feature_nodes_keeps_the_most_influential_features(tiny_lm, ids):
     expected = full.adjacency[keep_rows][:, keep_cols]
     got = torch.cat([part.adjacency[:60], part.adjacency[part.logit_start :]])
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    # the ranking from a subset of rows is the influence of the square graph holding only them
+    from saekit.circuits.attribute import _partial_influence
+    from saekit.circuits.graph import influence, normalize_rows
+
+    N, S = full.n_features, full.logit_start
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:40]
+    square = torch.zeros_like(full.adjacency).double()
+    square[order] = full.adjacency[order].double()
+    square[S:] = full.adjacency[S:].double()
+    expected = influence(normalize_rows(square), full.logit_weights().double())[:N]
+    got = _partial_influence(full.adjacency[S:, :S].double(), full.logit_probs_K, full.adjacency[order, :S].double(), order, N)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_pruning_and_scores(tiny_lm, ids):

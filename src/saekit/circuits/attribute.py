@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from saekit.circuits.graph import Graph, influence, normalize_rows
+from saekit.circuits.graph import Graph, normalize_rows
 from saekit.circuits.replacement import Prompt, ReplacementModel
 
 
@@ -224,15 +224,23 @@ def attribute(
 def _partial_influence(
     logit_rows_KS: Tensor, probs_K: Tensor, rows_MS: Tensor, order_M: Tensor, n_features: int
 ) -> Tensor:
-    """Influence on the logits of every feature, from the rows computed so far."""
-    K, S = logit_rows_KS.shape
-    # Square matrix over [sources..., logits]: computed feature rows at their own index.
-    A = torch.zeros(S + K, S + K, dtype=logit_rows_KS.dtype)
-    A[order_M, :S] = rows_MS
-    A[S:, :S] = logit_rows_KS
-    weights = torch.zeros(S + K, dtype=A.dtype)
-    weights[S:] = probs_K.to(A.dtype)
-    return influence(normalize_rows(A), weights)[:n_features]
+    """Influence on the logits of every feature, from the rows computed so far.
+
+    The same series as `graph.influence` on the square adjacency, kept to its computed rows
+    ([M + K, S], not [S + K, S + K]): a step from the sources reaches further only through the
+    features whose rows are known.
+    """
+    M = len(order_M)
+    rows = normalize_rows(torch.cat([rows_MS, logit_rows_KS]))
+    current = probs_K.to(rows.dtype) @ rows[M:]
+    total = current.clone()
+    for _ in range(10_000):  # acyclic: ends after the longest path
+        arriving = current[order_M]
+        if not arriving.any():
+            return total[:n_features]
+        current = arriving @ rows[:M]
+        total += current
+    raise RuntimeError("feature ranking did not converge (is the graph cyclic?)")
 
 
 def _decode(model: ReplacementModel, ids_T: Tensor) -> str:

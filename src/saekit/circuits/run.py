@@ -68,7 +68,7 @@ def estimate_memory(
         "feature_vectors": 4 * 2 * n_features * D,
         "backward_sweep": 4 * batch_size * (3 * T * D + 2 * -(-n_features // L) + sources),
         "adjacency_rows": 4 * (kept + 10) * sources,
-        "feature_ranking": 4 * 2 * (sources + 10) ** 2 if kept < n_features else 0,
+        "feature_ranking": 4 * 2 * (kept + 10) * sources if kept < n_features else 0,
         "adjacency_and_pruning": 4 * 4 * nodes * nodes,
     }
     parts["total"] = sum(parts.values())
