@@ -174,7 +174,8 @@ def hf_folder(gguf: str, folder: Path) -> Path:
 
 def load_ct_transcoders(folder: Path, manifest: dict):
     """circuit-tracer's TranscoderSet from saekit's export. Its loader knows ReLU and
-    JumpReLU only (a `k` tensor is an unexpected key), so TopK sets are built by hand."""
+    JumpReLU only (a `k` tensor is an unexpected key), so TopK sets are built by hand, with
+    its `TopK` followed by a ReLU (saekit's TopK zeroes negative values among the top k)."""
     import yaml
     from circuit_tracer.transcoder.activation_functions import TopK
     from circuit_tracer.transcoder.single_layer_transcoder import (
@@ -193,7 +194,9 @@ def load_ct_transcoders(folder: Path, manifest: dict):
     layers = {}
     for i, path in paths.items():
         t = load_file(path)
-        tc = SingleLayerTranscoder(t["W_enc"].shape[1], t["W_enc"].shape[0], TopK(int(t["k"])), i,
+        # saekit's TopK zeroes negative values among the top k; circuit-tracer's keeps them
+        activation = torch.nn.Sequential(TopK(int(t["k"])), torch.nn.ReLU())
+        tc = SingleLayerTranscoder(t["W_enc"].shape[1], t["W_enc"].shape[0], activation, i,
                                    device=torch.device("cpu"), dtype=torch.float32)  # fmt: skip
         tc.load_state_dict({k: v for k, v in t.items() if k != "k"})
         layers[i] = tc
