@@ -61,6 +61,8 @@ def main() -> None:
     lm = model.lm
     print(json.dumps({"setup_s": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
                       "transcoders": args.transcoders[0] if args.transcoders else "random"}), flush=True)  # fmt: skip
+    # one-time costs (first forwards, allocator and thread pools) stay out of the prompts' numbers
+    trace_prompt(model, "Hello world", None, max_feature_nodes=16, check_features=1)
     for name in args.prompts.split(","):
         with PeakRSS() as mem:
             t0 = time.perf_counter()
