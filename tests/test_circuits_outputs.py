@@ -108,7 +108,7 @@ def test_cli_attribute(tiny_lm, tiny_model_dir, tmp_path, capsys):
     graph = Graph.load(str(out / "graph.safetensors"))
     assert graph.info["frozen_positions"] == [0] and not (graph.features_N3[:, 1] == 0).any()
     assert main(["attribute", *folders, "--prompt", "Hello there world", "--out", str(out),
-                 "--device", "cpu", "--dtype", "float32", "--no-exclude-special-tokens",
+                 "--device", "cpu", "--dtype", "bfloat16", "--no-exclude-special-tokens",
                  "--check-features", "0"]) == 0  # fmt: skip
     graph = Graph.load(str(out / "graph.safetensors"))
     assert graph.info["frozen_positions"] == [] and (graph.features_N3[:, 1] == 0).any()

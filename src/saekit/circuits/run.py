@@ -40,6 +40,7 @@ def load_replacement(
         if not spec:
             raise ValueError("the transcoders record no model_name; pass --model")
         model = load_model(spec, device=device, dtype=dtype)
+    saes = [s.to(device=model.device, dtype=model.dtype) for s in saes]  # --dtype: one dtype throughout
     return ReplacementModel(model, PerLayerTranscoders(saes, model.n_layers))
 
 
