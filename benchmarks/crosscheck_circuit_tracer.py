@@ -136,7 +136,8 @@ def run_saekit(args: argparse.Namespace) -> None:
                 "arch": saes[0].cfg.architecture, "k": getattr(saes[0].cfg, "k", None),
                 "threads": torch.get_num_threads(), "n_layers": lm.n_layers, "prompts": {}}  # fmt: skip
     attribute(model, tokenize(model, WARMUP), frozen_positions=[0], batch_size=args.batch_size)
-    for name, text in PROMPTS.items():
+    for name in args.prompts.split(","):
+        text = PROMPTS[name]
         ids = tokenize(model, text)  # BOS first, as circuit-tracer's ensure_tokenized
         graph, cost = _measured(lambda ids=ids: attribute(model, ids, frozen_positions=[0],
                                                           batch_size=args.batch_size))  # fmt: skip
@@ -286,6 +287,7 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=1024, help="random transcoders' width")
     parser.add_argument("--per-token", type=int, default=8, help="random transcoders' active features per token")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per backward pass, both sides")
+    parser.add_argument("--prompts", default=",".join(PROMPTS), help="which of " + ",".join(PROMPTS))
     args = parser.parse_args()
     {"saekit": run_saekit, "reference": run_reference, "compare": run_compare}[args.step](args)
 
