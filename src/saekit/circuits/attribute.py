@@ -186,17 +186,50 @@ def attribute(
     N, K = att.n_features, len(logit_ids)
     keep = N if max_feature_nodes is None else min(max_feature_nodes, N)
     logit_rows = att.logit_rows().cpu()
-    feature_rows = torch.zeros(keep, att.n_sources, dtype=logit_rows.dtype)
+    S = att.n_sources
+    n_nodes = keep + S - N + K
+    adjacency = torch.zeros(n_nodes, n_nodes, dtype=logit_rows.dtype)
+    if keep == N:  # every feature, in order: rows go straight into the adjacency, no copies
+        for part in torch.arange(N).split(batch_size):
+            adjacency[int(part[0]) : int(part[-1]) + 1, :S] = att.feature_rows(part).cpu()
+            if progress:
+                progress(int(part[-1]) + 1 + K, N + K)
+        adjacency[S:, :S] = logit_rows
+        chosen = torch.arange(N)
+    else:
+        chosen = _greedy_rows(att, adjacency, logit_rows, logit_probs, keep, batch_size,
+                              update_every, progress)  # fmt: skip
+    return Graph(
+        prompt=prompt_text if prompt_text is not None else _decode(model, prompt.input_ids_T),
+        input_ids_T=prompt.input_ids_T, features_N3=prompt.features_N3[chosen],
+        acts_N=prompt.acts_N.cpu()[chosen], logit_ids_K=logit_ids.cpu(),
+        logit_probs_K=logit_probs.cpu(), adjacency=adjacency, n_layers=model.n_layers,
+        info={"active_features": N, "seconds": round(time.perf_counter() - start, 3),
+              "frozen_positions": prompt.frozen_T.nonzero()[:, 0].tolist()},
+    )  # fmt: skip
+
+
+def _greedy_rows(
+    att: Attributor,
+    adjacency: Tensor,
+    logit_rows_KS: Tensor,
+    probs_K: Tensor,
+    keep: int,
+    batch_size: int,
+    update_every: int,
+    progress: Callable[[int, int], None] | None,
+) -> Tensor:
+    """Fill `adjacency` with the rows of the `keep` features most influential on the logits,
+    re-ranked every `update_every` batches from the rows so far; their indices, sorted."""
+    N, K = att.n_features, logit_rows_KS.shape[0]
+    feature_rows = torch.zeros(keep, att.n_sources, dtype=logit_rows_KS.dtype)
     order = torch.zeros(keep, dtype=torch.long)
     visited = torch.zeros(N, dtype=torch.bool)
     done = 0
     while done < keep:
-        if keep == N:
-            pending = torch.arange(N)
-        else:
-            ranking = _partial_influence(logit_rows, logit_probs, feature_rows[:done], order[:done], N)
-            ranking = ranking.argsort(descending=True)
-            pending = ranking[~visited[ranking]][: min(update_every * batch_size, keep - done)]
+        ranking = _partial_influence(logit_rows_KS, probs_K, feature_rows[:done], order[:done], N)
+        ranking = ranking.argsort(descending=True)
+        pending = ranking[~visited[ranking]][: min(update_every * batch_size, keep - done)]
         for part in pending.split(batch_size):
             feature_rows[done : done + len(part)] = att.feature_rows(part).cpu()
             order[done : done + len(part)] = part
@@ -206,19 +239,10 @@ def attribute(
                 progress(done + K, keep + K)
     selected = order.sort()
     cols = torch.cat([selected.values, torch.arange(N, att.n_sources)])
-    n_nodes = keep + att.n_sources - N + K
-    adjacency = torch.zeros(n_nodes, n_nodes, dtype=logit_rows.dtype)
-    adjacency[:keep, : n_nodes - K] = feature_rows[selected.indices][:, cols]
-    adjacency[n_nodes - K :, : n_nodes - K] = logit_rows[:, cols]
-    chosen = selected.values
-    return Graph(
-        prompt=prompt_text if prompt_text is not None else _decode(model, prompt.input_ids_T),
-        input_ids_T=prompt.input_ids_T, features_N3=prompt.features_N3[chosen],
-        acts_N=prompt.acts_N.cpu()[chosen], logit_ids_K=logit_ids.cpu(),
-        logit_probs_K=logit_probs.cpu(), adjacency=adjacency, n_layers=model.n_layers,
-        info={"active_features": N, "seconds": round(time.perf_counter() - start, 3),
-              "frozen_positions": prompt.frozen_T.nonzero()[:, 0].tolist()},
-    )  # fmt: skip
+    inner = adjacency.shape[0] - K
+    adjacency[:keep, :inner] = feature_rows[selected.indices][:, cols]
+    adjacency[inner:, :inner] = logit_rows_KS[:, cols]
+    return selected.values
 
 
 def _partial_influence(

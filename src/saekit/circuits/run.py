@@ -68,7 +68,7 @@ def estimate_memory(
         "clean_forward": 4 * (T * D * (3 * L + 1) + L * H * T * T + T * V),
         "feature_vectors": 4 * 2 * n_features * D,
         "backward_sweep": 4 * batch_size * (3 * T * D + 2 * -(-n_features // L) + sources),
-        "adjacency_rows": 4 * (kept + 10) * sources,
+        "adjacency_rows": 4 * 2 * (kept + 10) * sources if kept < n_features else 0,
         "feature_ranking": 4 * 2 * (kept + 10) * sources if kept < n_features else 0,
         "adjacency_and_pruning": 4 * 4 * nodes * nodes,
     }
