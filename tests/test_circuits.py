@@ -176,3 +176,19 @@ def test_transcoder_set_errors_name_the_problem(tiny_lm):
     saes[0].cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
     with pytest.raises(ValueError, match="hook_resid_mid"):
         PerLayerTranscoders(saes, tiny_lm.n_layers)
+
+
+@pytest.mark.integration
+def test_exact_on_the_default_model(default_lm):
+    """SmolLM2-135M (GQA, tied embeddings): replacement logits and edge sums, BOS frozen."""
+    saes = random_transcoders(default_lm, arch="relu", d_sae=32, read="normed")
+    model = ReplacementModel(default_lm, PerLayerTranscoders(saes, default_lm.n_layers))
+    ids = torch.tensor([default_lm.bos_token_id, *default_lm.tokenizer("Paris is in")["input_ids"]])
+    prompt = model.prepare(ids, frozen_positions=[0])
+    clean = default_lm.logits(ids[None])[0]
+    torch.testing.assert_close(model.forward(prompt).logits_TV, clean, atol=1e-4, rtol=1e-4)
+    graph = attribute(model, prompt, batch_size=128)
+    assert graph.n_features > 100 and not (graph.features_N3[:, 1] == 0).any()
+    bias_pre, _ = bias_terms(model, prompt)
+    edges = graph.adjacency[: graph.n_features].sum(1).double()
+    torch.testing.assert_close(edges + bias_pre.double(), prompt.pre_N.double(), atol=1e-4, rtol=1e-4)
