@@ -19,14 +19,18 @@ from saekit.evals.forward import (
     token_losses,
 )
 from saekit.evals.intervals import RESAMPLES, document_units
+from saekit.evals.metrics import kl_div_score
 from test_spliced import (
     counting_calls,
     hand_ce,
     hand_kl,
+    hand_logits,
     hand_metrics,
     hand_windows,
+    kept_replacement,
     make_sae,
     make_tokens,
+    relu_sae_by_hand,
 )
 
 
@@ -249,3 +253,26 @@ def test_the_replacement_model_against_hand_hooks(tiny_lm):
     assert result["ce_loss_replaced"] == pytest.approx(result["ce_loss_ablated"], rel=1e-5)
     assert result["kl_div"] == pytest.approx(hand_kl(clean, ablated, keep).mean().item(), rel=1e-4)
     assert result["kl_div"] > 1e-5  # the ablation changes the random model a little
+
+
+def test_kl_div_score_is_saebench_normalised_kl_by_hand(setup):
+    """(KL_zero - KL_sae) / KL_zero, each KL(clean || variant) by explicit loops in float64."""
+    lm, sae, batches, windows = setup
+    layer1 = lm.model.model.layers[1]
+    kl_sae, kl_zero = [], []
+    for ids, keep in batches:
+        grabbed: list[torch.Tensor] = []
+        clean = hand_logits(lm.model, ids, layer1, grab=grabbed)
+        x_hat = relu_sae_by_hand(sae, grabbed[0])[0].detach()
+        spliced = hand_logits(lm.model, ids, layer1, kept_replacement(keep, lambda a: x_hat))
+        zero = hand_logits(lm.model, ids, layer1, kept_replacement(keep, torch.zeros_like))
+        kl_sae.append(hand_kl(clean, spliced, keep))
+        kl_zero.append(hand_kl(clean, zero, keep))
+    want_sae, want_zero = torch.cat(kl_sae).mean().item(), torch.cat(kl_zero).mean().item()
+    assert want_zero > want_sae > 0 and want_sae > 0.1 * want_zero  # a score far from 0 and 1
+    result = evaluate_sae(sae, lm, batches)
+    assert result["kl_div"] == pytest.approx(want_sae, rel=1e-4)
+    assert result["kl_div_zero_ablation"] == pytest.approx(want_zero, rel=1e-5)
+    assert result["kl_div_score"] == pytest.approx((want_zero - want_sae) / want_zero, rel=1e-5)
+    assert math.isfinite(result["kl_div_score_se"]) and result["kl_div_score_se"] > 0
+    assert math.isnan(kl_div_score(0.1, 0.0))

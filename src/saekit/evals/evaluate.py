@@ -14,7 +14,12 @@ from tqdm.auto import tqdm
 from saekit.evals.baseline import Baseline, BaselineStore, baseline_key, compute_baseline
 from saekit.evals.forward import ForkedModel, clean_losses, token_losses
 from saekit.evals.intervals import SE_KEYS, UnitSums, document_units, standard_errors
-from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats, log10_feature_density
+from saekit.evals.metrics import (
+    DENSE_THRESHOLD,
+    RunningStats,
+    kl_div_score,
+    log10_feature_density,
+)
 from saekit.evals.spliced import (
     ce_loss_recovered,
     check_sae_fits,
@@ -39,6 +44,8 @@ METRIC_KEYS = (
     "ce_loss_recovered",
     "ce_loss_recovered_mean_ablation",
     "kl_div",
+    "kl_div_zero_ablation",
+    "kl_div_score",
     "dead_fraction",
     "dense_fraction",
     "tokens",
@@ -209,6 +216,7 @@ def _spliced_pass(
                 sums[name].add_losses(
                     units_M, spliced=ce_M, kl=kl_M, counted=torch.ones_like(ce_M),
                     clean=record.ce_clean_M, zero=record.ce_zero_M[t.hook_out],
+                    kl_zero=record.kl_zero_M[t.hook_out],
                 )  # fmt: skip
             bar.update(int(keep_BT.sum()))
     finally:
@@ -237,6 +245,7 @@ def _result(
     zero = mean([b.ce_zero_M[hook_out] for b in baseline.batches])
     mean_ablated = mean([b.ce_mean_M[hook_out] for b in baseline.batches])
     spliced, kl = totals["spliced"] / ce_tokens, totals["kl"] / ce_tokens
+    kl_zero = mean([b.kl_zero_M[hook_out] for b in baseline.batches])
     result: dict[str, Any] = stats.compute(dense_threshold)
     result.update(
         ce_loss_clean=clean,
@@ -246,6 +255,8 @@ def _result(
         ce_loss_recovered=ce_loss_recovered(clean, spliced, zero),
         ce_loss_recovered_mean_ablation=ce_loss_recovered(clean, spliced, mean_ablated),
         kl_div=kl,
+        kl_div_zero_ablation=kl_zero,
+        kl_div_score=kl_div_score(kl, kl_zero),
         ce_tokens=ce_tokens,
         **standard_errors(unit_sums),
         log10_feature_density=log10_feature_density(stats.density_F()),

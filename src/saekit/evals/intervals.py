@@ -11,6 +11,7 @@ reports are reproducible) and returns the standard deviation of each metric over
 - explained variance: 1 - SSE / SST, SST around the redrawn tokens' mean;
 - CE loss recovered: (zero - spliced) / (zero - clean), each a sum of next-token CE;
 - KL: the sum of per-token KL over the number of counted tokens;
+- KL score: (sum of zero-ablated KL - sum of spliced KL) / sum of zero-ablated KL;
 - dead fraction: features that fire in none of the redrawn units. It is skipped (NaN) when
   units x features exceeds `MAX_FIRING_ENTRIES`.
 
@@ -30,7 +31,13 @@ from torch import Tensor
 
 RESAMPLES = 200
 MAX_FIRING_ENTRIES = 1 << 24
-SE_KEYS = ("explained_variance_se", "ce_loss_recovered_se", "kl_div_se", "dead_fraction_se")
+SE_KEYS = (
+    "explained_variance_se",
+    "ce_loss_recovered_se",
+    "kl_div_se",
+    "kl_div_score_se",
+    "dead_fraction_se",
+)
 
 
 def document_units(keep_masks: Sequence[Tensor]) -> list[Tensor]:
@@ -154,6 +161,8 @@ def weighted_metrics(totals: dict[str, Tensor], weights_RU: Tensor) -> dict[str,
         values["ce_loss_recovered"] = (zero - total["spliced"]) / (zero - total["clean"])
     if {"kl", "counted"} <= total.keys():
         values["kl_div"] = total["kl"] / total["counted"]
+        if "kl_zero" in total:
+            values["kl_div_score"] = (total["kl_zero"] - total["kl"]) / total["kl_zero"]
     if "fires" in totals:
         fired_RF = weights_RU.float() @ totals["fires"]
         values["dead_fraction"] = (fired_RF == 0).double().mean(dim=1)

@@ -17,6 +17,9 @@ Conventions (the same everywhere in saekit: training logs, `saekit eval`, dashbo
   `log10_feature_density` adds `DENSITY_EPS = 1e-10` before the log10, so a never-firing
   feature shows as -10. Dead: density exactly 0 over the window. Dense: density above
   `DENSE_THRESHOLD = 0.1` (fires on more than one token in ten).
+- `kl_div_score` (SAEBench's): `(KL_zero - KL_sae) / KL_zero`, each the mean over the counted
+  tokens of KL(clean || variant), `KL_zero` with the hook zero-ablated. 1: the SAE keeps the
+  clean next-token distribution; 0: no better than zeroing the activation.
 """
 
 from __future__ import annotations
@@ -101,6 +104,13 @@ def density_histogram(
     """
     values = log10_density_F.double().clamp(lo, hi)
     return torch.histogram(values, bins=bins, range=(lo, hi))
+
+
+def kl_div_score(kl_sae: float, kl_zero_ablation: float) -> float:
+    """SAEBench's normalised KL: `(KL_zero - KL_sae) / KL_zero` (NaN when `KL_zero` is 0)."""
+    if kl_zero_ablation == 0:
+        return float("nan")
+    return (kl_zero_ablation - kl_sae) / kl_zero_ablation
 
 
 def _cosines_B(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
