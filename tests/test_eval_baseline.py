@@ -264,7 +264,7 @@ def test_kl_div_score_is_saebench_normalised_kl_by_hand(setup):
         grabbed: list[torch.Tensor] = []
         clean = hand_logits(lm.model, ids, layer1, grab=grabbed)
         x_hat = relu_sae_by_hand(sae, grabbed[0])[0].detach()
-        spliced = hand_logits(lm.model, ids, layer1, kept_replacement(keep, lambda a: x_hat))
+        spliced = hand_logits(lm.model, ids, layer1, kept_replacement(keep, lambda a, x_hat=x_hat: x_hat))
         zero = hand_logits(lm.model, ids, layer1, kept_replacement(keep, torch.zeros_like))
         kl_sae.append(hand_kl(clean, spliced, keep))
         kl_zero.append(hand_kl(clean, zero, keep))
