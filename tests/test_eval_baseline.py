@@ -276,3 +276,29 @@ def test_kl_div_score_is_saebench_normalised_kl_by_hand(setup):
     assert result["kl_div_score"] == pytest.approx((want_zero - want_sae) / want_zero, rel=1e-5)
     assert math.isfinite(result["kl_div_score_se"]) and result["kl_div_score_se"] > 0
     assert math.isnan(kl_div_score(0.1, 0.0))
+
+
+LOSS_KEYS = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablation", "ce_loss_recovered",
+             "kl_div", "kl_div_zero_ablation", "kl_div_score", "ce_tokens")  # fmt: skip
+
+
+def test_losses_on_fewer_windows_and_reconstruction_on_all(tiny_lm):
+    """`ce_tokens`: the losses of the first windows only (as if evaluated alone), every other
+    metric over all windows (as in the full evaluation), against the hand numbers."""
+    batches = [make_tokens(len(tiny_lm.tokenizer), rows=5, seed=s) for s in (6, 7)]
+    sae = make_sae(seed=2)
+    layer1 = tiny_lm.model.model.layers[1]
+    windows = hand_windows(tiny_lm.model, layer1, sae, batches)
+    kept = [int(w["keep"].sum()) for w in windows]
+    cut = 4  # the first four windows (of ten) carry the losses: a cut inside the first batch
+    result = evaluate_sae(sae, tiny_lm, batches, ce_tokens=sum(kept[: cut - 1]) + 1)
+    everything, first = hand_metrics(windows), hand_metrics(windows[:cut])
+    for key in ("tokens", "l0", "mse", "explained_variance", "cos_sim", "dead_fraction"):
+        assert result[key] == pytest.approx(everything[key], rel=1e-5, abs=1e-9), key
+    for key in LOSS_KEYS[:-3]:  # CE loss recovered: a small difference, see above
+        rel = 1e-3 if key == "ce_loss_recovered" else 1e-4
+        assert result[key] == pytest.approx(first[key], rel=rel, abs=1e-7), key
+    assert result["ce_tokens"] == first["ce_tokens"] < everything["ce_tokens"]
+    assert result["explained_variance"] != pytest.approx(first["explained_variance"], rel=1e-3)
+    full = evaluate_sae(sae, tiny_lm, batches, ce_tokens=10**6)  # more than there are
+    assert full["kl_div"] == pytest.approx(everything["kl_div"], rel=1e-4)

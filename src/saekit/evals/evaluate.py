@@ -25,6 +25,7 @@ from saekit.evals.spliced import (
     check_sae_fits,
     loss_positions,
     next_token_targets,
+    reconstruct,
     reconstruction_spliced,
     sae_hooks,
 )
@@ -85,6 +86,7 @@ def evaluate_sae(
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
     baselines: BaselineStore | None = None,
+    ce_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate `sae` spliced into `lm` on `(input_ids_BT, keep_mask_BT)` batches.
 
@@ -101,13 +103,14 @@ def evaluate_sae(
 
     Returns the floats named in `METRIC_KEYS` (with bootstrap standard errors of the headline
     metrics, see `saekit.evals.intervals`) plus `log10_feature_density` (a float64 tensor
-    `[d_sae]`, for the density histogram). `baselines`: see `evaluate_saes`.
+    `[d_sae]`, for the density histogram). `baselines`, `ce_tokens`: see `evaluate_saes`.
     """
     target = EvalTarget.of(sae, hook_name, hook_name_out, scale_in=scale_in, scale_out=scale_out)
     means = None if mean_act_D is None else {target.hook_out: mean_act_D}
     return evaluate_saes(
         {"sae": target}, lm, token_batches, max_tokens=max_tokens, mean_acts=means,
         dense_threshold=dense_threshold, progress=progress, baselines=baselines,
+        ce_tokens=ce_tokens,
     )["sae"]  # fmt: skip
 
 
@@ -123,6 +126,7 @@ def evaluate_saes(
     progress: bool = False,
     baselines: BaselineStore | None = None,
     unit_sums: dict[str, UnitSums] | None = None,
+    ce_tokens: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`evaluate_sae` for several SAEs at once, sharing every forward they can share.
 
@@ -133,14 +137,20 @@ def evaluate_saes(
     earliest hook on, the unembedding at the counted positions only. Each result equals
     `evaluate_sae` of that SAE alone. Given a dict `unit_sums`, each SAE's per-document sums
     (see `saekit.evals.intervals`) are put in it under the SAE's name.
+
+    `ce_tokens`: the losses (CE, KL and their baselines) only on the first windows, until this
+    many kept tokens, as SAEBench separates its reconstruction and sparsity batches; the
+    reconstruction and sparsity metrics still use every window, read by forwards that stop at
+    the last hook. None: the losses on every window too.
     """
     if not targets:
         raise ValueError("no SAE to evaluate")
     for t in targets.values():
         check_sae_fits(t.sae, lm, t.hook_in, t.hook_out)
-    batches = eval_windows(token_batches, max_tokens, lm.device)
-    if not batches or not any(bool(keep.any()) for _, keep in batches):
+    all_batches = eval_windows(token_batches, max_tokens, lm.device)
+    if not all_batches or not any(bool(keep.any()) for _, keep in all_batches):
         raise ValueError("no tokens to evaluate: the token batches are empty or all masked")
+    batches, rest = split_windows(all_batches, ce_tokens)
     if not any(bool(loss_positions(keep).any()) for _, keep in batches):
         raise ValueError("no tokens to evaluate: no kept position has a next token")
     hooks_out = list(dict.fromkeys(t.hook_out for t in targets.values()))
@@ -156,14 +166,27 @@ def evaluate_saes(
     modes = {name: t.sae.training for name, t in targets.items()}
     for t in targets.values():
         t.sae.eval()
+    sums = {name: UnitSums() for name in targets}
+    if unit_sums is not None:
+        unit_sums.update(sums)
+    stats = {name: RunningStats() for name in targets}
+    units = document_units([keep_BT for _, keep_BT in batches + rest])
+    bar = tqdm(total=sum(int(k.sum()) for _, k in all_batches), unit="tok", desc="eval",
+               disable=not progress)  # fmt: skip
     try:
-        sums = {name: UnitSums() for name in targets}
-        if unit_sums is not None:
-            unit_sums.update(sums)
-        return _spliced_pass(targets, forked, batches, baseline, sums, dense_threshold, progress)
+        head_units, rest_units = units[: len(batches)], units[len(batches) :]
+        totals = _spliced_pass(targets, forked, batches, baseline, stats, sums, head_units, bar)
+        _reconstruction_pass(targets, lm, rest, stats, sums, rest_units, bar)
     finally:
+        bar.close()
         for name, t in targets.items():
             t.sae.train(modes[name])
+    return {
+        name: _result(
+            stats[name], sums[name], totals[name], baseline, t.hook_out, dense_threshold
+        )  # fmt: skip
+        for name, t in targets.items()
+    }
 
 
 def _spliced_pass(
@@ -171,62 +194,74 @@ def _spliced_pass(
     forked: ForkedModel,
     batches: list[tuple[Tensor, Tensor]],
     baseline: Baseline,
+    stats: dict[str, RunningStats],
     sums: dict[str, UnitSums],
-    dense_threshold: float,
-    progress: bool,
-) -> dict[str, dict[str, Any]]:
-    """Every SAE's spliced forwards, then each result from its sums and the baseline's."""
-    stats = {name: RunningStats() for name in targets}
+    units: list[Tensor],
+    bar,
+) -> dict[str, dict[str, float]]:
+    """Every SAE's spliced forwards; each SAE's summed spliced CE and KL."""
     totals = {name: {"spliced": 0.0, "kl": 0.0} for name in targets}
-    bar = tqdm(total=sum(int(k.sum()) for _, k in batches), unit="tok", desc="eval",
-               disable=not progress)  # fmt: skip
-    try:
-        units = document_units([keep_BT for _, keep_BT in batches])
-        for (input_ids_BT, keep_BT), record, units_BT in zip(
-            batches, baseline.batches, units, strict=True
-        ):
-            positions_BT = loss_positions(keep_BT)
-            targets_M = next_token_targets(input_ids_BT, positions_BT)
-            units_M = units_BT[positions_BT.cpu()]
-            resid_BTD = record.resid_BTD
-            if resid_BTD is None:
-                resid_BTD = forked.prefix(input_ids_BT)
-            clean = record.clean
-            if clean is None:
-                clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-                clean = clean_losses(forked, clean_in_MD, targets_M)[1]
-            for name, t in targets.items():
+    for (input_ids_BT, keep_BT), record, units_BT in zip(
+        batches, baseline.batches, units, strict=True
+    ):
+        positions_BT = loss_positions(keep_BT)
+        targets_M = next_token_targets(input_ids_BT, positions_BT)
+        units_M = units_BT[positions_BT.cpu()]
+        resid_BTD = record.resid_BTD
+        if resid_BTD is None:
+            resid_BTD = forked.prefix(input_ids_BT)
+        clean = record.clean
+        if clean is None:
+            clean_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+            clean = clean_losses(forked, clean_in_MD, targets_M)[1]
+        for name, t in targets.items():
 
-                def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF, name=name, keep_BT=keep_BT,
-                            units_BT=units_BT):  # fmt: skip
-                    keep = keep_BT.to(x_hat_BTD.device)
-                    stats[name].update(target_BTD[keep_BT], x_hat_BTD[keep], feats_BTF[keep])
-                    sums[name].add_reconstruction(
-                        target_BTD, x_hat_BTD, feats_BTF, keep_BT, units_BT
-                    )
+            def observe(x_BTD, target_BTD, x_hat_BTD, feats_BTF, name=name, keep_BT=keep_BT,
+                        units_BT=units_BT):  # fmt: skip
+                keep = keep_BT.to(x_hat_BTD.device)
+                stats[name].update(target_BTD[keep_BT], x_hat_BTD[keep], feats_BTF[keep])
+                sums[name].add_reconstruction(
+                    target_BTD, x_hat_BTD, feats_BTF, keep_BT, units_BT
+                )
 
-                with reconstruction_spliced(
-                    forked.lm, t.sae, t.hook_in, t.hook_out, keep_BT,
-                    scale_in=t.scale_in, scale_out=t.scale_out, observe=observe,
-                ):  # fmt: skip
-                    head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-                ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
-                totals[name]["spliced"] += ce_M.double().sum().item()
-                totals[name]["kl"] += kl_M.double().sum().item()  # type: ignore[union-attr]
-                sums[name].add_losses(
-                    units_M, spliced=ce_M, kl=kl_M, counted=torch.ones_like(ce_M),
-                    clean=record.ce_clean_M, zero=record.ce_zero_M[t.hook_out],
-                    kl_zero=record.kl_zero_M[t.hook_out],
-                )  # fmt: skip
-            bar.update(int(keep_BT.sum()))
-    finally:
-        bar.close()
-    return {
-        name: _result(
-            stats[name], sums[name], totals[name], baseline, t.hook_out, dense_threshold
-        )  # fmt: skip
-        for name, t in targets.items()
-    }
+            with reconstruction_spliced(
+                forked.lm, t.sae, t.hook_in, t.hook_out, keep_BT,
+                scale_in=t.scale_in, scale_out=t.scale_out, observe=observe,
+            ):  # fmt: skip
+                head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+            ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
+            totals[name]["spliced"] += ce_M.double().sum().item()
+            totals[name]["kl"] += kl_M.double().sum().item()  # type: ignore[union-attr]
+            sums[name].add_losses(
+                units_M, spliced=ce_M, kl=kl_M, counted=torch.ones_like(ce_M),
+                clean=record.ce_clean_M, zero=record.ce_zero_M[t.hook_out],
+                kl_zero=record.kl_zero_M[t.hook_out],
+            )  # fmt: skip
+        bar.update(int(keep_BT.sum()))
+    return totals
+
+
+def _reconstruction_pass(
+    targets: Mapping[str, EvalTarget],
+    lm,
+    batches: list[tuple[Tensor, Tensor]],
+    stats: dict[str, RunningStats],
+    sums: dict[str, UnitSums],
+    units: list[Tensor],
+    bar,
+) -> None:
+    """The reconstruction and sparsity metrics of windows without losses: one forward per
+    batch that stops at the last hook, every SAE on the clean activations it reads."""
+    hooks = list(dict.fromkeys(h for t in targets.values() for h in (t.hook_in, t.hook_out)))
+    for (input_ids_BT, keep_BT), units_BT in zip(batches, units, strict=True):
+        acts = lm.run_to_hooks(input_ids_BT, hooks)
+        for name, t in targets.items():
+            target_BTD = acts[t.hook_out]
+            x_hat_BTD, feats_BTF = reconstruct(t.sae, acts[t.hook_in], t.scale_in, t.scale_out)
+            keep = keep_BT.to(x_hat_BTD.device)
+            stats[name].update(target_BTD[keep_BT], x_hat_BTD[keep], feats_BTF[keep])
+            sums[name].add_reconstruction(target_BTD, x_hat_BTD, feats_BTF, keep_BT, units_BT)
+        bar.update(int(keep_BT.sum()))
 
 
 def _result(
@@ -285,6 +320,28 @@ def eval_windows(
         keep_NT = torch.cat([keep for _, keep in group]).to(device)
         batches += list(zip(ids_NT.split(EVAL_ROWS), keep_NT.split(EVAL_ROWS), strict=True))
     return batches
+
+
+def split_windows(
+    batches: list[tuple[Tensor, Tensor]], tokens: int | None
+) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+    """The batches cut after the window whose kept tokens reach `tokens` (None: no cut): the
+    windows up to it, and the rest, both in stream order."""
+    if tokens is None:
+        return batches, []
+    head: list[tuple[Tensor, Tensor]] = []
+    rest: list[tuple[Tensor, Tensor]] = []
+    kept = 0
+    for input_ids_BT, keep_BT in batches:
+        if kept >= tokens:
+            rest.append((input_ids_BT, keep_BT))
+            continue
+        ids_BT, cut_BT = _rows_until(input_ids_BT, keep_BT, tokens - kept)
+        kept += int(cut_BT.sum())
+        head.append((ids_BT, cut_BT))
+        if ids_BT.shape[0] < input_ids_BT.shape[0]:
+            rest.append((input_ids_BT[ids_BT.shape[0] :], keep_BT[ids_BT.shape[0] :]))
+    return head, rest
 
 
 def _rows_until(input_ids_BT: Tensor, keep_mask_BT: Tensor, tokens: int) -> tuple[Tensor, Tensor]:
