@@ -121,6 +121,9 @@ class TrainConfig(DataSettings):
     """Evaluate on held-back tokens every this many training tokens (0: only at the end)."""
     eval_tokens: Count = 16_384
     """Held-back tokens per evaluation (0 disables evaluation)."""
+    eval_ce_tokens: Count | None = None
+    """Of those, how many (the first windows) also get the spliced and ablated losses (CE loss
+    recovered, KL); the reconstruction and sparsity metrics use all of them. Default: all."""
     checkpoint_every: Count | None = None
     """Write a checkpoint every this many tokens; default: every quarter of the run; 0: only by
     time (checkpoint_minutes) and on interrupt. A killed run continues with --resume."""
