@@ -91,6 +91,7 @@ def test_bad_sizes():
         ShuffleBuffer(CountingSource(), buffer_tokens=15, batch_tokens=10)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_resumed_batches_stay_on_the_source_device():
     class CudaSource(CountingSource):

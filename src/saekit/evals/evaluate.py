@@ -220,9 +220,7 @@ def _spliced_pass(
                         units_BT=units_BT):  # fmt: skip
                 keep = keep_BT.to(x_hat_BTD.device)
                 stats[name].update(target_BTD[keep_BT], x_hat_BTD[keep], feats_BTF[keep])
-                sums[name].add_reconstruction(
-                    target_BTD, x_hat_BTD, feats_BTF, keep_BT, units_BT
-                )
+                sums[name].add_reconstruction(target_BTD, x_hat_BTD, feats_BTF, keep_BT, units_BT)
 
             with reconstruction_spliced(
                 forked.lm, t.sae, t.hook_in, t.hook_out, keep_BT,
