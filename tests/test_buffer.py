@@ -128,9 +128,7 @@ def test_limited_source_stops_after_the_budget_and_resumes():
 
     counting = Counting()
     counting.device = torch.device("meta")
-    assert LimitedSource(counting, max_rows=7).device == torch.device(
-        "meta"
-    )  # buffer restores there
+    assert LimitedSource(counting, max_rows=7).device == torch.device("meta")  # buffer restores there
     limited = LimitedSource(Counting(), max_rows=7)
     first = next(limited)
     state = limited.state_dict()
