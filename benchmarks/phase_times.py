@@ -7,7 +7,9 @@ Wraps (without changing them) the model load, the training loop (`Trainer.fit`),
 SAEs, the evaluation's baseline and spliced passes, its reconstruction-only pass, and the
 reports, then prints each phase's wall seconds, the rest of the process (imports, data set
 preparation, the initialisation sample), and the whole, as one JSON line on stderr
-(and appended to `$PHASE_TIMES_JSON` when set).
+(and appended to `$PHASE_TIMES_JSON` when set). Memory: the resident set size after each
+phase's first call and the process's peak at its end (`rss_after_mb`, `peak_rss_mb`), so the
+peak can be read against what the model alone holds.
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
 import sys
 import time
 from collections import defaultdict
 
 STARTED = time.perf_counter()
 SECONDS: dict[str, float] = defaultdict(float)
+RSS_AFTER: dict[str, float] = {}
 _DEPTH = [0]
+
+
+def rss_mb() -> float:
+    """The current resident set size in MB (from /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _timed(owner, attr: str, phase: str) -> None:
@@ -41,6 +51,7 @@ def _timed(owner, attr: str, phase: str) -> None:
             return original(*args, **kwargs)
         finally:
             SECONDS[phase] += time.perf_counter() - start
+            RSS_AFTER.setdefault(phase, round(rss_mb()))
             _DEPTH[0] -= 1
 
     setattr(owner, attr, wrapper)
@@ -76,6 +87,8 @@ def report() -> None:
         "argv": sys.argv[1:], "whole_s": round(whole, 1), "phases_s": phases,
         "other_s": round(whole - sum(SECONDS.values()), 1),
         "whole_over_loop": round(whole / loop, 3) if loop else None,
+        "rss_after_mb": RSS_AFTER,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "load": os.getloadavg(),
     }  # fmt: skip
     print(json.dumps(row), file=sys.stderr, flush=True)
