@@ -302,3 +302,20 @@ def test_losses_on_fewer_windows_and_reconstruction_on_all(tiny_lm):
     assert result["explained_variance"] != pytest.approx(first["explained_variance"], rel=1e-3)
     full = evaluate_sae(sae, tiny_lm, batches, ce_tokens=10**6)  # more than there are
     assert full["kl_div"] == pytest.approx(everything["kl_div"], rel=1e-4)
+
+
+def test_loss_errors_with_fewer_loss_windows_bootstrap_those_documents_only(tiny_lm):
+    batches = [make_tokens(len(tiny_lm.tokenizer), rows=5, seed=s) for s in (6, 7)]
+    for ids, keep in batches:  # a document end inside every other window
+        ids[::2, 8], keep[::2, 8] = 0, False
+    sae = make_sae(seed=2)
+    windows = hand_windows(tiny_lm.model, tiny_lm.model.model.layers[1], sae, batches)
+    cut = 6
+    kept = [int(w["keep"].sum()) for w in windows]
+    result = evaluate_sae(sae, tiny_lm, batches, ce_tokens=sum(kept[: cut - 1]) + 1)
+    docs = hand_documents(windows[:cut])  # the documents the losses cover (the last in part)
+    assert 3 <= len(docs) < len(hand_documents(windows))
+    draws = torch.randint(len(docs), (RESAMPLES, len(docs)),
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    values = [hand_metrics([docs[i] for i in row])["kl_div"] for row in draws.tolist()]
+    assert result["kl_div_se"] == pytest.approx(torch.tensor(values).std().item(), rel=1e-5)

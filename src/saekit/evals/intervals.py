@@ -133,16 +133,34 @@ class UnitSums:
 
 
 def standard_errors(sums: UnitSums, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, float]:
-    """Bootstrap standard errors of the headline metrics (NaN with fewer than two units)."""
+    """Bootstrap standard errors of the headline metrics (NaN with fewer than two units).
+
+    When the losses cover only some units (`evaluate_saes(ce_tokens=...)`), their standard
+    errors come from a bootstrap over those units alone."""
     totals = sums.totals()
-    n_units = totals["tokens"].numel() if "tokens" in totals else 0
     result = dict.fromkeys(SE_KEYS, math.nan)
+    result.update(_bootstrap(totals, resamples, seed))
+    counted = totals.get("counted")
+    if counted is not None and bool((counted == 0).any()):
+        with_losses = counted > 0
+        part = _bootstrap({k: t[with_losses] for k, t in totals.items()}, resamples, seed)
+        for key in LOSS_SE_KEYS:
+            result[key] = part.get(key, math.nan)
+    return result
+
+
+LOSS_SE_KEYS = ("ce_loss_recovered_se", "kl_div_se", "kl_div_score_se")
+
+
+def _bootstrap(totals: dict[str, Tensor], resamples: int, seed: int) -> dict[str, float]:
+    n_units = totals["tokens"].numel() if "tokens" in totals else 0
     if n_units < 2:
-        return result
+        return {}
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(n_units, (resamples, n_units), generator=generator)
     counts_RU = torch.zeros(resamples, n_units, dtype=torch.float64)
     counts_RU.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    result = {}
     for key, draws_R in weighted_metrics(totals, counts_RU).items():
         finite_R = draws_R[torch.isfinite(draws_R)]
         result[f"{key}_se"] = finite_R.std().item() if finite_R.numel() > 1 else math.nan
