@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("sae", help="SAE folder")
     parser.add_argument("--tokens", type=count_arg, default=16_384, help="evaluation tokens")
     parser.add_argument("--ce-tokens", default="4k,8k,16k", help="loss tokens, a comma list")
+    parser.add_argument("--dtype", help="the model's dtype (default: the one the SAE records)")
     parser.add_argument("--json", help="append one JSON line per size to this file")
     args = parser.parse_args()
 
@@ -40,7 +41,7 @@ def main() -> None:
 
     sae = SAE.load(args.sae)
     prov, _ = Provenance.from_sae(sae)
-    lm = load_model(prov.model, dtype=DTYPES[prov.dtype])
+    lm = load_model(prov.model, dtype=DTYPES[args.dtype or prov.dtype])
     for size in (count_arg(s) for s in args.ce_tokens.split(",")):
         load = os.getloadavg()
         started = time.perf_counter()
@@ -49,7 +50,7 @@ def main() -> None:
             max_tokens=args.tokens, baselines=BaselineStore(), ce_tokens=size,
         )["sae"]  # fmt: skip
         seconds = time.perf_counter() - started
-        row = {"sae": args.sae, "tokens": result["tokens"], "ce_tokens": result["ce_tokens"],
+        row = {"sae": args.sae, "dtype": str(lm.dtype), "tokens": result["tokens"], "ce_tokens": result["ce_tokens"],
                "seconds": round(seconds, 1), "load_before": load, "load_after": os.getloadavg()}  # fmt: skip
         for key in KEYS:
             row[key] = result[key]
