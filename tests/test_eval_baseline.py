@@ -319,3 +319,10 @@ def test_loss_errors_with_fewer_loss_windows_bootstrap_those_documents_only(tiny
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     values = [hand_metrics([docs[i] for i in row])["kl_div"] for row in draws.tolist()]
     assert result["kl_div_se"] == pytest.approx(torch.tensor(values).std().item(), rel=1e-5)
+
+
+def test_the_training_default_is_the_evaluation_default():
+    from saekit.evals.evaluate import DEFAULT_CE_TOKENS
+    from saekit.training.config import TrainConfig
+
+    assert TrainConfig().eval_ce_tokens == DEFAULT_CE_TOKENS

@@ -31,6 +31,10 @@ from saekit.evals.spliced import (
 )
 
 EVAL_ROWS = 16  # windows per forward
+DEFAULT_CE_TOKENS = 4096
+"""Evaluated tokens that also get the spliced and ablated losses, by default (the first
+windows); the reconstruction and sparsity metrics use all of them. Chosen by measurement:
+see docs/performance.md ("The evaluation at the end of a run")."""
 METRIC_KEYS = (
     "l0",
     "mse",
@@ -86,7 +90,7 @@ def evaluate_sae(
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = False,
     baselines: BaselineStore | None = None,
-    ce_tokens: int | None = None,
+    ce_tokens: int | None = DEFAULT_CE_TOKENS,
 ) -> dict[str, Any]:
     """Evaluate `sae` spliced into `lm` on `(input_ids_BT, keep_mask_BT)` batches.
 
@@ -126,7 +130,7 @@ def evaluate_saes(
     progress: bool = False,
     baselines: BaselineStore | None = None,
     unit_sums: dict[str, UnitSums] | None = None,
-    ce_tokens: int | None = None,
+    ce_tokens: int | None = DEFAULT_CE_TOKENS,
 ) -> dict[str, dict[str, Any]]:
     """`evaluate_sae` for several SAEs at once, sharing every forward they can share.
 
@@ -139,9 +143,9 @@ def evaluate_saes(
     (see `saekit.evals.intervals`) are put in it under the SAE's name.
 
     `ce_tokens`: the losses (CE, KL and their baselines) only on the first windows, until this
-    many kept tokens, as SAEBench separates its reconstruction and sparsity batches; the
-    reconstruction and sparsity metrics still use every window, read by forwards that stop at
-    the last hook. None: the losses on every window too.
+    many kept tokens (`DEFAULT_CE_TOKENS`), as SAEBench separates its reconstruction and
+    sparsity batches; the reconstruction and sparsity metrics still use every window, read by
+    forwards that stop at the last hook. None: the losses on every window too.
     """
     if not targets:
         raise ValueError("no SAE to evaluate")

@@ -306,7 +306,7 @@ def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
     results = evaluate_saes(
         targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
-        baselines=eval_batches.baselines, ce_tokens=cfg.eval_ce_tokens, progress=cfg.progress,
+        baselines=eval_batches.baselines, ce_tokens=cfg.eval_ce_tokens or None, progress=cfg.progress,
     )  # fmt: skip
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
