@@ -20,18 +20,3 @@ def torch_dtype(name: str, allowed: tuple[str, ...] | None = None) -> torch.dtyp
     if name not in allowed:
         raise ValueError(f"unknown dtype {name!r}; use one of {list(allowed)}")
     return DTYPES[name]
-
-
-def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether `device` computes bfloat16 matmuls natively: a CUDA card that supports them, or
-    a CPU with AVX512-BF16 or AMX-BF16 (as torch reports its capabilities)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is None:
-        return False
-    found = capabilities()
-    return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
