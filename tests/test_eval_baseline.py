@@ -326,3 +326,4 @@ def test_the_training_default_is_the_evaluation_default():
     from saekit.training.config import TrainConfig
 
     assert TrainConfig().eval_ce_tokens == DEFAULT_CE_TOKENS
+
