@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from saekit.data.provenance import Provenance, token_batches
-from saekit.dtypes import DTYPES
+from saekit.dtypes import DTYPES, model_dtype_note
 from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
@@ -257,6 +257,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     summary = summary_text(
         run_dir, cfg.tokens - tokens_before, seconds, final_metrics, folders
     )
+    summary += "\n  " + model_dtype_note(prov.dtype, device)
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     if wandb_logger:
         wandb_logger.finish()
