@@ -161,7 +161,8 @@ def run_cache(case: dict, args, out: Path) -> dict:
 
 
 def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
-    """Every SAE on the same held-back tokens, with saekit's evaluate_saes (shared forwards)."""
+    """Every SAE on the same held-back tokens, with saekit's evaluate_saes (shared forwards;
+    the losses on all of them, as in the earlier tables)."""
     from saekit.data.provenance import Provenance, token_batches
     from saekit.evals import EvalTarget, evaluate_saes, scalar_metrics
     from saekit.io.converters import read_sae
@@ -176,7 +177,7 @@ def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
         for name, folder in folders.items()
     }
     batches = token_batches(Provenance(context=128), lm.tokenizer, 16, "heldout")
-    results = evaluate_saes(targets, lm, batches, max_tokens=args.eval_tokens)
+    results = evaluate_saes(targets, lm, batches, max_tokens=args.eval_tokens, ce_tokens=None)
     keys = ("explained_variance", "l0", "ce_loss_recovered", "kl_div", "dead_fraction", "tokens")
     return {name: {k: scalar_metrics(r)[k] for k in keys} for name, r in results.items()}
 
