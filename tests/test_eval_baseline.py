@@ -302,6 +302,8 @@ def test_losses_on_fewer_windows_and_reconstruction_on_all(tiny_lm):
     assert result["explained_variance"] != pytest.approx(first["explained_variance"], rel=1e-3)
     full = evaluate_sae(sae, tiny_lm, batches, ce_tokens=10**6)  # more than there are
     assert full["kl_div"] == pytest.approx(everything["kl_div"], rel=1e-4)
+    with pytest.raises(ValueError, match="ce_tokens must be at least 1"):
+        evaluate_sae(sae, tiny_lm, batches, ce_tokens=0)
 
 
 def test_loss_errors_with_fewer_loss_windows_bootstrap_those_documents_only(tiny_lm):

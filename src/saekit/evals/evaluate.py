@@ -149,6 +149,8 @@ def evaluate_saes(
     """
     if not targets:
         raise ValueError("no SAE to evaluate")
+    if ce_tokens is not None and ce_tokens < 1:
+        raise ValueError(f"ce_tokens must be at least 1 (None: every token), got {ce_tokens}")
     for t in targets.values():
         check_sae_fits(t.sae, lm, t.hook_in, t.hook_out)
     all_batches = eval_windows(token_batches, max_tokens, lm.device)
