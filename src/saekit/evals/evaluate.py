@@ -159,9 +159,41 @@ def evaluate_saes(
     batches, rest = split_windows(all_batches, ce_tokens)
     if not any(bool(loss_positions(keep).any()) for _, keep in batches):
         raise ValueError("no tokens to evaluate: no kept position has a next token")
+    units = document_units([keep_BT for _, keep_BT in batches + rest])
+    sums = {name: UnitSums() for name in targets}
+    if unit_sums is not None:
+        unit_sums.update(sums)
+    stats, totals, baseline = evaluate_windows(
+        targets, lm, (batches, units[: len(batches)]), (rest, units[len(batches) :]),
+        sums, mean_acts, baselines, progress, sample_ids_BT=batches[0][0][:1],
+    )  # fmt: skip
+    return {
+        name: _result(
+            stats[name], sums[name], totals[name], baseline, t.hook_out, dense_threshold
+        )  # fmt: skip
+        for name, t in targets.items()
+    }
+
+
+def evaluate_windows(
+    targets: Mapping[str, EvalTarget],
+    lm,
+    with_losses: tuple[list[tuple[Tensor, Tensor]], list[Tensor]],
+    without: tuple[list[tuple[Tensor, Tensor]], list[Tensor]],
+    sums: dict[str, UnitSums],
+    mean_acts: Mapping[str, Tensor] | None,
+    baselines: BaselineStore | None,
+    progress: bool,
+    sample_ids_BT: Tensor,
+) -> tuple[dict[str, RunningStats], dict[str, dict[str, float]], Baseline]:
+    """The passes of `evaluate_saes` over prepared batches, each with its document units: the
+    baseline and spliced pass over `with_losses`, the reconstruction pass over `without`.
+    Every SAE's running statistics and summed spliced CE and KL, and the baseline."""
+    batches, head_units = with_losses
+    rest, rest_units = without
     hooks_out = list(dict.fromkeys(t.hook_out for t in targets.values()))
     hooks = hooks_out + [t.hook_in for t in targets.values()]
-    forked = ForkedModel.of(lm, hooks, batches[0][0][:1])
+    forked = ForkedModel.of(lm, hooks, sample_ids_BT)
     given = {h: m.to(lm.device) for h, m in (mean_acts or {}).items() if h in hooks_out}
     store = baselines if baselines is not None else BaselineStore()
     key = baseline_key(forked, hooks_out, batches, given)
@@ -172,27 +204,17 @@ def evaluate_saes(
     modes = {name: t.sae.training for name, t in targets.items()}
     for t in targets.values():
         t.sae.eval()
-    sums = {name: UnitSums() for name in targets}
-    if unit_sums is not None:
-        unit_sums.update(sums)
     stats = {name: RunningStats() for name in targets}
-    units = document_units([keep_BT for _, keep_BT in batches + rest])
-    bar = tqdm(total=sum(int(k.sum()) for _, k in all_batches), unit="tok", desc="eval",
+    bar = tqdm(total=sum(int(k.sum()) for _, k in batches + rest), unit="tok", desc="eval",
                disable=not progress)  # fmt: skip
     try:
-        head_units, rest_units = units[: len(batches)], units[len(batches) :]
         totals = _spliced_pass(targets, forked, batches, baseline, stats, sums, head_units, bar)
         _reconstruction_pass(targets, lm, rest, stats, sums, rest_units, bar)
     finally:
         bar.close()
         for name, t in targets.items():
             t.sae.train(modes[name])
-    return {
-        name: _result(
-            stats[name], sums[name], totals[name], baseline, t.hook_out, dense_threshold
-        )  # fmt: skip
-        for name, t in targets.items()
-    }
+    return stats, totals, baseline
 
 
 def _spliced_pass(

@@ -117,6 +117,14 @@ class UnitSums:
         for name, value_M in values_M.items():
             self._add(name, units_M, value_M.double())
 
+    def merge(self, other: UnitSums) -> None:
+        """Add `other`'s sums (the same units numbering, e.g. another rank's windows)."""
+        for name, parts in other._parts.items():
+            self._parts.setdefault(name, []).extend(parts)
+        if not (self.fires and other.fires):
+            self.fires = False
+            self._parts.pop("fires", None)
+
     def totals(self) -> dict[str, Tensor]:
         """Every sum per unit, `[U]` or `[U, D]`; `fires` as 0/1 (fired in the unit)."""
         n_units = 1 + max(

@@ -168,6 +168,25 @@ class RunningStats:
         self._cos_sum += _cosines_B(x_BD, x_hat_BD).sum().item()
         self._ratio_sum += _l2_ratios_B(x_BD, x_hat_BD).sum().item()
 
+    def merge(self, other: RunningStats) -> None:
+        """Add everything `other` saw (e.g. another rank's tokens), as if updated with it."""
+        if other.tokens == 0 or other._x_mean_D is None or other.counts_F is None:
+            return
+        if self.tokens == 0 or self._x_mean_D is None or self.counts_F is None:
+            self.__dict__.update({k: (v.clone() if isinstance(v, Tensor) else v)
+                                  for k, v in other.__dict__.items()})  # fmt: skip
+            return
+        n_old, n_new = self.tokens, other.tokens
+        delta_D = other._x_mean_D - self._x_mean_D
+        self._m2 += other._m2 + delta_D.pow(2).sum().item() * n_old * n_new / (n_old + n_new)
+        self._x_mean_D += delta_D * (n_new / (n_old + n_new))
+        self.tokens += n_new
+        self.counts_F += other.counts_F
+        self._l0_sum += other._l0_sum
+        self._sse += other._sse
+        self._cos_sum += other._cos_sum
+        self._ratio_sum += other._ratio_sum
+
     @property
     def mean_D(self) -> Tensor:
         """Mean of `x` over all tokens seen (float64), e.g. for mean ablation."""
