@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from saekit.data.provenance import Provenance, token_batches
-from saekit.dtypes import DTYPES
+from saekit.dtypes import DTYPES, model_dtype_note
 from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
@@ -169,9 +169,14 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     main = distributed.is_main()
 
     lm, buffer, pairs, dims, prov = open_data(cfg, device)
-    units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
-        build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
-    ]
+    if cfg.crosscoder:
+        from saekit.training.crosscoder import build_crosscoder_unit
+
+        units: list[SAEUnit] = [build_crosscoder_unit(cfg, [p[0] for p in pairs], dims, device)]
+    elif cfg.cross_layer:
+        units = [build_clt_unit(cfg, pairs, dims, device)]
+    else:
+        units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)]
     trainer = distributed.make_trainer(LoopSettings.of(cfg), units, cfg.sae_placement)
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -257,6 +262,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     summary = summary_text(
         run_dir, cfg.tokens - tokens_before, seconds, final_metrics, folders
     )
+    summary += "\n  " + model_dtype_note(prov.dtype, device)
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     if wandb_logger:
         wandb_logger.finish()
@@ -306,7 +312,7 @@ def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
     results = evaluate_saes(
         targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
-        baselines=eval_batches.baselines,
+        baselines=eval_batches.baselines, ce_tokens=cfg.eval_ce_tokens or None, progress=cfg.progress,
     )  # fmt: skip
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
@@ -321,8 +327,8 @@ def _save_saes(units, trainer: Trainer, run_dir: Path, prov: Provenance) -> dict
     for unit in units:
         sae = raw_activation_sae(unit)
         prov.write_metadata(sae.cfg.metadata, unit.hook_in, unit.hook_out)
-        if isinstance(unit, CLTUnit):  # every layer's hooks
-            sae.cfg.metadata.extra |= {"hook_names": unit.hooks_in, "hook_names_out": unit.hooks_out}
+        if isinstance(unit, CLTUnit):  # every layer's (source's) hooks
+            sae.cfg.metadata.extra |= unit.metadata_extra()
         folder = run_dir / unit.name
         sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
         folders[unit.name] = folder
