@@ -26,8 +26,8 @@ from saekit.training.config import DEFAULT_K, TrainConfig
 from saekit.training.data import open_data
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
-from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
-from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
+from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger, phase
+from saekit.training.report import density_window, run_title, summary_text, write_run_reports
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
@@ -168,7 +168,10 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)
     main = distributed.is_main()
 
-    lm, buffer, pairs, dims, prov = open_data(cfg, device)
+    talk = cfg.progress and main
+    source = f"activation cache {cfg.activations}" if cfg.activations else f"model {cfg.model}"
+    with phase(f"loading {source}", talk):
+        lm, buffer, pairs, dims, prov = open_data(cfg, device)
     units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
         build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
     ]
@@ -188,9 +191,10 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     else:
         if main:
             log.path.unlink(missing_ok=True)
-        sample = buffer.peek(cfg.init_tokens)
-        for unit in units:
-            (initialize_clt if isinstance(unit, CLTUnit) else initialize_unit)(unit, sample, cfg)
+        with phase(f"initialising from {cfg.init_tokens:,} tokens of activations", talk):
+            sample = buffer.peek(cfg.init_tokens)
+            for unit in units:
+                (initialize_clt if isinstance(unit, CLTUnit) else initialize_unit)(unit, sample, cfg)
         if main:  # the run config records the provenance (a cache's, when training from one)
             recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
             atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")
@@ -200,8 +204,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         if cfg.wandb and main
         else None
     )
-    bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress and main)
+    bar = ProgressBar(trainer.total_steps * cfg.batch_tokens, trainer.step * cfg.batch_tokens, talk)
     eval_batches = _eval_batches_factory(cfg, lm, prov, device)
+    eval_density: dict[str, torch.Tensor] = {}  # the latest evaluation's, for the report
 
     def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
         for name, metrics in per_sae.items():
@@ -214,7 +219,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         results = _evaluate_units(per_hook, cfg, eval_batches) if per_hook else {}
         results |= evaluate_replacement_units(units, cfg, eval_batches, raw_activation_sae)
         for name, result in results.items():
-            density = result.pop("log10_feature_density")
+            density = eval_density[name] = result.pop("log10_feature_density")
             result["eval_tokens"] = result.pop("tokens")  # "tokens" is the training position
             log.write({"kind": "eval", "step": step, "tokens": tokens, "sae": name, **result})
             if wandb_logger:
@@ -247,15 +252,19 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
 
     folders = _save_saes(units, trainer, run_dir, prov)  # before anything else can fail
     try:
-        final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
+        with phase("final evaluation on held-back text", talk and eval_batches is not None):
+            final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
     except (ValueError, RuntimeError, OSError) as err:
         warnings.warn(f"the final evaluation failed ({err}); the SAEs are saved", stacklevel=1)
         final = {}
     final_metrics = _final_metrics(units, trainer, log, final)
-    _write_reports(run_dir, log, units, trainer)
+    total = trainer.step * cfg.batch_tokens  # what was trained: whole batches
+    with phase("plotting", talk):
+        _write_reports(run_dir, log, units, trainer, final_metrics, eval_density, prov, total)
     summary = summary_text(
-        run_dir, cfg.tokens - tokens_before, seconds, final_metrics, folders
-    )
+        run_dir, total - tokens_before, seconds, final_metrics, folders, total_tokens=total,
+        requested_tokens=cfg.tokens, dead_after_tokens=cfg.dead_after_tokens,
+    )  # fmt: skip
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     if wandb_logger:
         wandb_logger.finish()
@@ -337,18 +346,28 @@ def _final_metrics(units, trainer: Trainer, log: MetricsLog, final: dict) -> dic
     out = {}
     for unit in units:
         merged = {k: v for k, v in last_train.get(unit.name, {}).items() if isinstance(v, float)}
+        if "dead_fraction" in merged:  # the training window's figure, kept under its own name
+            merged["train_dead_fraction"] = merged["dead_fraction"]
         merged.update(final.get(unit.name, {}))
         out[unit.name] = merged
     return out | {name: final[name] for name in final.keys() - out.keys()}  # the replacement
 
 
-def _write_reports(run_dir: Path, log: MetricsLog, units, trainer: Trainer) -> None:
+def _write_reports(
+    run_dir: Path, log: MetricsLog, units, trainer: Trainer, final: dict,
+    eval_density: dict[str, torch.Tensor], prov: Provenance, total: int,
+) -> None:  # fmt: skip
     from saekit.evals.metrics import log10_feature_density
 
-    records = log.read()
-    if records:
-        plot_training_curves(records, run_dir / "training_curves.png")
-    plot_density_histogram(
-        {u.name: log10_feature_density(trainer.density(u)) for u in units},
-        run_dir / "feature_density.png",
-    )
+    batch = trainer.cfg.batch_tokens
+    windows = sorted({density_window(u, batch) for u in units})
+    train_window = f"the last {'/'.join(f'{w:,}' for w in windows)} training tokens"
+    held = sorted({int(m["eval_tokens"]) for m in final.values() if "eval_tokens" in m})
+    held_window = f"{'/'.join(f'{t:,}' for t in held)} held-back tokens (final evaluation)"
+    densities = {
+        "training windows": ({u.name: log10_feature_density(trainer.density(u)) for u in units},
+                             train_window),
+        "held-back evaluation": ({n: d for n, d in eval_density.items() if n in final}, held_window),
+    }  # fmt: skip
+    title = run_title(run_dir, prov.model, units, total)
+    write_run_reports(run_dir, log.read(), units, final, densities, title)
