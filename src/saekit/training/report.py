@@ -261,15 +261,32 @@ def write_run_reports(
     run_dir: Path,
     records: list[dict[str, Any]],
     units: list[Any],
+    trainer: Any,
     final: dict[str, dict[str, float]],
-    densities: dict[str, tuple[dict[str, torch.Tensor], str]],
+    eval_density: dict[str, torch.Tensor],
     title: str,
 ) -> list[Path]:
-    """Every plot of a finished run (and a sweep's table); returns the files written."""
+    """Every plot of a finished run (and a sweep's table); returns the files written.
+    `eval_density`: the final evaluation's log10 feature density per SAE."""
+    from saekit.evals.metrics import log10_feature_density
+
+    windows = sorted({density_window(u, trainer.cfg.batch_tokens) for u in units})
+    held = sorted({int(m["eval_tokens"]) for m in final.values() if "eval_tokens" in m})
+    densities = {
+        "training windows": (
+            {u.name: log10_feature_density(trainer.density(u)) for u in units},
+            f"the last {'/'.join(f'{w:,}' for w in windows)} training tokens",
+        ),
+        "held-back evaluation": (
+            {n: d for n, d in eval_density.items() if n in final},
+            f"{'/'.join(f'{t:,}' for t in held)} held-back tokens (final evaluation)",
+        ),
+    }
     written = []
     if records:
-        plot_training_curves(records, run_dir / "training_curves.png", title,
-                             constant_l0_notes(records))  # fmt: skip
+        plot_training_curves(
+            records, run_dir / "training_curves.png", title, constant_l0_notes(records)
+        )
         written.append(run_dir / "training_curves.png")
     panels = {k: v for k, v in densities.items() if v[0]}
     if panels:

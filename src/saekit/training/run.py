@@ -27,7 +27,7 @@ from saekit.training.data import open_data
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
 from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger, phase
-from saekit.training.report import density_window, run_title, summary_text, write_run_reports
+from saekit.training.report import run_title, summary_text, write_run_reports
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         else None
     )
     bar = ProgressBar(trainer.total_steps * cfg.batch_tokens, trainer.step * cfg.batch_tokens, talk)
-    eval_batches = _eval_batches_factory(cfg, lm, prov, device)
+    eval_batches = _eval_batches_factory(cfg, lm, prov, device, talk)
     eval_density: dict[str, torch.Tensor] = {}  # the latest evaluation's, for the report
 
     def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
@@ -260,7 +260,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     final_metrics = _final_metrics(units, trainer, log, final)
     total = trainer.step * cfg.batch_tokens  # what was trained: whole batches
     with phase("plotting", talk):
-        _write_reports(run_dir, log, units, trainer, final_metrics, eval_density, prov, total)
+        write_run_reports(run_dir, log.read(), units, trainer, final_metrics, eval_density,
+                          run_title(run_dir, prov.model, units, total))  # fmt: skip
     summary = summary_text(
         run_dir, total - tokens_before, seconds, final_metrics, folders, total_tokens=total,
         requested_tokens=cfg.tokens, dead_after_tokens=cfg.dead_after_tokens,
@@ -271,7 +272,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     return TrainResult(run_dir, folders, final_metrics, summary)
 
 
-def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
+def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device, talk: bool = False):
     """A function returning the model and fresh held-back token batches (with the run's
     store of evaluation baselines as `.baselines`), or None if evaluation is off."""
     if cfg.eval_tokens <= 0:
@@ -283,24 +284,25 @@ def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
             stacklevel=2,
         )
         return None
-    return _HeldBack(prov, lm, device)
+    return _HeldBack(prov, lm, device, talk)
 
 
 class _HeldBack:
     """Called: the model and fresh held-back token batches. `baselines` keeps the
     SAE-independent losses for the run's evaluations (and, on disk, for later runs)."""
 
-    def __init__(self, prov: Provenance, lm, device) -> None:
+    def __init__(self, prov: Provenance, lm, device, talk: bool = False) -> None:
         from saekit.evals.baseline import BaselineStore
 
-        self.prov, self.lm, self.device = prov, lm, device
+        self.prov, self.lm, self.device, self.talk = prov, lm, device, talk
         self.baselines = BaselineStore.default()
 
     def __call__(self):
         if self.lm is None:  # training from a cache: load the model only to evaluate
             from saekit.models import load_model
 
-            self.lm = load_model(self.prov.model, device=self.device, dtype=DTYPES[self.prov.dtype])
+            with phase(f"loading model {self.prov.model} to evaluate", self.talk):
+                self.lm = load_model(self.prov.model, device=self.device, dtype=DTYPES[self.prov.dtype])
         return self.lm, token_batches(self.prov, self.lm.tokenizer, EVAL_ROWS, "heldout")
 
 
@@ -351,23 +353,3 @@ def _final_metrics(units, trainer: Trainer, log: MetricsLog, final: dict) -> dic
         merged.update(final.get(unit.name, {}))
         out[unit.name] = merged
     return out | {name: final[name] for name in final.keys() - out.keys()}  # the replacement
-
-
-def _write_reports(
-    run_dir: Path, log: MetricsLog, units, trainer: Trainer, final: dict,
-    eval_density: dict[str, torch.Tensor], prov: Provenance, total: int,
-) -> None:  # fmt: skip
-    from saekit.evals.metrics import log10_feature_density
-
-    batch = trainer.cfg.batch_tokens
-    windows = sorted({density_window(u, batch) for u in units})
-    train_window = f"the last {'/'.join(f'{w:,}' for w in windows)} training tokens"
-    held = sorted({int(m["eval_tokens"]) for m in final.values() if "eval_tokens" in m})
-    held_window = f"{'/'.join(f'{t:,}' for t in held)} held-back tokens (final evaluation)"
-    densities = {
-        "training windows": ({u.name: log10_feature_density(trainer.density(u)) for u in units},
-                             train_window),
-        "held-back evaluation": ({n: d for n, d in eval_density.items() if n in final}, held_window),
-    }  # fmt: skip
-    title = run_title(run_dir, prov.model, units, total)
-    write_run_reports(run_dir, log.read(), units, final, densities, title)
