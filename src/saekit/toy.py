@@ -112,7 +112,7 @@ def train_toy_model(cfg: ToyConfig) -> ToyModel:
 
 def train_sae(cfg: ToyConfig, model: ToyModel) -> SAE:
     """Train an SAE on the toy model's hidden activations with saekit's trainer."""
-    from saekit.training.config import TrainConfig
+    from saekit.training.config import LoopSettings, TrainConfig
     from saekit.training.run import UnitSpec, build_unit
     from saekit.training.trainer import Trainer
 
@@ -129,7 +129,7 @@ def train_sae(cfg: ToyConfig, model: ToyModel) -> SAE:
         while True:
             yield {HOOK: model.hidden(sample_features(cfg, cfg.sae_batch, g))}
 
-    Trainer(tc, [unit]).fit(batches())
+    Trainer(LoopSettings.of(tc), [unit]).fit(batches())
     return unit.sae.eval()
 
 

@@ -79,20 +79,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model spec (default: the SAE's metadata.model_name)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    """--model, --dtype, --device: the data commands' flags (a flag not given takes the SAE
+    folder's recorded value)."""
+    from saekit.analysis.cli import MODEL_FLAGS
+    from saekit.data.provenance import add_data_arguments
+
+    add_data_arguments(p, for_sae=True, only=MODEL_FLAGS)
 
 
 def _load(args: argparse.Namespace):
-    from saekit import load_sae
-    from saekit.models import load_model
-    from saekit.steering.interventions import sae_source
+    """The SAE and its model, through the SAE's provenance record and the flags given."""
+    from saekit.analysis.cli import load_sae_and_model
 
-    sae = load_sae(args.sae, device=args.device)
-    model = args.model or sae_source(sae).model_name
-    if not model:
-        raise ValueError(f"{args.sae}: cfg.json names no metadata.model_name; pass --model")
-    return sae, load_model(model, device=args.device)
+    sae, lm, _ = load_sae_and_model(args)
+    return sae, lm
 
 
 def parse_positions(text: str):

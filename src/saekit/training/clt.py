@@ -81,21 +81,22 @@ def build_clt_unit(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[st
 
 
 @torch.no_grad()
-def initialize_clt(unit: CLTUnit, sample: Batch, cfg: TrainConfig) -> None:
-    """Per-layer normalisation scales and decoder biases from a sample of activations."""
+def initialize_clt(unit: CLTUnit, sample: Batch, normalize: str, b_dec_init: str) -> None:
+    """Per-layer normalisation scales and decoder biases from a sample of activations
+    (`normalize` and `b_dec_init` as the settings `normalize_activations` and `b_dec_init`)."""
     clt = unit.sae
     ins, outs = [sample[h] for h in unit.hooks_in], [sample[h] for h in unit.hooks_out]
     device = clt.b_dec.device
-    if cfg.normalize_activations == "expected_norm":
+    if normalize == "expected_norm":
         unit.scales_in_L = torch.tensor([expected_norm_scale(x) for x in ins], device=device)
         unit.scales_out_L = torch.tensor([expected_norm_scale(y) for y in outs], device=device)
     else:
         unit.scales_in_L = unit.scales_out_L = torch.ones(len(ins), device=device)
     for layer, y_ND in enumerate(outs):
         y_ND = y_ND.to(device) * unit.scales_out_L[layer]
-        if cfg.b_dec_init == "mean":
+        if b_dec_init == "mean":
             clt.b_dec[layer] = y_ND.mean(dim=0)
-        elif cfg.b_dec_init == "geometric_median":
+        elif b_dec_init == "geometric_median":
             clt.b_dec[layer] = geometric_median(y_ND)
 
 

@@ -19,10 +19,83 @@ NORMALIZATIONS = ("expected_norm", "none")
 
 
 @dataclass(frozen=True)
-class TrainConfig(DataSettings):
+class LoopSettings:
+    """What the training loop itself reads (`Trainer`): how long, how fast the learning rate and
+    the sparsity coefficient move, when a feature counts as dead or dense, and when to log,
+    evaluate and checkpoint. `TrainConfig` holds these among its settings; the loop gets only
+    these (`LoopSettings.of(cfg)`)."""
+
+    tokens: Count = 409_600
+    """Training tokens."""
+    batch_tokens: Count = 4096
+    """Tokens per optimizer step (the global batch)."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    lr_schedule: str = "linear"
+    """Learning-rate decay after warm-up: constant, linear or cosine."""
+    lr_warmup_tokens: Count = 0
+    """Tokens of linear learning-rate warm-up from zero."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of training (at the end) over which the learning rate decays to `lr_end_factor`."""
+    lr_end_factor: float = 0.0
+    """Final learning rate as a fraction of `lr`."""
+    sparsity_warmup_tokens: Count = 0
+    """Tokens of linear warm-up of the sparsity coefficient from zero."""
+    dead_after_tokens: Count = 81_920
+    """A feature that has not fired for this many tokens counts as dead."""
+    resample_every_tokens: Count = 0
+    """For dead_feature_method=resample: resample dead features every this many tokens."""
+    dense_threshold: float = 0.1
+    """A feature firing on more than this fraction of tokens counts as dense."""
+    autocast: bool = False
+    """Run SAE forward/backward under bfloat16 autocast (float32 master weights)."""
+    log_every: int = 5
+    """Steps between metric lines in metrics.jsonl."""
+    eval_every_tokens: Count = 0
+    """Evaluate on held-back tokens every this many training tokens (0: only at the end)."""
+    checkpoint_every: Count | None = None
+    """Write a checkpoint every this many tokens; default: every quarter of the run; 0: only by
+    time (checkpoint_minutes) and on interrupt. A killed run continues with --resume."""
+    checkpoint_minutes: float = 10.0
+    """Also write a checkpoint when this many minutes passed since the last one (0: never)."""
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+        for name in ("tokens", "batch_tokens", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_counts(self)
+        if not 0.0 <= self.checkpoint_minutes < float("inf"):
+            raise ValueError(f"checkpoint_minutes must be 0 or more, got {self.checkpoint_minutes}")
+        if not 0.0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.lr_decay_fraction <= 1.0:
+            raise ValueError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
+
+    @classmethod
+    def of(cls, settings: Any) -> LoopSettings:
+        """The loop's settings of any object that has them (e.g. a `TrainConfig`)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
+def check_counts(settings: Any) -> None:
+    """Raise ValueError for a negative token count among the dataclass's `Count` fields."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if str(f.type).startswith("Count") and value is not None and value < 0:
+            raise ValueError(f"{f.name} must be 0 or more, got {value}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopSettings, DataSettings):
     """Everything that decides a training run: the data settings (the provenance record,
-    device, forward rows) and the training's own. Comma lists in `hooks`, `archs`, `ks`, `l1s`
-    and `d_saes` make a sweep: one SAE per combination, all fed by one model pass."""
+    device, forward rows), the loop's (`LoopSettings`) and the training's own. Comma lists in
+    `hooks`, `archs`, `ks`, `l1s` and `d_saes` make a sweep: one SAE per combination, all fed
+    by one model pass."""
 
     # --- what to train on
     hook_out: str | None = None
@@ -55,24 +128,8 @@ class TrainConfig(DataSettings):
     """Further architecture settings as KEY=VALUE (e.g. decoder_norm=weighted, bandwidth=0.001)."""
 
     # --- optimisation
-    tokens: Count = 409_600
-    """Training tokens."""
-    batch_tokens: Count = 4096
-    """Tokens per optimizer step (the global batch)."""
-    lr: float = 3e-3
-    """Adam learning rate."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
-    lr_schedule: str = "linear"
-    """Learning-rate decay after warm-up: constant, linear or cosine."""
-    lr_warmup_tokens: Count = 0
-    """Tokens of linear learning-rate warm-up from zero."""
-    lr_decay_fraction: float = 0.2
-    """Fraction of training (at the end) over which the learning rate decays to `lr_end_factor`."""
-    lr_end_factor: float = 0.0
-    """Final learning rate as a fraction of `lr`."""
-    sparsity_warmup_tokens: Count = 0
-    """Tokens of linear warm-up of the sparsity coefficient from zero."""
     b_dec_init: str = "mean"
     """Initial decoder bias: mean or geometric_median of a sample of activations, or zeros."""
     normalize_activations: str = "expected_norm"
@@ -82,13 +139,6 @@ class TrainConfig(DataSettings):
     """Tokens sampled before training to initialise b_dec and the normalisation scale."""
     dead_feature_method: str = "auto"
     """auto (AuxK for the TopK family, none otherwise), auxk, ghost_grads, resample or none."""
-    dead_after_tokens: Count = 81_920
-    """A feature that has not fired for this many tokens counts as dead."""
-    resample_every_tokens: Count = 0
-    """For dead_feature_method=resample: resample dead features every this many tokens."""
-    dense_threshold: float = 0.1
-    """A feature firing on more than this fraction of tokens counts as dense."""
-
     # --- data movement
     buffer_tokens: Count = 65_536
     """Shuffle buffer size in tokens (bounds memory: about 3.5 x tokens x width x 4 bytes per
@@ -99,8 +149,6 @@ class TrainConfig(DataSettings):
     # --- where and how
     out: str = "runs/saekit"
     """Run folder: SAE folder(s), metrics.jsonl, plots, checkpoints."""
-    autocast: bool = False
-    """Run SAE forward/backward under bfloat16 autocast (float32 master weights)."""
     approx_selection: str = "auto"
     """TopK-family SAEs on the sparse (CPU) path choose their active features from a bfloat16
     encoder product; the chosen values stay exact float32, only near-ties may differ. auto:
@@ -115,17 +163,8 @@ class TrainConfig(DataSettings):
     """Under torchrun: seconds a collective may wait for the other ranks before the job fails."""
 
     # --- logging, evaluation, checkpoints
-    log_every: int = 5
-    """Steps between metric lines in metrics.jsonl."""
-    eval_every_tokens: Count = 0
-    """Evaluate on held-back tokens every this many training tokens (0: only at the end)."""
     eval_tokens: Count = 16_384
     """Held-back tokens per evaluation (0 disables evaluation)."""
-    checkpoint_every: Count | None = None
-    """Write a checkpoint every this many tokens; default: every quarter of the run; 0: only by
-    time (checkpoint_minutes) and on interrupt. A killed run continues with --resume."""
-    checkpoint_minutes: float = 10.0
-    """Also write a checkpoint when this many minutes passed since the last one (0: never)."""
     wandb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
     wandb_project: str = "saekit"
@@ -140,7 +179,6 @@ class TrainConfig(DataSettings):
     def validate(self) -> None:
         """Raise ValueError naming the first bad or contradictory setting."""
         for name, value, allowed in (
-            ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
             ("dead_feature_method", self.dead_feature_method, DEAD_FEATURE_METHODS),
             ("b_dec_init", self.b_dec_init, B_DEC_INITS),
             ("normalize_activations", self.normalize_activations, NORMALIZATIONS),
@@ -149,23 +187,14 @@ class TrainConfig(DataSettings):
         ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-        for name in ("tokens", "batch_tokens", "buffer_tokens", "dist_timeout", "log_every"):
+        for name in ("buffer_tokens", "dist_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type.startswith("Count") and value is not None and value < 0:
-                raise ValueError(f"{f.name} must be 0 or more, got {value}")
+        check_counts(self)
         if 2 * self.batch_tokens > self.buffer_tokens:
             raise ValueError(
                 f"buffer_tokens={self.buffer_tokens} must be at least twice batch_tokens={self.batch_tokens}"
             )
-        if not 0.0 <= self.checkpoint_minutes < float("inf"):
-            raise ValueError(f"checkpoint_minutes must be 0 or more, got {self.checkpoint_minutes}")
-        if not 0.0 < self.lr < float("inf"):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not 0.0 <= self.lr_decay_fraction <= 1.0:
-            raise ValueError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
         if self.d_saes and self.expansion_factor is not None:
             raise ValueError("give either d_saes or expansion_factor, not both")
         if self.hook_out is not None and len(self.hooks) > 1:

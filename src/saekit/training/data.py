@@ -6,8 +6,8 @@ import dataclasses
 from typing import Any
 
 from saekit.data.provenance import Provenance, activation_source, default_hook
+from saekit.data.strided import strided_source
 from saekit.dtypes import DTYPES
-from saekit.training import distributed
 from saekit.training.config import TrainConfig
 from saekit.training.transcoders import hook_pairs, layers_in_cache
 
@@ -43,7 +43,7 @@ def open_data(cfg: TrainConfig, device: Any) -> tuple[Any, Any, list[str], dict[
         source = activation_source(
             prov, lm, cfg.forward_rows, part, repeat=True, expected_tokens=cfg.tokens
         )
-    source = distributed.strided_source(source, device)  # rank sharding under torchrun
+    source = strided_source(source, device)  # rank sharding under torchrun
     source = LimitedSource(source, cfg.tokens)  # compute no activation the run won't train on
     buffer = ShuffleBuffer(source, cfg.buffer_tokens, cfg.batch_tokens, cfg.seed)
     return lm, buffer, pairs, dims, prov

@@ -7,8 +7,6 @@ import math
 import torch
 from torch import Tensor
 
-from saekit.training.config import TrainConfig
-
 
 def expected_norm_scale(x_ND: Tensor) -> float:
     """The factor that makes the mean activation norm sqrt(D) (SAELens's `expected_average_only_in`
@@ -36,15 +34,16 @@ def geometric_median(x_ND: Tensor, max_iter: int = 100, tol: float = 1e-6) -> Te
 
 
 @torch.no_grad()
-def initialize_unit(unit, sample: dict[str, Tensor], cfg: TrainConfig) -> None:
-    """Set the unit's normalisation scales and its SAE's decoder bias from `sample`."""
+def initialize_unit(unit, sample: dict[str, Tensor], normalize: str, b_dec_init: str) -> None:
+    """Set the unit's normalisation scales and its SAE's decoder bias from `sample`
+    (`normalize` and `b_dec_init` as the settings `normalize_activations` and `b_dec_init`)."""
     x_ND = sample[unit.hook_in]
     target_ND = sample[unit.hook_out]
-    if cfg.normalize_activations == "expected_norm":
+    if normalize == "expected_norm":
         unit.scale_in = expected_norm_scale(x_ND)
         unit.scale_out = expected_norm_scale(target_ND) if unit.hook_out != unit.hook_in else unit.scale_in
     target_ND = target_ND * unit.scale_out
-    if cfg.b_dec_init == "mean":
+    if b_dec_init == "mean":
         unit.sae.b_dec.copy_(target_ND.mean(dim=0))
-    elif cfg.b_dec_init == "geometric_median":
+    elif b_dec_init == "geometric_median":
         unit.sae.b_dec.copy_(geometric_median(target_ND))

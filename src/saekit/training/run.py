@@ -22,7 +22,7 @@ from saekit.saes.config import ARCH_SETTINGS
 from saekit.training import distributed
 from saekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from saekit.training.clt import CLTUnit, build_clt_unit, evaluate_replacement_units, initialize_clt
-from saekit.training.config import DEFAULT_K, TrainConfig
+from saekit.training.config import DEFAULT_K, LoopSettings, TrainConfig
 from saekit.training.data import open_data
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
     Under torchrun, every rank calls this; rank 0 alone writes files (see distributed.py).
     """
-    with distributed.process_group(cfg, resolve_device(cfg.device)) as device:
+    with distributed.process_group(cfg.dist_timeout, resolve_device(cfg.device)) as device:
         if not distributed.is_main():
             return _train(cfg, resume, device)
         with folder_lock(cfg.out):  # one writer per run folder, released on exit or death
@@ -175,7 +175,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
         build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
     ]
-    trainer = distributed.make_trainer(cfg, units)
+    trainer = distributed.make_trainer(LoopSettings.of(cfg), units, cfg.sae_placement)
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
 
@@ -194,7 +194,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         with phase(f"initialising from {cfg.init_tokens:,} tokens of activations", talk):
             sample = buffer.peek(cfg.init_tokens)
             for unit in units:
-                (initialize_clt if isinstance(unit, CLTUnit) else initialize_unit)(unit, sample, cfg)
+                init = initialize_clt if isinstance(unit, CLTUnit) else initialize_unit
+                init(unit, sample, cfg.normalize_activations, cfg.b_dec_init)
         if main:  # the run config records the provenance (a cache's, when training from one)
             recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
             atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from saekit.evals.metrics import explained_variance, firing_counts
 from saekit.saes.sparse import native_bf16, selection_agreement, use_sparse
-from saekit.training.config import TrainConfig
+from saekit.training.config import LoopSettings
 from saekit.training.dead import FiringStats, resample_dead_features
 from saekit.training.schedules import lr_factor, warmup_factor
 
@@ -106,7 +106,7 @@ MIN_AUTO_CHECKPOINT_STEPS = 10
 class Trainer:
     """Trains several SAEs on one stream of activation batches, step by step."""
 
-    cfg: TrainConfig
+    cfg: LoopSettings
     units: list[SAEUnit]
     callbacks: Callbacks = field(default_factory=Callbacks)
     step: int = 0
@@ -185,7 +185,7 @@ class Trainer:
         return bool(every and self.step % every == 0) or (bool(minutes) and self._agree(late))
 
     def _agree(self, flag: bool) -> bool:
-        """One process decides alone (under torchrun, the ranks agree: see distributed.py)."""
+        """One process decides alone (under torchrun, the ranks agree: see placement.py)."""
         return flag
 
     def _train_unit(self, unit: SAEUnit, batch: Batch) -> dict[str, float]:
@@ -227,7 +227,7 @@ class Trainer:
                 f"aux {out.aux_loss.item()}). Likely causes: a learning rate too high for this "
                 f"run (lr={cfg.lr}), non-finite activations from the model (a float16 model "
                 f"overflowing: try --dtype float32), or a sparsity coefficient too large. "
-                f"The last good checkpoint, if any, is kept in {cfg.out}/checkpoints."
+                "The last good checkpoint, if any, is kept in the run folder's checkpoints/."
             )
         loss.backward()
         self._reduce_gradients(unit)
