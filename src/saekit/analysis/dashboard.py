@@ -337,19 +337,20 @@ def _histogram_svg(n: int, stats: FeatureStats, width: int = 420, height: int = 
     if not used:
         return '<p class="sub">No nonzero activations.</p>'
     edges = stats.hist_edges(n).tolist()
-    peak, bar_w, plot_h = max(counts), width / used, height - 34
+    top = 16  # room for the y label above the bars
+    peak, bar_w, plot_h = max(counts), width / used, height - 34 - top
     bars = []
     for i in range(used):
         h = plot_h * counts[i] / peak
         bars.append(
-            f'<rect class="bar" x="{i * bar_w:.2f}" y="{plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}" '
+            f'<rect class="bar" x="{i * bar_w:.2f}" y="{top + plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}" '
             f'height="{h:.2f}"><title>{edges[i]:.4g} – {edges[i + 1]:.4g}: {counts[i]}</title></rect>'
         )
     return (
         f'<svg class="hist" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}">{"".join(bars)}'
-        f'<text x="0" y="{plot_h + 13}">0</text>'
-        f'<text x="{width}" y="{plot_h + 13}" text-anchor="end">{edges[used]:.3g}</text>'
+        f'<text x="0" y="{top + plot_h + 13}">0</text>'
+        f'<text x="{width}" y="{top + plot_h + 13}" text-anchor="end">{edges[used]:.3g}</text>'
         f'<text class="axis" x="{width / 2}" y="{height - 3}" text-anchor="middle">'
         "activation (firing positions only)</text>"
         f'<text class="axis" x="2" y="12">positions (tallest bar: {peak:,})</text></svg>'
