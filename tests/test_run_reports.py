@@ -90,3 +90,19 @@ def test_sweep_markdown_marks_missing_values():
            "kl_div": math.nan, "dead_fraction": 0.25, "eval_tokens": math.nan}  # fmt: skip
     line = sweep_markdown([row], "t").splitlines()[4]
     assert line == "| a | relu | 8 | l1=0.001 | – | – | 0.500 | – | 25.0% |"
+
+
+def test_a_resumed_run_reports_its_session_and_the_total(tiny_model_dir, tmp_path):
+    import shutil
+
+    from saekit.training.run import train
+
+    cfg = small_train_config(tiny_model_dir, tmp_path / "run", tokens=6 * 512, ks=(4,),
+                             eval_tokens=0, checkpoint_every=1024)  # fmt: skip
+    first = train(cfg)
+    assert first.summary.startswith(f"saekit run {tmp_path / 'run'}: 3,072 tokens in ")
+    (tmp_path / "run" / "summary.txt").unlink()  # as if killed after the step-4 checkpoint
+    shutil.rmtree(tmp_path / "run" / "blocks.2.hook_resid_pre")
+    resumed = train(cfg, resume=True).summary.splitlines()[0]
+    assert ": 1,024 tokens in " in resumed and "resumed: 3,072 tokens trained in all" in resumed
+    assert "rounded down" not in resumed
