@@ -61,7 +61,7 @@ def test_sweep_run_writes_its_table_frontier_and_curves(tiny_model_dir, tmp_path
     result = train(cfg)
     run = tmp_path / "run"
     err = capsys.readouterr().err
-    for phase in ("loading model", "initialising from 1,024 tokens", "final evaluation",
+    for phase in ("loading model", "filling the shuffle buffer (2,048 tokens)", "final evaluation",
                   "plotting"):  # fmt: skip
         assert f"saekit: {phase}" in err, phase
     for name in ("training_curves.png", "feature_density.png", "sweep_summary.png"):

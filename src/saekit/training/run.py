@@ -191,7 +191,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     else:
         if main:
             log.path.unlink(missing_ok=True)
-        with phase(f"initialising from {cfg.init_tokens:,} tokens of activations", talk):
+        filled = max(cfg.init_tokens, cfg.buffer_tokens)  # what `peek` computes first
+        with phase(f"filling the shuffle buffer ({filled:,} tokens) and initialising", talk):
             sample = buffer.peek(cfg.init_tokens)
             for unit in units:
                 init = initialize_clt if isinstance(unit, CLTUnit) else initialize_unit
