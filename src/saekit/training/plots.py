@@ -9,12 +9,14 @@ standard errors over documents) where the record has them.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from saekit.fileio import atomic_write
 
+NICE_TICKS = [m * 10**e for e in range(0, 6) for m in (1, 2, 5)]
 EMA_POINTS = 20
 """The moving average spans about len(points) / EMA_POINTS logged steps."""
 
@@ -34,7 +36,7 @@ def smooth(values: Sequence[float], points: int = EMA_POINTS) -> list[float]:
     return out
 
 
-def robust_limits(values: Sequence[float], skip: float = 0.1) -> tuple[float, float] | None:
+def robust_limits(values: Sequence[float], skip: float = 0.2) -> tuple[float, float] | None:
     """y-limits that show the run after its first `skip` fraction, so one early outlier
     (explained variance -6 at the first step) does not squash the rest; None when the
     early values stretch the axis less than threefold."""
@@ -91,11 +93,19 @@ def plot_training_curves(
             ax_lr.plot([r["tokens"] for r in rows], [r["lr"] for r in rows], color=c, lw=1.5)
         _evals(ax_ce, ev_rows, "ce_loss_recovered", c, line=True)
     _limit(ax_ev, [r["explained_variance"] for r in train])
+    l0s = [r["l0"] for r in train + evals if r.get("l0", 0) > 0]
+    if l0s and max(l0s) / min(l0s) > 20:  # a ReLU's early thousands next to a TopK's k
+        ax_l0.set_yscale("log")
     _loss_legend(ax_loss)
     if notes:
+        room = 0.15 + 0.08 * len(notes)  # headroom for the note, as a fraction of the axis
         bottom, top = ax_l0.get_ylim()
-        ax_l0.set_ylim(bottom, top + (0.15 + 0.08 * len(notes)) * max(top - bottom, 1.0))
-        ax_l0.text(0.98, 0.97, "\n".join(f"{n}: {t}" for n, t in notes.items()), ha="right",
+        if ax_l0.get_yscale() == "log":
+            ax_l0.set_ylim(bottom, top * (top / bottom) ** room)
+        else:
+            ax_l0.set_ylim(bottom, top + room * max(top - bottom, 1.0))
+        short = _without_common_prefix(list(notes))
+        ax_l0.text(0.98, 0.97, "\n".join(f"{short[n]}: {t}" for n, t in notes.items()), ha="right",
                    va="top", transform=ax_l0.transAxes, fontsize=8, color="#444",
                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})  # fmt: skip
     eval_tokens = sorted({int(r.get("eval_tokens", 0)) for r in evals})
@@ -133,6 +143,14 @@ def plot_training_curves(
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.05 + 0.025 * (len(labels) // 5), 1, 0.97))
     _save(fig, path)
+
+
+def _without_common_prefix(names: list[str]) -> dict[str, str]:
+    """Sweep names without their shared `<hook>-` prefix: 'topk-k16' for
+    'blocks.15.hook_resid_pre-topk-k16' (unchanged when nothing is shared)."""
+    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+    prefix = prefix[: prefix.rfind("-") + 1]
+    return {n: n[len(prefix) :] or n for n in names}
 
 
 def _curve(ax, rows, key, colour, style="-", positive=False, raw=True, label=None) -> None:
@@ -218,7 +236,8 @@ def plot_sweep_frontier(rows: list[dict[str, Any]], path: Path, title: str = "")
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xticks(sorted(set(l0s)) if len(set(l0s)) <= 8 else ax.get_xticks())
+            lo, hi = min(l0s) / 1.5, max(l0s) * 1.5
+            ax.set_xticks([t for t in NICE_TICKS if lo <= t <= hi])
         ax.set_xlabel("L0 (active features per token, held-back text)")
         what = {"explained_variance": "explained variance"}.get(key, "CE loss recovered")
         ax.set_ylabel(what)

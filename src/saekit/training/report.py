@@ -37,9 +37,13 @@ def plot_density_histogram(
 
 
 def plot_density_panels(
-    panels: dict[str, tuple[dict[str, torch.Tensor], str]], path: Path, suptitle: str = ""
+    panels: dict[str, tuple[dict[str, torch.Tensor], str]],
+    path: Path,
+    suptitle: str = "",
+    tokens: dict[str, int] | None = None,
 ) -> None:
-    """One density histogram per panel: {panel title: ({SAE: log10 density}, window)}."""
+    """One density histogram per panel: {panel title: ({SAE: log10 density}, window)}.
+    `tokens[panel]`, where known, marks the lowest density its window can show (one firing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +61,12 @@ def plot_density_panels(
             label = f"{name}: {dead} of {n} dead ({dead / max(n, 1):.1%})"
             ax.stairs(counts.numpy(), edges.numpy(), fill=filled, alpha=0.6 if filled else 1.0,
                       label=label)  # fmt: skip
+        n_tokens = (tokens or {}).get(title)
+        if n_tokens:
+            ax.axvline(-math.log10(n_tokens), color="#888", ls=":", lw=1)
+            ax.annotate(f"1 firing in {n_tokens:,}", (-math.log10(n_tokens), 0.5),
+                        xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
+                        color="#666", ha="right", va="center")  # fmt: skip
         ax.set_xlabel("log10 feature density (fraction of tokens on which a feature fires)")
         ax.set_ylabel("features")
         ax.set_title(f"{title}\ncounted on {window}; dead = never fired there (leftmost bin)",
@@ -290,7 +300,11 @@ def write_run_reports(
         written.append(run_dir / "training_curves.png")
     panels = {k: v for k, v in densities.items() if v[0]}
     if panels:
-        plot_density_panels(panels, run_dir / "feature_density.png", title)
+        lowest = {
+            "training windows": min(windows, default=0),
+            "held-back evaluation": min(held, default=0),
+        }
+        plot_density_panels(panels, run_dir / "feature_density.png", title, lowest)
         written.append(run_dir / "feature_density.png")
     if len(units) > 1:
         write_sweep_summary(run_dir, sweep_rows(units, final), title)
