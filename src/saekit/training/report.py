@@ -89,8 +89,14 @@ def describe_sae(sae: Any) -> str:
     setting = getattr(sae, "sparsity_setting", "")
     value = getattr(cfg, setting, None) if setting else None
     short = {"k": "k", "l1_coefficient": "l1", "l0_coefficient": "l0 coef."}.get(setting, setting)
-    parts = [str(cfg.architecture) + (f" {short}={value:g}" if value is not None else "")]
+    arch = _architecture(sae)
+    parts = [arch + (f" {short}={value:g}" if value is not None else "")]
     return ", ".join([*parts, f"d_sae {cfg.d_sae}"])
+
+
+def _architecture(sae: Any) -> str:
+    """The registered architecture name, or the class name (a cross-layer transcoder)."""
+    return str(getattr(sae.cfg, "architecture", type(sae).__name__))
 
 
 def run_title(run_dir: Path, model: str, units: list[Any], tokens: int) -> str:
@@ -124,9 +130,9 @@ def sweep_rows(units: list[Any], final: dict[str, dict[str, float]]) -> list[dic
         value = getattr(cfg, setting, None) if setting else None
         short = {"k": "k", "l1_coefficient": "l1", "l0_coefficient": "l0c"}.get(setting, setting)
         label = f"{short}={value:g}" if value is not None else "default"
-        group = cfg.architecture + (f" {unit.hook_in}" if len(hooks) > 1 else "")
+        group = _architecture(unit.sae) + (f" {unit.hook_in}" if len(hooks) > 1 else "")
         rows.append({
-            "sae": unit.name, "architecture": cfg.architecture, "d_sae": cfg.d_sae,
+            "sae": unit.name, "architecture": _architecture(unit.sae), "d_sae": cfg.d_sae,
             "setting": label, "label": label, "group": f"{group} d_sae {cfg.d_sae}",
             **{k: m.get(k, math.nan) for k in SWEEP_COLUMNS[4:]},
         })  # fmt: skip
