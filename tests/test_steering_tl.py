@@ -65,3 +65,30 @@ def test_tl_ragged_batch_and_sampling(pair, sae):  # noqa: F811
         b = generate_ids(tl_lm, ids, mask, 6, do_sample=True, seed=3, stop_at_eos=False)
     assert torch.equal(both[0, 2:], first[0])
     assert torch.equal(a, b)
+
+
+class _Recorder:
+    """A streamer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[torch.Tensor] = []
+        self.ended = False
+
+    def put(self, ids: torch.Tensor) -> None:
+        self.calls.append(ids.reshape(-1).clone())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_streamer_is_told_the_prompt_then_each_new_token_on_both_backends(pair, sae):  # noqa: F811
+    ids = torch.tensor([[4, 8, 15, 16, 23]])
+    for lm in pair:
+        rec = _Recorder()
+        with steer(lm, sae, {3: 5.0}):
+            out = generate_ids(lm, ids, None, 6, stop_at_eos=False, streamer=rec)
+        assert torch.equal(rec.calls[0], ids[0])  # the prompt first
+        streamed = torch.cat(rec.calls[1:])
+        assert torch.equal(streamed, out[0, ids.shape[1] :]) and rec.ended
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        generate_ids(pair[0], ids.repeat(2, 1), None, 2, streamer=_Recorder())

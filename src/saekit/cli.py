@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "saekit.steering.cli",
     "saekit.evals.suite_cli",
     "saekit.autointerp.cli",
+    "saekit.serve.cli",
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -113,13 +113,18 @@ def generate_ids(
     seed: int | None = None,
     use_cache: bool = True,
     stop_at_eos: bool = True,
+    streamer: Any = None,
 ) -> Tensor:
     """Prompt ids `[B, P]` (left-padded) -> `[B, P + N]` with the N <= max_new_tokens new ids.
 
     Greedy unless `do_sample`; sampling draws from a generator seeded by `seed` (the global
     RNG is left as it was). Rows that reach EOS are padded while the others go on.
+    `streamer`: an object with `put(ids)` and `end()`, as transformers' streamers, told the
+    prompt ids and then each new token as it is chosen (one prompt at a time).
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if streamer is not None and input_ids_BP.shape[0] != 1:
+        raise ValueError(f"streamer: stream one prompt at a time, got {input_ids_BP.shape[0]}")
     if attention_mask_BP is None:
         attention_mask_BP = torch.ones_like(input_ids_BP)
     ids_BP = input_ids_BP.to(lm.device)
@@ -132,7 +137,7 @@ def generate_ids(
             run = _generate_hf if lm.backend == "hf" else _generate_tl
             return run(
                 lm, ids_BP, mask_BP, max_new_tokens, do_sample, temperature, top_k, top_p,
-                use_cache, stop_at_eos,
+                use_cache, stop_at_eos, streamer,
             )  # fmt: skip
     finally:
         PROMPT_LENGTH.reset(token)
@@ -147,7 +152,9 @@ def _eos_ids(lm: LanguageModel) -> list[int]:
     return [int(e) for e in eos] if isinstance(eos, list) else [int(eos)]
 
 
-def _generate_hf(lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, use_cache, stop):
+def _generate_hf(
+    lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, use_cache, stop, streamer
+):
     from transformers import GenerationConfig
 
     eos = _eos_ids(lm)
@@ -163,7 +170,9 @@ def _generate_hf(lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, u
             else {"temperature": None, "top_k": None, "top_p": None}
         ),
     )
-    out_BT = lm.model.generate(input_ids=ids_BP, attention_mask=mask_BP, generation_config=cfg)
+    out_BT = lm.model.generate(
+        input_ids=ids_BP, attention_mask=mask_BP, generation_config=cfg, streamer=streamer
+    )
     return out_BT.cpu()
 
 
@@ -185,7 +194,9 @@ def sample_next(
     return torch.multinomial(logits_BV.softmax(-1), 1).squeeze(-1)
 
 
-def _generate_tl(lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, use_cache, stop):
+def _generate_tl(
+    lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, use_cache, stop, streamer
+):
     """TransformerLens: one decoding loop per group of prompts with the same length."""
     lengths_B = mask_BP.sum(1)
     out_BT = torch.full((ids_BP.shape[0], ids_BP.shape[1] + n), pad_id(lm), dtype=torch.long)
@@ -193,12 +204,16 @@ def _generate_tl(lm, ids_BP, mask_BP, n, do_sample, temperature, top_k, top_p, u
     for length in lengths_B.unique().tolist():
         rows = (lengths_B == length).nonzero().squeeze(1)
         prompt_BL = ids_BP[rows, ids_BP.shape[1] - length :]
-        new_BN = _tl_loop(lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, stop)
+        new_BN = _tl_loop(
+            lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, stop, streamer
+        )
         out_BT[rows.cpu(), ids_BP.shape[1] : ids_BP.shape[1] + new_BN.shape[1]] = new_BN.cpu()
     return out_BT
 
 
-def _tl_loop(lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, stop) -> Tensor:
+def _tl_loop(
+    lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, stop, streamer
+) -> Tensor:
     try:  # TransformerLens 2
         from transformer_lens.past_key_value_caching import (
             HookedTransformerKeyValueCache as KeyValueCache,
@@ -218,6 +233,8 @@ def _tl_loop(lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, 
     seq_BT, step_BT = prompt_BL, prompt_BL
     done_B = torch.zeros(prompt_BL.shape[0], dtype=torch.bool, device=prompt_BL.device)
     new: list[Tensor] = []
+    if streamer is not None:
+        streamer.put(prompt_BL.cpu())
     for _ in range(n):
         if cache is None:
             logits_BTV = model(seq_BT, return_type="logits")
@@ -231,11 +248,15 @@ def _tl_loop(lm, prompt_BL, n, do_sample, temperature, top_k, top_p, use_cache, 
         next_B = sample_next(logits_BTV[:, -1], do_sample, temperature, top_k, top_p)
         next_B = torch.where(done_B, torch.full_like(next_B, pad_id(lm)), next_B)
         new.append(next_B)
+        if streamer is not None:
+            streamer.put(next_B.cpu())
         done_B |= torch.isin(next_B, eos)
         seq_BT = torch.cat([seq_BT, next_B[:, None]], dim=1)
         step_BT = next_B[:, None]
         if done_B.all():
             break
+    if streamer is not None:
+        streamer.end()
     return torch.stack(new, dim=1)
 
 
@@ -254,10 +275,12 @@ def generate(
     use_cache: bool = True,
     stop_at_eos: bool = True,
     return_ids: bool = False,
+    streamer: Any = None,
 ) -> str | list[str] | Generation:
     """Complete `prompts`: one string in, one completion out; a list in, a list out.
 
-    With `return_ids=True` returns a `Generation` (completions plus the token ids).
+    With `return_ids=True` returns a `Generation` (completions plus the token ids);
+    `streamer` is told each new token as it is chosen (see `generate_ids`).
     """
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
     if not batch:
@@ -266,6 +289,7 @@ def generate(
     out_BT = generate_ids(
         lm, ids_BP, mask_BP, max_new_tokens, do_sample=do_sample, temperature=temperature,
         top_k=top_k, top_p=top_p, seed=seed, use_cache=use_cache, stop_at_eos=stop_at_eos,
+        streamer=streamer,
     )  # fmt: skip
     new_BN = out_BT[:, ids_BP.shape[1] :]
     keep_BN = _until_eos(new_BN, _eos_ids(lm) if stop_at_eos else [])
