@@ -104,9 +104,12 @@ def test_note_when_top_examples_sit_after_a_special_token(tmp_path):
     assert 'class="warn"' not in page1
     summary = json.loads((tmp_path / "features.json").read_text())
     assert [s["top_after_special"] for s in summary] == [0.5, 0.0]
+    assert [s["after_special_note"] for s in summary] == [True, False]
+    assert (tmp_path / "index.html").read_text().count("(after special tokens)</span>") == 1
     write_dashboard(tmp_path, c.result(), _effects([0, 1]), SpecialTokenizer(),
                     after_special_excluded=True)  # fmt: skip
     assert 'class="warn"' not in (tmp_path / "feature_0.html").read_text()
+    assert "(after special tokens)</span>" not in (tmp_path / "index.html").read_text()
 
 
 def test_histogram_axes_are_labelled(tmp_path):

@@ -104,7 +104,8 @@ def write_dashboard(
     for n, feature in enumerate(stats.feature_ids):
         page = _feature_page(n, stats, effects_by_id.get(feature), text, title, subtitle)
         after, shown, before = after_special_examples(stats, n, special)
-        if not after_special_excluded and shown and 2 * after >= shown:
+        crowded = not after_special_excluded and shown and 2 * after >= shown
+        if crowded:
             note = after_special_note(after, shown, [text.get(t, "?") for t in before])
             page = page.replace('<div class="cols">', note + '<div class="cols">', 1)
         found = (interp or {}).get(feature)
@@ -113,6 +114,7 @@ def write_dashboard(
         atomic_write_text(out / feature_page_name(feature), page)
         summary.append(_summary(n, stats, effects_by_id.get(feature), text))
         summary[-1]["top_after_special"] = round(after / shown, 3) if shown else None
+        summary[-1]["after_special_note"] = bool(crowded)
         if interp is not None:
             summary[-1]["explanation"] = (found or {}).get("explanation")
             summary[-1]["interp_scores"] = _interp_scores(found)
@@ -202,7 +204,8 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
             f'<td data-v="{s["density"]:.6g}">{s["density"]:.3e}</td>'
             f'<td data-v="{s["mean_activation"] or 0:.6g}">{mean}</td>'
             f'<td data-v="{s["max_activation"]:.6g}">{s["max_activation"]:.3g}</td>'
-            f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}</td>"
+            f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}"
+            f"{_CROWDED if s.get('after_special_note') else ''}</td>"
             f"<td>{_token_list(s['top_boosted_tokens'])}</td>"
             + (_interp_cell(s) if with_interp else "")
             + "</tr>"
@@ -223,6 +226,12 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
         )
         body = body.replace('<table id="features"', search + '<table id="features"', 1)
     return _page(title, body, SORT_JS + (SEARCH_JS if with_interp else ""))
+
+
+_CROWDED = (
+    ' <span class="sub" title="at least half of the top examples sit right after a special '
+    'token: see the feature page">(after special tokens)</span>'
+)
 
 
 def _interp_cell(s: dict) -> str:
