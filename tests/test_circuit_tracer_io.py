@@ -80,3 +80,37 @@ def test_topk_clt_export_is_refused(tmp_path):
     clt = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=8, d_sae=16, k=4))
     with pytest.raises(ValueError, match="--arch batchtopk"):
         export_clt(clt, tmp_path / "ct")
+
+
+def test_saekit_convert_round_trips_a_clt_and_a_transcoder_run(tmp_path):
+    """`saekit convert --to circuit-tracer` and back `--to saekit`: same tensors and hooks."""
+    from saekit.cli import main
+    from saekit.saes.clt import load_clt
+
+    torch.manual_seed(1)
+    hooks = [mlp_hooks(i) for i in range(3)]
+    meta = {"model_name": "m", "hook_name": hooks[0][0], "hook_name_out": hooks[0][1],
+            "hook_names": [h[0] for h in hooks], "hook_names_out": [h[1] for h in hooks]}  # fmt: skip
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=3, d_in=8, d_sae=16, k=4, activation="batchtopk",
+                                         metadata=meta))  # fmt: skip
+    with torch.no_grad():
+        clt.threshold.uniform_(0, 0.5)
+    clt.save(tmp_path / "clt")
+    assert main(["convert", str(tmp_path / "clt"), str(tmp_path / "ct"), "--to", "circuit-tracer"]) == 0
+    assert main(["convert", str(tmp_path / "ct"), str(tmp_path / "back")]) == 0
+    back = load_clt(tmp_path / "back")
+    for key, value in clt.state_dict_flat().items():
+        assert torch.equal(back.state_dict_flat()[key], value), key
+    assert back.cfg.metadata.extra["hook_names_out"] == meta["hook_names_out"]
+    assert back.cfg.metadata.model_name == "m"
+
+    for sae in transcoders("topk", k=4):
+        sae.save(tmp_path / "run" / sae.cfg.metadata.hook_name)
+    assert main(["convert", str(tmp_path / "run"), str(tmp_path / "ct2"), "--to", "circuit-tracer"]) == 0
+    assert main(["convert", str(tmp_path / "ct2"), str(tmp_path / "run2")]) == 0
+    for sae in transcoders("topk", k=4):
+        again = SAE.load(tmp_path / "run2" / sae.cfg.metadata.hook_name)
+        assert again.cfg.metadata.hook_name_out == sae.cfg.metadata.hook_name_out
+        for name, value in sae.state_dict().items():
+            assert torch.equal(again.state_dict()[name], value), name
+    assert main(["convert", str(tmp_path / "ct2"), str(tmp_path / "run2")]) == 2  # exists: refused

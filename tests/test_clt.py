@@ -207,3 +207,37 @@ def test_replacement_with_zero_outputs_is_the_zero_ablation(tiny_lm):
         y = acts[h[1]].reshape(-1, 64).double()
         expected = (y**2).sum() / ((y - y.mean(0)) ** 2).sum()
         assert result["fvu_per_layer"][i] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_clt_trains_from_a_disk_cache_with_tokens_aligned_across_layers(tiny_model_dir, tmp_path):
+    """A cache of every layer's MLP input and output, read through the run's shuffle buffer:
+    in each batch row, every layer's output is that layer's MLP applied to its input (so the
+    rows of all hooks come from one token), and a CLT trains on it."""
+    from saekit.data import build_cache
+    from saekit.data.provenance import Provenance
+    from saekit.models import load_model
+    from saekit.training.data import open_data
+
+    lm = load_model(str(tiny_model_dir))
+    hooks = tuple(h for layer in (1, 2, 3) for h in mlp_hooks(layer))
+    prov = Provenance(model=str(tiny_model_dir), hooks=hooks, context=32)
+    build_cache(lm, prov, 4096, tmp_path / "cache", shard_tokens=1024, rows_per_forward=8,
+                progress=False)  # fmt: skip
+    cfg = clt_cfg(tiny_model_dir, tmp_path / "run", activations=str(tmp_path / "cache"),
+                  eval_tokens=0, tokens=4096)  # fmt: skip
+    _, buffer, pairs, _, _ = open_data(cfg, "cpu")
+    assert pairs == [mlp_hooks(layer) for layer in (1, 2, 3)]
+    batch = next(iter(buffer))
+    layers = lm.model.model.layers
+    with torch.no_grad():
+        for layer, (hook_in, hook_out) in zip((1, 2, 3), pairs, strict=True):
+            torch.testing.assert_close(layers[layer].mlp(batch[hook_in]), batch[hook_out],
+                                       rtol=1e-4, atol=1e-5)  # fmt: skip
+            shifted = batch[hook_in].roll(1, dims=0)  # rows of another token do not match
+            assert not torch.allclose(layers[layer].mlp(shifted), batch[hook_out], atol=1e-3)
+    result = train(cfg)
+    clt = load_clt(result.sae_folders["clt"])
+    assert clt.cfg.metadata.extra["hook_names"] == [p[0] for p in pairs]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["mse_loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) >= 2 and losses[-1] < losses[0]  # it learned

@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"held-back documents (every {HOLDOUT_EVERY}th) are used. The report names the "
         "special-token convention and where it came from.",
     )
-    parser.add_argument("sae", metavar="SAE_FOLDER", help="folder with cfg.json + sae_weights")
+    parser.add_argument(
+        "sae", metavar="SAE_FOLDER",
+        help="folder with cfg.json + sae_weights; or a CLT or crosscoder folder, or a run "
+        "folder of per-layer transcoders (--transcoders), evaluated as a replacement model",
+    )  # fmt: skip
     add_data_arguments(parser, for_sae=True)
     parser.add_argument(
         "--tokens", type=count_arg, default=16_384, metavar="N",
@@ -73,6 +77,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from saekit.saes import SAE
 
     folder = Path(args.sae)
+    if args.tokens < 1:
+        raise ValueError("--tokens must be positive")
+    from saekit.evals.dictionaries import dictionary_kind, run_dictionary_eval
+
+    kind = dictionary_kind(folder)  # a CLT, a transcoder set or a crosscoder
+    if kind is not None:
+        return run_dictionary_eval(args, folder, kind)
     if not (folder / "cfg.json").is_file():
         raise FileNotFoundError(f"{folder} is not an SAE folder: no cfg.json in it")
     if args.tokens < 1:

@@ -95,16 +95,21 @@ def _observer(fn):
 def evaluate_replacement(
     replacement: Replacement, lm, batches: Iterable[tuple[Tensor, Tensor]], max_tokens: int
 ) -> dict[str, Any]:
-    """Replacement-model metrics over batches of (input_ids_BT, keep_mask_BT)."""
+    """Replacement-model metrics over batches of (input_ids_BT, keep_mask_BT): whole windows
+    until `max_tokens` kept tokens, in the rows `saekit.evals.evaluate` uses, so the tokens
+    are those a single-SAE evaluation of the same text sees."""
+    from saekit.evals.evaluate import eval_windows
+
     L = len(replacement.hooks_in)
     ce = {"clean": [], "replaced": [], "ablated": []}
     kl: list[Tensor] = []
-    sse, sst, active = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64), torch.zeros(L)
+    sse, sum_sq = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
+    sums: list[Tensor | float] = [0.0] * L  # per-dimension sums of each target: the mean of all
+    active = torch.zeros(L)  # tokens seen, as in `saekit.evals.metrics`
     tokens = 0
     hooks = replacement.hooks_in + replacement.hooks_out
     forked = None
-    for input_ids_BT, keep_BT in batches:
-        input_ids_BT, keep_BT = input_ids_BT.to(lm.device), keep_BT.to(lm.device).bool()
+    for input_ids_BT, keep_BT in eval_windows(batches, max_tokens, lm.device):
         positions_BT = loss_positions(keep_BT)
         targets_M = next_token_targets(input_ids_BT, positions_BT)
         if forked is None:  # the layers before the first hook run once per batch
@@ -116,8 +121,9 @@ def evaluate_replacement(
         feats, ys = replacement.outputs(xs)
         for i, h in enumerate(replacement.hooks_out):
             y_ND = acts[h][keep_BT].double()
-            sse[i] += (ys[i].double() - y_ND).pow(2).sum()
-            sst[i] += (y_ND - y_ND.mean(0)).pow(2).sum()
+            sse[i] += (ys[i].double() - y_ND).pow(2).sum().cpu()
+            sum_sq[i] += y_ND.pow(2).sum().cpu()
+            sums[i] = sums[i] + y_ND.sum(0).cpu()
             active[i] += (feats[i] != 0).sum().item()
         with ExitStack() as stack:
             replacement.splices(lm, keep_BT, stack)
@@ -132,11 +138,10 @@ def evaluate_replacement(
         ce["ablated"].append(token_losses(forked, ablated_in_MD, targets_M)[0])
         kl.append(kl_M)
         tokens += int(keep_BT.sum())
-        if tokens >= max_tokens:
-            break
     if not tokens:
         raise ValueError("replacement evaluation got no tokens")
     means = {k: torch.cat(v).mean().item() for k, v in ce.items()}
+    sst = sum_sq - torch.stack([torch.as_tensor(t).pow(2).sum() for t in sums]) / tokens
     return {
         "ce_loss_clean": means["clean"],
         "ce_loss_replaced": means["replaced"],

@@ -163,8 +163,17 @@ def import_clt(folder: str | os.PathLike[str], k: int = 1) -> CrossLayerTranscod
         raise ValueError(f"{folder}: saekit reads circuit-tracer CLTs with thresholds (JumpReLU)")
     F, D = encs[0]["W_enc_0"].shape
     decs = [load_file(str(folder / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"] for i in range(n)]
+    config_file = folder / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    hooks_in = [_saekit_hook(i, config.get("feature_input_hook", "mlp.hook_in")) for i in range(n)]
+    hooks_out = [_saekit_hook(i, config.get("feature_output_hook", "hook_mlp_out")) for i in range(n)]
+    metadata = {
+        "model_name": config.get("model_name"), "hook_name": hooks_in[0],
+        "hook_name_out": hooks_out[0], "hook_names": hooks_in, "hook_names_out": hooks_out,
+    }  # fmt: skip
     clt = CrossLayerTranscoder(CLTConfig(
         n_layers=n, d_in=D, d_sae=F, d_out=decs[0].shape[-1], k=k, activation="batchtopk",
+        metadata=metadata,
     ))  # fmt: skip
     clt.load_flat({
         "W_enc": torch.stack([e[f"W_enc_{i}"].T for i, e in enumerate(encs)]),
@@ -174,3 +183,56 @@ def import_clt(folder: str | os.PathLike[str], k: int = 1) -> CrossLayerTranscod
         **{f"W_dec_{i}": W for i, W in enumerate(decs)},
     })  # fmt: skip
     return clt.eval()
+
+
+CIRCUIT_TRACER = "circuit-tracer"
+
+
+def is_circuit_tracer(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` holds circuit-tracer transcoder or CLT files."""
+    folder = Path(folder)
+    return folder.is_dir() and (
+        any(folder.glob("layer_*.safetensors")) or (folder / "W_enc_0.safetensors").is_file()
+    )
+
+
+def convert_dictionary(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str,
+                       *, force: bool = False) -> Path:  # fmt: skip
+    """`saekit convert` for per-layer transcoders and CLTs. To circuit-tracer: from a saekit
+    CLT folder or a run folder of per-layer transcoders (`--transcoders`). From circuit-tracer
+    (to saekit): a CLT becomes a CLT folder; per-layer transcoders one SAE folder per layer,
+    named after its input hook, as a run writes them. `dst` appears complete or not at all."""
+    import json
+
+    from saekit.fileio import atomic_folder
+    from saekit.saes.clt import load_clt
+
+    src = Path(src)
+    with atomic_folder(dst, force=force) as tmp:
+        if to == CIRCUIT_TRACER:
+            cfg_file = src / "cfg.json"
+            if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("architecture") == "clt":
+                clt = load_clt(src)
+                if not clt.cfg.metadata.hook_name_out:
+                    clt.cfg.metadata.hook_name_out = clt.cfg.metadata.extra.get("hook_names_out", [None])[0]
+                export_clt(clt, tmp)
+            else:
+                folders = sorted(p.parent for p in src.glob("*/cfg.json"))
+                if cfg_file.is_file() or not folders:
+                    raise ValueError(
+                        f"{src}: converting to {CIRCUIT_TRACER} takes a CLT folder or a run folder "
+                        "of per-layer transcoders (--transcoders)"
+                    )
+                export_transcoder_set([SAE.load(f) for f in folders], tmp)
+        elif to == "saekit" and is_circuit_tracer(src):
+            if (src / "W_enc_0.safetensors").is_file():
+                import_clt(src).save(tmp)
+            else:
+                for sae in import_transcoder_set(src):
+                    sae.save(tmp / str(sae.cfg.metadata.hook_name))
+        else:
+            raise ValueError(
+                f"{src}: circuit-tracer files convert to saekit (--to saekit); saekit CLTs and "
+                f"transcoder runs convert to {CIRCUIT_TRACER}"
+            )
+    return Path(dst)

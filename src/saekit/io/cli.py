@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "dictionary_learning folder, or an original mats .pt file).")
     p.add_argument("src", help="SAE folder or legacy .pt file")
     p.add_argument("dst", help="output folder")
-    p.add_argument("--to", choices=WRITABLE_FORMATS, default="saekit", help="output format")
+    p.add_argument("--to", choices=(*WRITABLE_FORMATS, "circuit-tracer"), default="saekit",
+                   help="output format (circuit-tracer: a CLT folder or a run folder of "
+                   "per-layer transcoders; circuit-tracer files convert back --to saekit)")
     p.add_argument("--from", dest="src_format", choices=FORMATS, default=None,
                    help="input format (default: detected)")
     p.add_argument("--force", action="store_true",
@@ -40,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from saekit.io.circuit_tracer import CIRCUIT_TRACER, convert_dictionary, is_circuit_tracer
+
+    if args.to == CIRCUIT_TRACER or (args.src_format is None and is_circuit_tracer(args.src)):
+        dst = convert_dictionary(args.src, args.dst, args.to, force=args.force)
+        print(f"wrote {args.to} folder {dst}")
+        return 0
     dst = convert(args.src, args.dst, to=args.to, src_format=args.src_format, force=args.force)
     print(f"wrote {args.to} folder {dst}")
     return 0

@@ -28,6 +28,8 @@ class CLTUnit(SAEUnit):
     hooks_out: tuple[str, ...] = ()
     scales_in_L: Tensor | None = None
     scales_out_L: Tensor | None = None
+    gathered: CrossLayerTranscoder | None = None
+    """Feature-sharded runs, on rank 0: the whole CLT as of the last `collect()`."""
 
     def inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x_BLD = torch.stack([batch[h] for h in self.hooks_in], dim=1)
@@ -43,11 +45,15 @@ class CLTUnit(SAEUnit):
         super().load_state_dict(state)
         self.scales_in_L, self.scales_out_L = state["scales_in"], state["scales_out"]
 
+    def metadata_extra(self) -> dict:
+        """What the saved folder records beyond the provenance: every layer's hooks."""
+        return {"hook_names": list(self.hooks_in), "hook_names_out": list(self.hooks_out)}
+
     def raw_clt(self) -> CrossLayerTranscoder:
         """A copy working on raw activations (scales folded in), in eval mode."""
         import copy
 
-        clt = copy.deepcopy(self.sae)
+        clt = copy.deepcopy(self.gathered if self.gathered is not None else self.sae)
         if self.scales_in_L is not None and self.scales_out_L is not None:
             clt.fold_activation_scale(self.scales_in_L, self.scales_out_L)
         return clt.eval()
@@ -66,15 +72,25 @@ def clt_config(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, i
 
 def build_clt_unit(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device) -> CLTUnit:
     """A fresh CLT (training mode) over the layers of `pairs`, its Adam and firing stats."""
+    from saekit.ranks import rank_and_world
+
     ccfg = clt_config(cfg, pairs, dims, device)
-    check_memory(ccfg, cfg, device)
+    rank, world = rank_and_world()
+    sharded = cfg.sae_placement == "features" and world > 1
+    check_memory(ccfg, cfg, device, world if sharded else 1)
     clt = CrossLayerTranscoder(ccfg).train()
+    firing_width = ccfg.n_layers * ccfg.d_sae
+    if sharded:  # every rank builds the same CLT (same seed) and keeps its slice
+        from saekit.saes.clt_shard import ShardedCLT
+
+        clt = ShardedCLT.from_full(clt, rank, world)
+        firing_width //= world
     fused = torch.device(device).type in ("cpu", "cuda")
     optimizer = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
     use_dead = cfg.dead_feature_method in ("auto", "auxk")
     return CLTUnit(
         name=CLT_NAME, hook_in=pairs[0][0], hook_out=pairs[0][1], sae=clt, optimizer=optimizer,
-        firing=FiringStats(ccfg.n_layers * ccfg.d_sae, cfg.dead_after_tokens, device),
+        firing=FiringStats(firing_width, cfg.dead_after_tokens, device),
         use_dead_mask=use_dead, hooks_in=tuple(p[0] for p in pairs),
         hooks_out=tuple(p[1] for p in pairs),
     )  # fmt: skip
@@ -127,9 +143,11 @@ def available_memory(device) -> int:
     return psutil.virtual_memory().available
 
 
-def check_memory(ccfg: CLTConfig, cfg: TrainConfig, device) -> None:
-    """Print the estimate; refuse a run that cannot fit, naming the settings to change."""
+def check_memory(ccfg: CLTConfig, cfg: TrainConfig, device, shards: int = 1) -> None:
+    """Print the estimate (per rank, for a CLT split over `shards` ranks by features);
+    refuse a run that cannot fit, naming the settings to change."""
     parts = memory_estimate(ccfg, cfg.batch_tokens)
+    parts = {k: v // shards for k, v in parts.items()}
     total, free = sum(parts.values()), available_memory(device)
     gib = 2**30
     line = ", ".join(f"{k} {v / gib:.2f}" for k, v in parts.items())

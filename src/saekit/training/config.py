@@ -108,6 +108,13 @@ class TrainConfig(LoopSettings, DataSettings):
     """With transcoders: train one cross-layer transcoder over those layers instead (features
     read at layer l write to the MLP outputs of l and every later layer); arch topk or
     batchtopk sets the per-layer sparsity, k, d_sae the features per layer."""
+    crosscoder: bool = False
+    """Train one crosscoder over `hooks` (one latent space, an encoder and a decoder per hook,
+    hooks of one width) instead of an SAE per hook; with diff_model, over one hook of two
+    models. arch topk or batchtopk, k active features per token in total."""
+    diff_model: str | None = None
+    """With crosscoder: a second model with the same tokenizer (e.g. a fine-tuned copy of
+    `model`); the crosscoder reads one hook of both, for model diffing."""
     skip: bool = False
     """Transcoders only: add a linear skip path `x @ W_skip` [d_in, d_out], trained jointly."""
     activations: str | None = None
@@ -157,8 +164,10 @@ class TrainConfig(LoopSettings, DataSettings):
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     sae_placement: str = "replicate"
-    """Under torchrun: replicate (every rank trains every SAE on its slice of the batch) or
-    shard (SAE i trained by rank i % world on the whole batch; for sweeps)."""
+    """Under torchrun: replicate (every rank trains every SAE on its slice of the batch),
+    shard (SAE i trained by rank i % world on the whole batch; for sweeps) or features
+    (cross_layer only: every rank holds a slice of every CLT encoder and decoder and sees
+    every token; the partial reconstructions are summed)."""
     dist_timeout: int = 1800
     """Under torchrun: seconds a collective may wait for the other ranks before the job fails."""
 
@@ -182,7 +191,7 @@ class TrainConfig(LoopSettings, DataSettings):
             ("dead_feature_method", self.dead_feature_method, DEAD_FEATURE_METHODS),
             ("b_dec_init", self.b_dec_init, B_DEC_INITS),
             ("normalize_activations", self.normalize_activations, NORMALIZATIONS),
-            ("sae_placement", self.sae_placement, ("replicate", "shard")),
+            ("sae_placement", self.sae_placement, ("replicate", "shard", "features")),
             ("approx_selection", self.approx_selection, APPROX_SELECTIONS),
         ):
             if value not in allowed:
@@ -207,6 +216,10 @@ class TrainConfig(LoopSettings, DataSettings):
                 raise ValueError("transcoders chooses the hooks itself; drop hooks and hook_out")
         if self.cross_layer:
             self._validate_cross_layer()
+        elif self.sae_placement == "features":
+            raise ValueError("sae_placement features splits a CLT's features: also give cross_layer")
+        if self.crosscoder or self.diff_model:
+            self._validate_crosscoder()
         if self.skip and not (self.transcoders or self.hook_out):
             raise ValueError("skip is for transcoders: also give transcoders or hook_out")
         if self.dead_feature_method == "resample" and self.resample_every_tokens <= 0:
@@ -234,6 +247,32 @@ class TrainConfig(LoopSettings, DataSettings):
         if bad or self.dead_feature_method not in ("auto", "auxk", "none"):
             raise ValueError(
                 f"cross_layer: sae_settings may be {', '.join(allowed)} (got {bad}); "
+                "dead_feature_method auto, auxk or none"
+            )
+
+    def _validate_crosscoder(self) -> None:
+        from saekit.saes.crosscoder import CROSSCODER_ACTIVATIONS
+
+        if not self.crosscoder:
+            raise ValueError("diff_model is for model diffing: also give crosscoder")
+        if self.transcoders or self.hook_out or self.cross_layer or self.skip:
+            raise ValueError("crosscoder reads and rebuilds hooks: drop transcoders, hook_out, skip")
+        if len(self.archs) != 1 or self.archs[0] not in CROSSCODER_ACTIVATIONS:
+            raise ValueError(f"crosscoder: archs must be one of {', '.join(CROSSCODER_ACTIVATIONS)}")
+        if len(self.ks) > 1 or len(self.d_saes) > 1:
+            raise ValueError("crosscoder trains one dictionary: give at most one k and d_sae")
+        if self.diff_model and len(self.hooks) > 1:
+            raise ValueError("crosscoder with diff_model reads one hook of both models: give one hook")
+        if not self.diff_model and len(self.hooks) < 2:
+            raise ValueError("crosscoder needs two or more hooks (e.g. --hook blocks.3.hook_resid_post,"
+                             "blocks.4.hook_resid_post), or one hook and diff_model")
+        if self.diff_model and self.activations:
+            raise ValueError("crosscoder with diff_model runs both models: drop activations")
+        allowed = ("aux_k", "aux_coefficient", "threshold_lr")
+        bad = [key for key, _ in self.sae_settings if key not in allowed]
+        if bad or self.dead_feature_method not in ("auto", "auxk", "none"):
+            raise ValueError(
+                f"crosscoder: sae_settings may be {', '.join(allowed)} (got {bad}); "
                 "dead_feature_method auto, auxk or none"
             )
 

@@ -18,6 +18,10 @@ def open_data(cfg: TrainConfig, device: Any) -> tuple[Any, Any, list[str], dict[
     from saekit.data import CachedActivations, ShuffleBuffer
     from saekit.data.activations import LimitedSource
 
+    if cfg.diff_model:  # two models on the same tokens
+        from saekit.training.crosscoder import open_diff_data
+
+        return open_diff_data(cfg, device)
     if cfg.activations:
         source = CachedActivations(cfg.activations, seed=cfg.seed, epochs=10**9, device=device)
         prov = cache_provenance(cfg, source.manifest)

@@ -72,10 +72,14 @@ def _is_collective_failure(err: BaseException) -> bool:
 
 def make_trainer(loop: LoopSettings, units: list[SAEUnit], placement: str = "replicate") -> Trainer:
     """A plain `Trainer` in one process; under torchrun the variant for `placement`
-    (`replicate` or `shard`, the setting `sae_placement`)."""
+    (`replicate`, `shard` or `features`, the setting `sae_placement`)."""
     rank, world = rank_and_world()
     if world == 1:
         return Trainer(loop, units)
+    if placement == "features":  # one CLT, its features split across the ranks
+        from saekit.training.clt_placement import FeatureShardedTrainer
+
+        return FeatureShardedTrainer(loop, units, rank=rank, world=world)
     if placement == "shard":
         if len(units) < world:
             raise ValueError(

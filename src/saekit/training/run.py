@@ -172,9 +172,14 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     source = f"activation cache {cfg.activations}" if cfg.activations else f"model {cfg.model}"
     with phase(f"loading {source}", talk):
         lm, buffer, pairs, dims, prov = open_data(cfg, device)
-    units: list[SAEUnit] = [build_clt_unit(cfg, pairs, dims, device)] if cfg.cross_layer else [
-        build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)
-    ]
+    if cfg.crosscoder:
+        from saekit.training.crosscoder import build_crosscoder_unit
+
+        units: list[SAEUnit] = [build_crosscoder_unit(cfg, [p[0] for p in pairs], dims, device)]
+    elif cfg.cross_layer:
+        units = [build_clt_unit(cfg, pairs, dims, device)]
+    else:
+        units = [build_unit(s, cfg, dims, device) for s in sweep(cfg, pairs, dims)]
     trainer = distributed.make_trainer(LoopSettings.of(cfg), units, cfg.sae_placement)
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -333,8 +338,8 @@ def _save_saes(units, trainer: Trainer, run_dir: Path, prov: Provenance) -> dict
     for unit in units:
         sae = raw_activation_sae(unit)
         prov.write_metadata(sae.cfg.metadata, unit.hook_in, unit.hook_out)
-        if isinstance(unit, CLTUnit):  # every layer's hooks
-            sae.cfg.metadata.extra |= {"hook_names": unit.hooks_in, "hook_names_out": unit.hooks_out}
+        if isinstance(unit, CLTUnit):  # every layer's (source's) hooks
+            sae.cfg.metadata.extra |= unit.metadata_extra()
         folder = run_dir / unit.name
         sae.save(folder, sparsity=log10_feature_density(trainer.density(unit)))
         folders[unit.name] = folder
