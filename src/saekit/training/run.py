@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from saekit.data.provenance import Provenance, token_batches
-from saekit.dtypes import DTYPES
+from saekit.dtypes import DTYPES, model_dtype_note
 from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
@@ -273,6 +273,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         run_dir, total - tokens_before, seconds, final_metrics, folders, total_tokens=total,
         requested_tokens=cfg.tokens, dead_after_tokens=cfg.dead_after_tokens,
     )  # fmt: skip
+    summary += "\n  " + model_dtype_note(prov.dtype, device)
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     if wandb_logger:
         wandb_logger.finish()
@@ -323,7 +324,7 @@ def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
     results = evaluate_saes(
         targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
-        baselines=eval_batches.baselines,
+        baselines=eval_batches.baselines, ce_tokens=cfg.eval_ce_tokens or None, progress=cfg.progress,
     )  # fmt: skip
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
