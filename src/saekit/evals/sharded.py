@@ -107,6 +107,25 @@ def merge_parts(
     return results
 
 
+def evaluate_across_ranks(
+    targets: Mapping[str, EvalTarget],
+    lm,
+    token_batches: Iterable[tuple[Tensor, Tensor]],
+    dense_threshold: float = DENSE_THRESHOLD,
+    **options: Any,
+) -> dict[str, dict[str, Any]] | None:
+    """`evaluate_saes` spread over the ranks of the current process group: every rank
+    evaluates its part (`evaluate_part`, with `options` such as `max_tokens` and `ce_tokens`),
+    rank 0 gathers and merges them. The results on rank 0, None on the others."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    part = evaluate_part(targets, lm, token_batches, rank, world, **options)
+    parts: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    return merge_parts(parts, dense_threshold) if parts is not None else None
+
+
 def ablation_means(lm, batches: list[tuple[Tensor, Tensor]], hooks: list[str]) -> dict[str, Tensor]:
     """The mean activation at each hook over the kept positions of `batches` (float64 sums,
     as `compute_baseline` takes them), by forwards that stop at the hooks."""

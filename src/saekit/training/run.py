@@ -221,9 +221,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         if wandb_logger:
             wandb_logger.log(step, per_sae)
 
-    def evaluate(step: int, tokens: int) -> dict[str, dict[str, float]]:
+    def evaluate(step: int, tokens: int, spread: bool = False) -> dict[str, dict[str, float]]:
         per_hook = [u for u in units if not isinstance(u, CLTUnit)]
-        results = _evaluate_units(per_hook, cfg, eval_batches) if per_hook else {}
+        results = _evaluate_units(per_hook, cfg, eval_batches, spread) if per_hook else {}
         results |= evaluate_replacement_units(units, cfg, eval_batches, raw_activation_sae)
         for name, result in results.items():
             density = eval_density[name] = result.pop("log10_feature_density")
@@ -254,13 +254,17 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         bar.close()
     seconds = time.perf_counter() - started
     trainer.check_weights_finite()
+    # Replicated SAEs: every rank evaluates a share of the held-back text; else rank 0 alone.
+    spread = distributed.rank_and_world()[1] > 1 and cfg.sae_placement == "replicate"
     if not distributed.collect(trainer):  # not rank 0: rank 0 evaluates and writes results
+        if spread and eval_batches is not None:
+            _evaluate_units([u for u in units if not isinstance(u, CLTUnit)], cfg, eval_batches, True)
         return TrainResult(run_dir, {}, {}, "")
 
     folders = _save_saes(units, trainer, run_dir, prov)  # before anything else can fail
     try:
         with phase("final evaluation on held-back text", talk and eval_batches is not None):
-            final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
+            final = evaluate(trainer.step, trainer.step * cfg.batch_tokens, spread)
     except (ValueError, RuntimeError, OSError) as err:
         warnings.warn(f"the final evaluation failed ({err}); the SAEs are saved", stacklevel=1)
         final = {}
@@ -314,18 +318,26 @@ class _HeldBack:
         return self.lm, token_batches(self.prov, self.lm.tokenizer, EVAL_ROWS, "heldout")
 
 
-def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str, Any]]:
-    """Every SAE on the held-back batches, sharing the model forwards (nothing if eval is off)."""
-    if eval_batches is None:
+def _evaluate_units(units, cfg: TrainConfig, eval_batches, spread: bool = False) -> dict[str, dict[str, Any]]:
+    """Every SAE on the held-back batches, sharing the model forwards (nothing if eval is off);
+    with `spread`, shared across the torchrun ranks (every rank calls this; results on rank 0)."""
+    if eval_batches is None or not units:
         return {}
     from saekit.evals import EvalTarget, evaluate_saes
+    from saekit.evals.sharded import evaluate_across_ranks
 
     lm, batches = eval_batches()
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
-    results = evaluate_saes(
-        targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
-        baselines=eval_batches.baselines, ce_tokens=cfg.eval_ce_tokens or None, progress=cfg.progress,
+    common = dict(
+        max_tokens=cfg.eval_tokens, ce_tokens=cfg.eval_ce_tokens or None,
+        dense_threshold=cfg.dense_threshold,
     )  # fmt: skip
+    if spread:
+        results = evaluate_across_ranks(targets, lm, batches, **common) or {}
+    else:
+        results = evaluate_saes(
+            targets, lm, batches, baselines=eval_batches.baselines, progress=cfg.progress, **common
+        )
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
         for name, result in results.items()
