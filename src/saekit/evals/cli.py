@@ -154,7 +154,8 @@ def run_core_eval(args: argparse.Namespace) -> int:
         from saekit.training.report import plot_density_histogram
 
         plot_density_histogram(
-            {str(folder): result["log10_feature_density"]}, out_dir / HISTOGRAM_FILE
+            {str(folder): result["log10_feature_density"]}, out_dir / HISTOGRAM_FILE,
+            window=f"{int(result['tokens']):,} held-back tokens",
         )
     if args.json:
         print(json.dumps(_json_safe(report)))
@@ -191,7 +192,7 @@ _TABLE_ROWS = (
     ("ce_loss_recovered", "CE loss recovered (vs zero abl.)"),
     ("ce_loss_recovered_mean_ablation", "CE loss recovered (vs mean abl.)"),
     ("kl_div", "KL(clean || spliced) per token"),
-    ("dead_fraction", "dead features (never fired)"),
+    ("dead_fraction", "dead features (never fired in these tokens)"),
     ("dense_fraction", f"dense features (density > {DENSE_THRESHOLD})"),
 )
 
