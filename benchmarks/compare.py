@@ -35,6 +35,7 @@ from pathlib import Path
 HOOK = "blocks.7.hook_resid_pre"  # = output of HF decoder layer 6 (the peers' model.layers.6)
 LAYER = 6
 ANCHORS = Path("/work/shared/anchors")
+SAELENS_RUN = Path(__file__).resolve().parent / "saelens_run.py"  # the anchor's, with a device
 CASES = {
     "default": {"arch": "topk", "d_sae": 4608, "ks": [32]},
     "wide": {"arch": "topk", "d_sae": 18432, "ks": [32]},
@@ -81,7 +82,7 @@ def run_saekit(case: dict, args, out: Path, extra: list[str] = ()) -> dict:
     cmd = [sys.executable, "-m", "saekit", "train", "--hook", HOOK, "--tokens", str(args.tokens),
            "--batch-tokens", "4096", "--context", "128", "--arch", case["arch"],
            "--d-sae", str(case["d_sae"]), "--eval-tokens", "0", "--no-progress",
-           "--out", str(out), *extra]  # fmt: skip
+           "--out", str(out), "--device", args.device, *extra]  # fmt: skip
     if case["ks"]:
         cmd += ["--k", ",".join(map(str, case["ks"]))]
     if args.threads:
@@ -98,13 +99,21 @@ def run_saelens(case: dict, args, out: Path) -> dict:
     runs = [("standard", None)] if case["arch"] == "relu" else [("topk", k) for k in case["ks"]]
     return _sum_runs([
         run_timed(
-            [args.saelens_python, str(ANCHORS / "saelens_baseline.py"), str(args.corpus), arch,
+            [args.saelens_python, str(SAELENS_RUN), str(args.corpus), arch,
              str(args.tokens), str(LAYER), str(case["d_sae"])] + ([str(k)] if k else []),
             out.parent / f"{out.name}_{arch}{k or ''}.log",
-            env={**os.environ, "SAE_OUT": str(out / f"{arch}{k or ''}")},
+            env={**os.environ, "SAE_OUT": str(out / f"{arch}{k or ''}"),
+                 "BENCH_DEVICE": args.device, **_buffer_env(args)},
         )
         for arch, k in runs
     ], out)  # fmt: skip
+
+
+def _buffer_env(args) -> dict[str, str]:
+    """SAELens's `n_batches_in_buffer` when one is given (else the harness's 128)."""
+    if args.saelens_buffer_batches:
+        return {"BENCH_BUFFER_BATCHES": str(args.saelens_buffer_batches)}
+    return {}
 
 
 def run_sparsify(case: dict, args, out: Path) -> dict:
@@ -152,14 +161,15 @@ def run_cache(case: dict, args, out: Path) -> dict:
 
 
 def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
-    """Every SAE on the same held-back tokens, with saekit's evaluate_saes (shared forwards)."""
+    """Every SAE on the same held-back tokens, with saekit's evaluate_saes (shared forwards;
+    the losses on all of them, as in the earlier tables)."""
     from saekit.data.provenance import Provenance, token_batches
     from saekit.evals import EvalTarget, evaluate_saes, scalar_metrics
     from saekit.io.converters import read_sae
     from saekit.models import load_model
 
     if "lm" not in _MODEL:
-        _MODEL["lm"] = load_model("smollm2-135m")
+        _MODEL["lm"] = load_model("smollm2-135m", device=args.device)
     lm = _MODEL["lm"]
     fmt = "sparsify" if system == "sparsify" else None
     targets = {
@@ -167,7 +177,7 @@ def evaluate(folders: dict[str, str], system: str, args) -> dict[str, dict]:
         for name, folder in folders.items()
     }
     batches = token_batches(Provenance(context=128), lm.tokenizer, 16, "heldout")
-    results = evaluate_saes(targets, lm, batches, max_tokens=args.eval_tokens)
+    results = evaluate_saes(targets, lm, batches, max_tokens=args.eval_tokens, ce_tokens=None)
     keys = ("explained_variance", "l0", "ce_loss_recovered", "kl_div", "dead_fraction", "tokens")
     return {name: {k: scalar_metrics(r)[k] for k in keys} for name, r in results.items()}
 
@@ -188,6 +198,9 @@ def main() -> None:
     p.add_argument("--saelens-python", default="/tmp/anchor/venv/bin/python")
     p.add_argument("--sparsify-python", default="/tmp/anchor/sparsify-venv/bin/python")
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: saekit, SAELens and the eval")
+    p.add_argument("--saelens-buffer-batches", type=int, default=0,
+                   help="SAELens n_batches_in_buffer (0: 128, the anchor's)")
     p.add_argument("--json", type=Path, help="append one JSON line per system here")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,7 @@ def main() -> None:
     result = evaluate_saes(
         {"sae": EvalTarget.of(sae)}, lm, token_batches(prov, lm.tokenizer, 16, "heldout"),
         max_tokens=args.pool, baselines=BaselineStore.default(), unit_sums=unit_sums,
+        ce_tokens=None,
     )["sae"]  # fmt: skip
     seconds = time.perf_counter() - started
     totals = unit_sums["sae"].totals()

@@ -75,6 +75,9 @@ def test_summary_averages_only_qualifying_letters():
     assert mean["mean_num_split_features"] == pytest.approx(2.0)
     assert mean["std_dev_absorption_fraction_score"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert out["letters_qualifying"] == ["a", "b"] and out["saebench_would_report"] is False
+    # sample SD of (0.2, 0.4) is 0.1414; over sqrt(2) letters: 0.1
+    assert out["standard_errors"]["mean_absorption_fraction_score"] == pytest.approx(0.1)
+    assert out["standard_errors"]["mean_num_split_features"] == pytest.approx(1.0)
 
 
 def test_prompt_matches_saebench_template_and_positions(tiny_lm):

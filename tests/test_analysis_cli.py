@@ -69,3 +69,32 @@ def test_logit_lens_cli_token_sets_and_errors(sae_folder, capsys):
     assert "digits:" in capsys.readouterr().out
     assert main(["logit-lens", str(sae_folder), "--feature", "16"]) == 2
     assert "out of range [0, 16)" in capsys.readouterr().err
+
+
+def test_dashboard_cli_excludes_positions_after_special_tokens(sae_folder, tmp_path, capsys):
+    from saekit.analysis.special_positions import after_special_mask
+    from saekit.data.provenance import Provenance, token_batches
+    from saekit.models import load_model
+    from saekit.saes import SAE
+
+    base = ["dashboard", str(sae_folder), "--features", "0:16", "--tokens", "0.2k",
+            "--forward-rows", "4", "--no-progress"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "ex"), "--exclude-after-special", "1"]) == 0
+    kept = json.loads((tmp_path / "ex" / "features.json").read_text())
+    assert all(s["top_after_special"] in (0.0, None) for s in kept)
+    assert "1 position(s) after special tokens excluded" in (tmp_path / "ex" / "index.html").read_text()
+    # Fire counts recomputed by hand on the same windows with the positions masked out.
+    lm = load_model(SAE.load(sae_folder).cfg.metadata.model_name)
+    prov, _ = Provenance.from_sae(SAE.load(sae_folder))
+    sae, counts, seen = SAE.load(sae_folder), torch.zeros(16), 0
+    for ids, keep in token_batches(prov, lm.tokenizer, 4):
+        keep = keep & ~after_special_mask(ids, lm.tokenizer.all_special_ids, 1)
+        acts = lm.run_to_hooks(ids, ["blocks.1.hook_resid_post"])["blocks.1.hook_resid_post"]
+        counts += ((sae.encode(acts) > 0) & keep[..., None]).sum((0, 1))
+        seen += int(keep.sum())
+        if seen >= 200:
+            break
+    assert [s["fire_count"] for s in kept] == counts.long().tolist()
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--exclude-after-special", "-1"]) != 0
+    assert "--exclude-after-special must be 0 or more, got -1" in capsys.readouterr().err

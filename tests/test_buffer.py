@@ -91,6 +91,7 @@ def test_bad_sizes():
         ShuffleBuffer(CountingSource(), buffer_tokens=15, batch_tokens=10)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_resumed_batches_stay_on_the_source_device():
     class CudaSource(CountingSource):
@@ -189,3 +190,59 @@ def test_a_state_saved_before_in_place_refills_still_resumes():
     assert len(ids) == len(set(ids)) == 310  # every row once
     for b in batches:
         assert torch.equal(b["b"][:, 0], -b["a"][:, 0])
+
+
+def stated_order(sizes: list[int], capacity: int, batch: int, seed: int) -> list[list[int]]:
+    """The batches the class docstring states, by plain list bookkeeping: rows fill the free
+    slots (freed slots first, in the order they went out, then unwritten ones upwards); at
+    each refill the slots holding rows, in increasing order, are permuted by
+    `torch.randperm(n, generator)`; all but `capacity // 2` of them go out (all once the
+    source is dry); a chunk's rows that do not fit wait for the next refill."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    chunks = [list(range(s, s + n)) for s, n in zip(starts, sizes, strict=True)]
+    row_at: dict[int, int] = {}
+    free: list[int] = []
+    state = {"filled": 0, "next": 0, "pending": [], "dry": False}
+    order: list[int] = []
+    batches = []
+
+    def fill() -> None:
+        while free or state["filled"] < capacity:
+            if state["pending"]:
+                chunk, state["pending"] = state["pending"], []
+            elif state["next"] < len(chunks):
+                chunk, state["next"] = chunks[state["next"]], state["next"] + 1
+            else:
+                state["dry"] = True
+                return
+            slots = (free + list(range(state["filled"], capacity)))[: len(chunk)]
+            del free[: len(slots)]
+            state["filled"] = max(state["filled"], max(slots) + 1)
+            row_at.update(zip(slots, chunk, strict=False))
+            state["pending"] = chunk[len(slots) :]
+
+    while True:
+        if len(order) < batch:
+            fill()
+            held = sorted(row_at)
+            drawn = [held[i] for i in torch.randperm(len(held), generator=gen).tolist()]
+            keep = 0 if state["dry"] and not state["pending"] else capacity // 2
+            order = drawn[: max(0, len(drawn) - keep)]
+            if len(order) < batch:
+                return batches
+        taken, order = order[:batch], order[batch:]
+        batches.append([row_at.pop(slot) for slot in taken])
+        free.extend(taken)
+
+
+@pytest.mark.parametrize(
+    "sizes, capacity, batch, seed",
+    [(CHUNK_SIZES, 64, 10, 0), (CHUNK_SIZES, 48, 8, 5), ([40, 1, 33, 64, 2] * 4, 32, 16, 2)],
+)
+def test_batches_come_in_the_stated_order(sizes, capacity, batch, seed):
+    got = [
+        [int(v) for v in b["a"][:, 0]]
+        for b in ShuffleBuffer(CountingSource(sizes), capacity, batch, seed=seed)
+    ]
+    assert got == stated_order(sizes, capacity, batch, seed)

@@ -41,6 +41,7 @@ def test_transcoder_set_round_trip(arch, settings, tmp_path):
     torch.testing.assert_close(t["W_enc"], saes[1].W_enc.T)
     config = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
     assert config["feature_input_hook"] == "mlp.hook_in" and config["feature_output_hook"] == "hook_mlp_out"
+    assert config["model_kind"] == "transcoder_set"  # circuit-tracer's loaders dispatch on it
     back = import_transcoder_set(tmp_path / "ct")
     x = torch.randn(5, 8)
     for a, b in zip(saes, back, strict=True):
@@ -68,6 +69,9 @@ def test_clt_round_trip_and_layout(tmp_path):
     enc = load_file(str(tmp_path / "ct" / "W_enc_2.safetensors"))
     assert enc["W_enc_2"].shape == (16, 8) and enc["threshold_2"].shape == (16,)
     assert load_file(str(tmp_path / "ct" / "W_dec_0.safetensors"))["W_dec_0"].shape == (16, 3, 8)
+    assert yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())["model_kind"] == (
+        "cross_layer_transcoder"
+    )
     back = import_clt(tmp_path / "ct", k=4)
     x = torch.randn(6, 3, 8)
     with torch.no_grad():

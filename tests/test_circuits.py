@@ -47,13 +47,20 @@ def test_replacement_model_reproduces_the_clean_logits(tiny_lm, ids, arch, read,
     assert prompt.error_LTD.abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("read", ["resid", "normed"])
-def test_input_edges_plus_biases_sum_to_each_nodes_input(tiny_lm, ids, read):
+@pytest.mark.parametrize("read,frozen", [("resid", None), ("normed", None), ("resid", [0, 3])])
+def test_input_edges_plus_biases_sum_to_each_nodes_input(tiny_lm, ids, read, frozen):
     model = replacement(tiny_lm, read=read)
-    graph = attribute(model, ids, batch_size=37)  # odd batch: targets of mixed layers per sweep
-    prompt = model.prepare(ids)
+    # odd batch: targets of mixed layers per sweep
+    graph = attribute(model, ids, batch_size=37, frozen_positions=frozen)
+    prompt = model.prepare(ids, frozen)
     bias_pre, bias_logits = bias_terms(model, prompt)
     assert graph.n_features == len(prompt.acts_N) > 50
+    if frozen:  # held MLP outputs: no features there, zero error nodes, logits still exact
+        assert not torch.isin(graph.features_N3[:, 1], torch.tensor(frozen)).any()
+        errors = torch.tensor([graph.error_index(layer, p) for layer in range(graph.n_layers) for p in frozen])
+        assert not graph.adjacency[:, errors].any() and graph.info["frozen_positions"] == frozen
+        torch.testing.assert_close(model.forward(prompt).logits_TV, tiny_lm.logits(ids[None])[0],
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
     edges_sum = graph.adjacency[: graph.n_features].sum(1).double()
     torch.testing.assert_close(edges_sum + bias_pre.double(), prompt.pre_N.double(), atol=2e-5,
                                rtol=1e-5)  # fmt: skip
@@ -71,7 +78,7 @@ def test_input_edges_plus_biases_sum_to_each_nodes_input(tiny_lm, ids, read):
 
 def test_rows_do_not_depend_on_the_batch(tiny_lm, ids):
     model = replacement(tiny_lm)
-    one = attribute(model, ids, batch_size=1)
+    one = attribute(model, ids, batch_size=5)  # several sweeps per layer; 1 is slow
     many = attribute(model, ids, batch_size=500)
     torch.testing.assert_close(one.adjacency, many.adjacency, atol=1e-6, rtol=1e-5)
 
@@ -119,6 +126,18 @@ def test_max_feature_nodes_keeps_the_most_influential_features(tiny_lm, ids):
     expected = full.adjacency[keep_rows][:, keep_cols]
     got = torch.cat([part.adjacency[:60], part.adjacency[part.logit_start :]])
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    # the ranking from a subset of rows is the influence of the square graph holding only them
+    from saekit.circuits.attribute import _partial_influence
+    from saekit.circuits.graph import influence, normalize_rows
+
+    N, S = full.n_features, full.logit_start
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:40]
+    square = torch.zeros_like(full.adjacency).double()
+    square[order] = full.adjacency[order].double()
+    square[S:] = full.adjacency[S:].double()
+    expected = influence(normalize_rows(square), full.logit_weights().double())[:N]
+    got = _partial_influence(full.adjacency[S:, :S].double(), full.logit_probs_K, full.adjacency[order, :S].double(), order, N)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_pruning_and_scores(tiny_lm, ids):
@@ -157,3 +176,19 @@ def test_transcoder_set_errors_name_the_problem(tiny_lm):
     saes[0].cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
     with pytest.raises(ValueError, match="hook_resid_mid"):
         PerLayerTranscoders(saes, tiny_lm.n_layers)
+
+
+@pytest.mark.integration
+def test_exact_on_the_default_model(default_lm):
+    """SmolLM2-135M (GQA, tied embeddings): replacement logits and edge sums, BOS frozen."""
+    saes = random_transcoders(default_lm, arch="relu", d_sae=32, read="normed")
+    model = ReplacementModel(default_lm, PerLayerTranscoders(saes, default_lm.n_layers))
+    ids = torch.tensor([default_lm.bos_token_id, *default_lm.tokenizer("Paris is in")["input_ids"]])
+    prompt = model.prepare(ids, frozen_positions=[0])
+    clean = default_lm.logits(ids[None])[0]
+    torch.testing.assert_close(model.forward(prompt).logits_TV, clean, atol=1e-4, rtol=1e-4)
+    graph = attribute(model, prompt, batch_size=128)
+    assert graph.n_features > 100 and not (graph.features_N3[:, 1] == 0).any()
+    bias_pre, _ = bias_terms(model, prompt)
+    edges = graph.adjacency[: graph.n_features].sum(1).double()
+    torch.testing.assert_close(edges + bias_pre.double(), prompt.pre_N.double(), atol=1e-4, rtol=1e-4)

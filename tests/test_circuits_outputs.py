@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from circuits_helpers import random_transcoders
-from saekit.circuits import PerLayerTranscoders, ReplacementModel, attribute, prune
+from saekit.circuits import Graph, PerLayerTranscoders, ReplacementModel, attribute, prune
 from saekit.circuits.export import graph_json
 from saekit.circuits.run import estimate_memory, tokenize, trace_prompt
 from saekit.circuits.viewer import viewer_html
@@ -103,6 +103,16 @@ def test_cli_attribute(tiny_lm, tiny_model_dir, tmp_path, capsys):
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["active_features"] > 0 and (out / "index.html").exists()
+    # the data flags of every other command; the folders record exclude_special_tokens (default
+    # on): the BOS position is held, so no feature node sits there unless asked
+    graph = Graph.load(str(out / "graph.safetensors"))
+    assert graph.info["frozen_positions"] == [0] and not (graph.features_N3[:, 1] == 0).any()
+    assert main(["attribute", *folders, "--prompt", "Hello there world", "--out", str(out),
+                 "--device", "cpu", "--dtype", "bfloat16", "--no-exclude-special-tokens",
+                 "--check-features", "0"]) == 0  # fmt: skip
+    graph = Graph.load(str(out / "graph.safetensors"))
+    assert graph.info["frozen_positions"] == [] and (graph.features_N3[:, 1] == 0).any()
+    capsys.readouterr()
     assert main(["attribute", *folders[:2], "--prompt", "x", "--out", str(out)]) == 2
     assert "missing layers [2, 3]" in capsys.readouterr().err
 

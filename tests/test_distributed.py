@@ -28,7 +28,8 @@ from saekit.training.run import train
 SWEEP = dict(
     tokens=4096,
     ks=(4, 8),  # a sweep of two SAEs (needed by --sae-placement shard)
-    eval_tokens=0,
+    eval_tokens=1024,  # under replicate, every rank evaluates a share of the held-back text
+    eval_ce_tokens=0,
     dead_after_tokens=512,  # features silent for one step are dead: AuxK is active
     checkpoint_every=2048,
 )
@@ -103,6 +104,22 @@ def test_two_ranks_equal_one_process(single_run, replicated_run):
     assert train_losses(replicated_run) == pytest.approx(train_losses(single_run), rel=1e-4)
     # only rank 0 wrote: one line per SAE and logging step
     assert len(train_losses(replicated_run)) == 2 * 8 // 2
+
+
+def eval_lines(run: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["sae"]: r for r in rows if r["kind"] == "eval"}
+
+
+def test_final_evaluation_spread_over_ranks_equals_one_process(single_run, replicated_run):
+    one, two = eval_lines(single_run), eval_lines(replicated_run)
+    assert one.keys() == two.keys() and len(one) == 2
+    for name, row in one.items():
+        assert two[name]["eval_tokens"] == row["eval_tokens"] > 0
+        for key in ("explained_variance", "l0", "ce_loss_recovered", "kl_div", "dead_fraction",
+                    "ce_loss_recovered_se"):
+            # the SAEs agree to 1e-4 (above); their metrics on the same text as closely
+            assert two[name][key] == pytest.approx(row[key], rel=1e-3, abs=1e-4), (name, key)
 
 
 def test_resume_under_two_ranks_is_exact(tiny_model_dir, replicated_run, tmp_path):

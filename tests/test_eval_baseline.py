@@ -19,14 +19,18 @@ from saekit.evals.forward import (
     token_losses,
 )
 from saekit.evals.intervals import RESAMPLES, document_units
+from saekit.evals.metrics import kl_div_score
 from test_spliced import (
     counting_calls,
     hand_ce,
     hand_kl,
+    hand_logits,
     hand_metrics,
     hand_windows,
+    kept_replacement,
     make_sae,
     make_tokens,
+    relu_sae_by_hand,
 )
 
 
@@ -249,3 +253,79 @@ def test_the_replacement_model_against_hand_hooks(tiny_lm):
     assert result["ce_loss_replaced"] == pytest.approx(result["ce_loss_ablated"], rel=1e-5)
     assert result["kl_div"] == pytest.approx(hand_kl(clean, ablated, keep).mean().item(), rel=1e-4)
     assert result["kl_div"] > 1e-5  # the ablation changes the random model a little
+
+
+def test_kl_div_score_is_saebench_normalised_kl_by_hand(setup):
+    """(KL_zero - KL_sae) / KL_zero, each KL(clean || variant) by explicit loops in float64."""
+    lm, sae, batches, windows = setup
+    layer1 = lm.model.model.layers[1]
+    kl_sae, kl_zero = [], []
+    for ids, keep in batches:
+        grabbed: list[torch.Tensor] = []
+        clean = hand_logits(lm.model, ids, layer1, grab=grabbed)
+        x_hat = relu_sae_by_hand(sae, grabbed[0])[0].detach()
+        spliced = hand_logits(lm.model, ids, layer1, kept_replacement(keep, lambda a, x_hat=x_hat: x_hat))
+        zero = hand_logits(lm.model, ids, layer1, kept_replacement(keep, torch.zeros_like))
+        kl_sae.append(hand_kl(clean, spliced, keep))
+        kl_zero.append(hand_kl(clean, zero, keep))
+    want_sae, want_zero = torch.cat(kl_sae).mean().item(), torch.cat(kl_zero).mean().item()
+    assert want_zero > want_sae > 0 and want_sae > 0.1 * want_zero  # a score far from 0 and 1
+    result = evaluate_sae(sae, lm, batches)
+    assert result["kl_div"] == pytest.approx(want_sae, rel=1e-4)
+    assert result["kl_div_zero_ablation"] == pytest.approx(want_zero, rel=1e-5)
+    assert result["kl_div_score"] == pytest.approx((want_zero - want_sae) / want_zero, rel=1e-5)
+    assert math.isfinite(result["kl_div_score_se"]) and result["kl_div_score_se"] > 0
+    assert math.isnan(kl_div_score(0.1, 0.0))
+
+
+LOSS_KEYS = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablation", "ce_loss_recovered",
+             "kl_div", "kl_div_zero_ablation", "kl_div_score", "ce_tokens")  # fmt: skip
+
+
+def test_losses_on_fewer_windows_and_reconstruction_on_all(tiny_lm):
+    """`ce_tokens`: the losses of the first windows only (as if evaluated alone), every other
+    metric over all windows (as in the full evaluation), against the hand numbers."""
+    batches = [make_tokens(len(tiny_lm.tokenizer), rows=5, seed=s) for s in (6, 7)]
+    sae = make_sae(seed=2)
+    layer1 = tiny_lm.model.model.layers[1]
+    windows = hand_windows(tiny_lm.model, layer1, sae, batches)
+    kept = [int(w["keep"].sum()) for w in windows]
+    cut = 4  # the first four windows (of ten) carry the losses: a cut inside the first batch
+    result = evaluate_sae(sae, tiny_lm, batches, ce_tokens=sum(kept[: cut - 1]) + 1)
+    everything, first = hand_metrics(windows), hand_metrics(windows[:cut])
+    for key in ("tokens", "l0", "mse", "explained_variance", "cos_sim", "dead_fraction"):
+        assert result[key] == pytest.approx(everything[key], rel=1e-5, abs=1e-9), key
+    for key in LOSS_KEYS[:-3]:  # CE loss recovered: a small difference, see above
+        rel = 1e-3 if key == "ce_loss_recovered" else 1e-4
+        assert result[key] == pytest.approx(first[key], rel=rel, abs=1e-7), key
+    assert result["ce_tokens"] == first["ce_tokens"] < everything["ce_tokens"]
+    assert result["explained_variance"] != pytest.approx(first["explained_variance"], rel=1e-3)
+    full = evaluate_sae(sae, tiny_lm, batches, ce_tokens=10**6)  # more than there are
+    assert full["kl_div"] == pytest.approx(everything["kl_div"], rel=1e-4)
+    with pytest.raises(ValueError, match="ce_tokens must be at least 1"):
+        evaluate_sae(sae, tiny_lm, batches, ce_tokens=0)
+
+
+def test_loss_errors_with_fewer_loss_windows_bootstrap_those_documents_only(tiny_lm):
+    batches = [make_tokens(len(tiny_lm.tokenizer), rows=5, seed=s) for s in (6, 7)]
+    for ids, keep in batches:  # a document end inside every other window
+        ids[::2, 8], keep[::2, 8] = 0, False
+    sae = make_sae(seed=2)
+    windows = hand_windows(tiny_lm.model, tiny_lm.model.model.layers[1], sae, batches)
+    cut = 6
+    kept = [int(w["keep"].sum()) for w in windows]
+    result = evaluate_sae(sae, tiny_lm, batches, ce_tokens=sum(kept[: cut - 1]) + 1)
+    docs = hand_documents(windows[:cut])  # the documents the losses cover (the last in part)
+    assert 3 <= len(docs) < len(hand_documents(windows))
+    draws = torch.randint(len(docs), (RESAMPLES, len(docs)),
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    values = [hand_metrics([docs[i] for i in row])["kl_div"] for row in draws.tolist()]
+    assert result["kl_div_se"] == pytest.approx(torch.tensor(values).std().item(), rel=1e-5)
+
+
+def test_the_training_default_is_the_evaluation_default():
+    from saekit.evals.evaluate import DEFAULT_CE_TOKENS
+    from saekit.training.config import TrainConfig
+
+    assert TrainConfig().eval_ce_tokens == DEFAULT_CE_TOKENS
+

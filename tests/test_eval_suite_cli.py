@@ -1,4 +1,4 @@
-"""`saekit eval-suite` end to end on the tiny model: two SAEs side by side, shared passes."""
+"""`saekit eval --suite` end to end on the tiny model: two SAEs side by side, shared passes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def sweep(tmp_path, tiny_model_dir):
 def test_eval_suite_cli_two_saes(sweep, monkeypatch, capsys):
     monkeypatch.setenv("SAEKIT_CACHE", str(sweep / "cache"))
     args = [
-        "eval-suite", str(sweep / "sweep"), "--datasets", str(sweep / "toy.jsonl"),
+        "eval", str(sweep / "sweep"), "--suite", "core,probing,absorption", "--datasets", str(sweep / "toy.jsonl"),
         "--train-per-class", "12", "--test-per-class", "6", "--k", "1,2", "--tokens", "256",
         "--dataset", str(sweep / "core.txt"), "--words", "150", "--icl", "3",
         "--words-per-prompt", "4", "--absorption-max-k", "3", "--device", "cpu", "--out", str(sweep / "out"),
@@ -74,13 +74,18 @@ def test_eval_suite_cli_two_saes(sweep, monkeypatch, capsys):
     monkeypatch.setattr(LanguageModel, "run_to_hooks", lambda *a, **k: 1 / 0)
     assert main(args + ["--suite", "probing", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
+    del again["k4"]["sparse_probing"]["timings_s"], reports["k4"]["sparse_probing"]["timings_s"]
     assert again["k4"]["sparse_probing"] == reports["k4"]["sparse_probing"]
 
 
-def test_suite_errors_name_the_setting(tmp_path):
+def test_suite_errors_name_the_setting(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown suite.*core, probing, absorption"):
         SuiteSettings(suites=("core", "autointerp"))
     assert main(["eval-suite", str(tmp_path / "nothing")]) == 2
+    assert main(["eval", str(tmp_path), "--suite", "core,autointerp"]) == 2
+    assert "--suite autointerp: choose from core, probing, absorption or all" in (
+        capsys.readouterr().err
+    )
 
 
 def test_format_comparison_puts_saes_side_by_side():
@@ -105,3 +110,87 @@ def test_sweep_names_drop_the_shared_prefix(tmp_path):
     assert list(sae_names(folders)) == ["k16", "k128"]
     same_leaf = [tmp_path / "a" / "sae", tmp_path / "b" / "sae"]
     assert list(sae_names(same_leaf)) == ["a/sae", "b/sae"]
+
+
+def test_suite_names_and_aliases():
+    from saekit.cli import build_parser
+    from saekit.evals.suite import SUITES
+    from saekit.evals.suite_cli import chosen_suites
+
+    parser = build_parser()
+    parse = lambda *argv: parser.parse_args(list(argv))  # noqa: E731
+    assert chosen_suites(parse("eval", "x")) == ("core",)
+    assert chosen_suites(parse("eval-suite", "x")) == SUITES  # the alias runs everything
+    assert chosen_suites(parse("eval", "x", "--suite", "all")) == SUITES
+    assert chosen_suites(parse("eval", "x", "--suite", "absorption,core,core")) == (
+        "absorption",
+        "core",
+    )
+
+
+def test_data_flags_override_every_saes_record(tmp_path):
+    from saekit.cli import build_parser
+    from saekit.evals.suite_cli import _apply_data_flags
+
+    def saes(*models):
+        return {
+            f"s{i}": SAE.create(
+                "relu", d_in=8, d_sae=16, metadata={"model_name": m, "hook_name": HOOK}
+            )
+            for i, m in enumerate(models)
+        }
+
+    folders = {f"s{i}": tmp_path / f"s{i}" for i in range(2)}
+    parse = lambda *flags: build_parser().parse_args(["eval", "x", *flags])  # noqa: E731
+    with pytest.raises(ValueError, match=r"different models \['a', 'b'\]: pass --model"):
+        _apply_data_flags(saes("a", "b"), folders, parse())
+    two = saes("a", "b")
+    flags = ("--model", "c", "--hook", "blocks.1.hook_resid_pre", "--no-prepend-bos",
+             "--dataset", "my.txt", "--forward-rows", "8")  # fmt: skip
+    assert _apply_data_flags(two, folders, parse(*flags)) == ("c", "float32", 8)
+    from saekit.data.provenance import Provenance
+
+    for sae in two.values():
+        prov, _ = Provenance.from_sae(sae)
+        assert (prov.model, prov.hooks, prov.prepend_bos, prov.dataset) == (
+            "c", ("blocks.1.hook_resid_pre",), False, "my.txt")  # fmt: skip
+    unnamed = {"s0": SAE.create("relu", d_in=8, d_sae=16, metadata={"hook_name": HOOK})}
+    with pytest.raises(ValueError, match="names no model.*pass --model"):
+        _apply_data_flags(unnamed, folders, parse())
+
+
+def test_saebench_core_names_take_kl_div_score_when_present():
+    from saekit.evals.suite import saebench_core_names
+
+    m = {"kl_div": 0.3, "ce_loss_recovered": 0.9, "ce_loss_zero_ablation": 9.0,
+         "ce_loss_spliced": 4.0, "ce_loss_clean": 3.5, "explained_variance": 0.8, "mse": 0.1,
+         "cos_sim": 0.9, "l2_ratio": 0.95, "l0": 32.0, "dead_fraction": 0.25}  # fmt: skip
+    names = saebench_core_names(m)
+    assert names["model_behavior_preservation"] == {"kl_div_with_sae": 0.3}
+    assert names["misc_metrics"]["frac_alive"] == 0.75
+    assert names["model_performance_preservation"]["ce_loss_score"] == 0.9
+    with_score = saebench_core_names(m | {"kl_div_score": 0.97})
+    assert with_score["model_behavior_preservation"]["kl_div_score"] == 0.97
+
+
+def test_a_folder_of_plain_saes_is_a_sweep_and_one_of_transcoders_a_replacement_model(
+    tmp_path, monkeypatch
+):
+    import saekit.evals.cli as eval_cli
+    import saekit.evals.dictionaries as dictionaries
+
+    calls = []
+    monkeypatch.setattr(eval_cli, "run_suite_command", lambda args: calls.append("suite") or 0)
+    monkeypatch.setattr(eval_cli, "run_core_eval", lambda args: calls.append("core") or 0)
+    monkeypatch.setattr(dictionaries, "run_dictionary_eval", lambda *a: calls.append("dict") or 0)
+    for k in (4, 16):
+        SAE.create("topk", d_in=8, d_sae=16, k=k, metadata={"hook_name": HOOK}).save(
+            tmp_path / "sweep" / f"k{k}"
+        )
+    meta = {"hook_name": "blocks.1.ln2.hook_normalized", "hook_name_out": "blocks.1.hook_mlp_out"}
+    SAE.create("relu", d_in=8, d_sae=16, metadata=meta).save(tmp_path / "tc" / "blocks.1")
+    assert main(["eval", str(tmp_path / "sweep")]) == 0
+    assert main(["eval", str(tmp_path / "tc")]) == 0
+    assert main(["eval", str(tmp_path / "sweep" / "k4")]) == 0
+    assert main(["eval", str(tmp_path / "sweep" / "k4"), "--suite", "core"]) == 0
+    assert calls == ["suite", "dict", "core", "suite"]

@@ -160,3 +160,16 @@ def test_pooled_activations_equal_per_text_float64_means(tiny_lm, tmp_path):
         tiny_lm.run_to_hooks = tiny_lm_forward
     assert torch.equal(again, resid) and torch.equal(feats2["b"], feats["b"])
     assert math.isfinite(float(resid.sum()))
+
+
+def test_accuracy_se_by_hand():
+    from saekit.evals.probing import accuracy_se
+
+    # one dataset, two classes at 0.5 and 0.9 on 100 test examples each:
+    # var of the mean = (0.25 + 0.09) / 100 / 4 = 0.00085
+    assert accuracy_se([{"a": 0.5, "b": 0.9}], 100) == pytest.approx(0.00085**0.5)
+    # two datasets, the second with one class at 0.5 (var 0.25 / 100): sqrt(sum of vars) / 2
+    assert accuracy_se([{"a": 0.5, "b": 0.9}, {"c": 0.5}], 100) == pytest.approx(
+        (0.00085 + 0.0025) ** 0.5 / 2
+    )
+    assert accuracy_se([{"a": 1.0}], 40) == 0.0

@@ -90,6 +90,7 @@ def test_train_tiny_model_leaves_a_usable_sae_folder(tiny_model_dir, tmp_path):
     assert len(x) == final_eval["eval_tokens"]  # whole windows until 1024 tokens are reached
     assert ev.item() == pytest.approx(final_eval["explained_variance"], abs=1e-5)
     assert "blocks.2.hook_resid_pre" in result.summary
+    assert "model dtype: float32" in result.summary
 
 
 def test_saekit_eval_agrees_with_the_runs_last_evaluation(tiny_model_dir, tmp_path, capsys,

@@ -19,7 +19,6 @@ COMMAND_MODULES: list[str] = [
     "saekit.toy",
     "saekit.export.cli",
     "saekit.steering.cli",
-    "saekit.evals.suite_cli",
     "saekit.autointerp.cli",
     "saekit.serve.cli",
 ]

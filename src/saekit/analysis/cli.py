@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--logits", type=int, default=10, help="tokens per logit table (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the quantile sampling")
     p.add_argument(
+        "--exclude-after-special", type=int, default=0, metavar="N",
+        help="leave out the N positions after each special token (BOS, <|im_start|>, EOS) and "
+        "the first N of each window, where activations are often large for many features "
+        "(default 0: keep them; a feature page warns when they dominate its top examples)",
+    )  # fmt: skip
+    p.add_argument(
         "--autointerp", metavar="DIR", help="show explanations from `saekit explain`'s --out"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -80,6 +86,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be positive, got {args.tokens}")
+    if args.exclude_after_special < 0:
+        raise ValueError(
+            f"--exclude-after-special must be 0 or more, got {args.exclude_after_special}"
+        )
     sae, lm, data = load_sae_and_model(args)
     ids = parse_feature_spec(args.features, sae.cfg.d_sae)
     index = build_dashboard(
@@ -95,6 +105,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
         interp=read_results(args.autointerp) if args.autointerp else None,
+        exclude_after_special=args.exclude_after_special,
     )
     print(f"wrote {index} ({len(ids)} features; {data.describe_special_tokens()})")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -17,10 +18,16 @@ from torch import Tensor
 
 from saekit.analysis.features import Examples, FeatureStats, collect_feature_stats
 from saekit.analysis.logit_lens import LogitEffects, logit_effects, token_strings
+from saekit.analysis.special_positions import after_special_examples, after_special_note
 from saekit.fileio import atomic_write_text
 
 N_QUANTILE_GROUPS = 4
 PER_GROUP = 5
+_ASSETS = resources.files("saekit.analysis")
+CSS, SORT_JS, SEARCH_JS = (
+    (_ASSETS / name).read_text(encoding="utf-8")
+    for name in ("dashboard.css", "dashboard_sort.js", "dashboard_search.js")
+)
 
 
 def feature_page_name(feature: int) -> str:
@@ -40,22 +47,30 @@ def build_dashboard(
     title: str = "SAE features",
     progress: bool = False,
     interp: dict[int, dict] | None = None,
+    exclude_after_special: int = 0,
     **collector_kwargs,
 ) -> Path:
     """One pass over ``batches`` for all ``feature_ids``, then write the dashboard.
 
     ``collector_kwargs`` go to :class:`~saekit.analysis.features.FeatureStatsCollector`
-    (``top_k``, ``n_samples``, ``context_left``, ...). Returns the path of ``index.html``.
+    (``top_k``, ``n_samples``, ``context_left``, ...). ``exclude_after_special=N`` leaves out
+    the N positions after each special token (and the first N of each window). Returns the
+    path of ``index.html``.
     """
     stats = collect_feature_stats(
-        sae, lm, batches, feature_ids, max_tokens=max_tokens, progress=progress, **collector_kwargs
-    )
+        sae, lm, batches, feature_ids, max_tokens=max_tokens, progress=progress,
+        exclude_after_special=exclude_after_special,
+        special_ids=getattr(lm.tokenizer, "all_special_ids", ()), **collector_kwargs,
+    )  # fmt: skip
     effects = logit_effects(sae, lm, feature_ids, k=n_logits)
     meta = sae.cfg.metadata
     subtitle = f"{getattr(meta, 'model_name', '?')} · {getattr(meta, 'hook_name', '?')}"
+    if exclude_after_special:
+        subtitle += f" · {exclude_after_special} position(s) after special tokens excluded"
     return write_dashboard(
-        out_dir, stats, effects, lm.tokenizer, title=title, subtitle=subtitle, interp=interp
-    )
+        out_dir, stats, effects, lm.tokenizer, title=title, subtitle=subtitle, interp=interp,
+        after_special_excluded=exclude_after_special > 0,
+    )  # fmt: skip
 
 
 def write_dashboard(
@@ -67,11 +82,14 @@ def write_dashboard(
     title: str = "SAE features",
     subtitle: str = "",
     interp: dict[int, dict] | None = None,
+    after_special_excluded: bool = False,
 ) -> Path:
     """Write ``index.html``, one ``feature_<id>.html`` per feature and ``features.json``.
 
     ``interp`` maps a feature to its autointerp result (``saekit explain``'s results.jsonl
-    lines): the explanation and scores are shown, and the index is searchable by them."""
+    lines): the explanation and scores are shown, and the index is searchable by them.
+    A feature whose top examples mostly sit right after a special token gets a note (unless
+    ``after_special_excluded``: such positions were left out)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     effects_by_id = {e.feature: e for e in effects}
@@ -81,14 +99,22 @@ def write_dashboard(
     )
     ids = [i for i in ids if i >= 0]
     text = dict(zip(ids, token_strings(tokenizer, ids), strict=False))
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
     summary = []
     for n, feature in enumerate(stats.feature_ids):
         page = _feature_page(n, stats, effects_by_id.get(feature), text, title, subtitle)
+        after, shown, before = after_special_examples(stats, n, special)
+        crowded = not after_special_excluded and shown and 2 * after >= shown
+        if crowded:
+            note = after_special_note(after, shown, [text.get(t, "?") for t in before])
+            page = page.replace('<div class="cols">', note + '<div class="cols">', 1)
         found = (interp or {}).get(feature)
         if found is not None:
             page = page.replace('<div class="cols">', _interp_block(found), 1)
         atomic_write_text(out / feature_page_name(feature), page)
         summary.append(_summary(n, stats, effects_by_id.get(feature), text))
+        summary[-1]["top_after_special"] = round(after / shown, 3) if shown else None
+        summary[-1]["after_special_note"] = bool(crowded)
         if interp is not None:
             summary[-1]["explanation"] = (found or {}).get("explanation")
             summary[-1]["interp_scores"] = _interp_scores(found)
@@ -178,7 +204,8 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
             f'<td data-v="{s["density"]:.6g}">{s["density"]:.3e}</td>'
             f'<td data-v="{s["mean_activation"] or 0:.6g}">{mean}</td>'
             f'<td data-v="{s["max_activation"]:.6g}">{s["max_activation"]:.3g}</td>'
-            f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}</td>"
+            f"<td>{_token_list(s['top_activating_tokens']) if not dead else 'never fires'}"
+            f"{_CROWDED if s.get('after_special_note') else ''}</td>"
             f"<td>{_token_list(s['top_boosted_tokens'])}</td>"
             + (_interp_cell(s) if with_interp else "")
             + "</tr>"
@@ -199,6 +226,12 @@ def _index_page(summary: list[dict], stats: FeatureStats, title: str, subtitle: 
         )
         body = body.replace('<table id="features"', search + '<table id="features"', 1)
     return _page(title, body, SORT_JS + (SEARCH_JS if with_interp else ""))
+
+
+_CROWDED = (
+    ' <span class="sub" title="at least half of the top examples sit right after a special '
+    'token: see the feature page">(after special tokens)</span>'
+)
 
 
 def _interp_cell(s: dict) -> str:
@@ -307,26 +340,29 @@ def _quantile_groups(n: int, stats: FeatureStats, max_act: float, text: dict[int
     return "".join(out)
 
 
-def _histogram_svg(n: int, stats: FeatureStats, width: int = 420, height: int = 140) -> str:
+def _histogram_svg(n: int, stats: FeatureStats, width: int = 420, height: int = 160) -> str:
     counts = stats.hist_counts_FH[n].tolist()
     used = max((i + 1 for i, c in enumerate(counts) if c), default=0)
     if not used:
         return '<p class="sub">No nonzero activations.</p>'
     edges = stats.hist_edges(n).tolist()
-    peak, bar_w, plot_h = max(counts), width / used, height - 20
+    top = 16  # room for the y label above the bars
+    peak, bar_w, plot_h = max(counts), width / used, height - 34 - top
     bars = []
     for i in range(used):
         h = plot_h * counts[i] / peak
         bars.append(
-            f'<rect class="bar" x="{i * bar_w:.2f}" y="{plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}" '
+            f'<rect class="bar" x="{i * bar_w:.2f}" y="{top + plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}" '
             f'height="{h:.2f}"><title>{edges[i]:.4g} – {edges[i + 1]:.4g}: {counts[i]}</title></rect>'
         )
     return (
         f'<svg class="hist" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}">{"".join(bars)}'
-        f'<text x="0" y="{height - 4}">0</text>'
-        f'<text x="{width}" y="{height - 4}" text-anchor="end">{edges[used]:.3g}</text>'
-        f'<text x="{width}" y="12" text-anchor="end">max count {peak}</text></svg>'
+        f'<text x="0" y="{top + plot_h + 13}">0</text>'
+        f'<text x="{width}" y="{top + plot_h + 13}" text-anchor="end">{edges[used]:.3g}</text>'
+        f'<text class="axis" x="{width / 2}" y="{height - 3}" text-anchor="middle">'
+        "activation (firing positions only)</text>"
+        f'<text class="axis" x="2" y="12">positions (tallest bar: {peak:,})</text></svg>'
     )
 
 
@@ -347,51 +383,3 @@ def _logit_tables(effects: LogitEffects | None) -> str:
         + table(effects.negative, "neg", "suppressed")
         + "</div>"
     )
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222;max-width:1200px}
-h1{margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}h3{font-size:.95em;margin:.8em 0 .3em;color:#555}
-.sub{color:#666;font-size:.9em}nav{font-size:.9em}a{color:#0645ad}
-table{border-collapse:collapse}th,td{padding:.2em .6em;text-align:left;vertical-align:top}
-table.index{width:100%}table.index th{cursor:pointer;border-bottom:2px solid #ccc;user-select:none}
-table.index tr:nth-child(even){background:#f6f6f6}td[data-v]{white-space:nowrap}tr.dead{color:#aaa}
-table.facts th{font-weight:normal;color:#555}
-.cols{display:flex;gap:2em;flex-wrap:wrap}
-code.t{background:#eef;border-radius:3px;padding:0 .2em;white-space:pre}
-.ws{color:#aaa}
-.examples{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
-.ex{display:flex;gap:.8em;padding:.15em 0;border-bottom:1px solid #eee}
-.val{min-width:4.5em;text-align:right;color:#555}
-.ctx{white-space:pre-wrap;word-break:break-all}
-.tok{border-radius:2px;padding:0 1px}.tok.cur{outline:1px solid #333}
-svg.hist rect.bar{fill:#f60}svg.hist text{font-size:11px;fill:#555}
-td.pos{color:#06c}td.neg{color:#c30}
-p.interp{font-size:1.05em;background:#f4f8ff;padding:.4em .6em;border-radius:4px}
-"""
-
-SORT_JS = """
-document.querySelectorAll('table.index th').forEach(function(th, col){
-  th.addEventListener('click', function(){
-    var body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
-    var desc = th.dataset.desc !== '1'; th.dataset.desc = desc ? '1' : '0';
-    rows.sort(function(a, b){
-      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-      if (x === undefined) { x = a.cells[col].textContent; y = b.cells[col].textContent;
-        return desc ? y.localeCompare(x) : x.localeCompare(y); }
-      return desc ? y - x : x - y;
-    });
-    rows.forEach(function(r){ body.appendChild(r); });
-  });
-});
-"""
-
-SEARCH_JS = """
-document.getElementById('search').addEventListener('input', function(e){
-  var q = e.target.value.toLowerCase();
-  document.querySelectorAll('table.index tbody tr').forEach(function(r){
-    var cell = r.querySelector('td.expl');
-    r.style.display = !q || (cell && cell.textContent.toLowerCase().indexOf(q) >= 0) ? '' : 'none';
-  });
-});
-"""

@@ -10,7 +10,9 @@ For a set of requested features, :class:`FeatureStatsCollector` keeps, batch by 
 - a uniform random sample of firing positions (bottom-k sampling: each firing position gets a
   uniform random key, the k largest keys are kept), used for the lower-quantile examples.
 
-Positions where ``keep_mask`` is False (BOS, EOS, pad) count nowhere and show activation 0.
+Positions where ``keep_mask`` is False (BOS, EOS, pad) count nowhere and show activation 0;
+so do, with ``exclude_after_special=N``, the N positions after each special token and the
+first N of each window (see ``special_positions.after_special_mask``).
 """
 
 from __future__ import annotations
@@ -268,6 +270,8 @@ def collect_feature_stats(
     hook: str | None = None,
     max_tokens: int | None = None,
     progress: bool = False,
+    exclude_after_special: int = 0,
+    special_ids: Sequence[int] = (),
     **collector_kwargs,
 ) -> FeatureStats:
     """One model pass over ``batches`` of ``(input_ids_BT, keep_mask_BT)``.
@@ -275,7 +279,9 @@ def collect_feature_stats(
     Each batch runs the model up to ``hook`` (default: the SAE's ``metadata.hook_name``), encodes
     the activations with the SAE and feeds the requested features to a
     :class:`FeatureStatsCollector` (``collector_kwargs`` go there). Stops after the batch in
-    which ``max_tokens`` kept tokens have been seen.
+    which ``max_tokens`` kept tokens have been seen. With ``exclude_after_special=N``, the
+    positions ``special_positions.after_special_mask`` marks (given the tokenizer's ``special_ids``) are
+    not kept.
     """
     from tqdm.auto import tqdm
 
@@ -287,6 +293,10 @@ def collect_feature_stats(
     for input_ids_BT, keep_BT in batches:
         acts_BTD = lm.run_to_hooks(input_ids_BT.to(lm.device), [hook])[hook]
         feats_BTF = sae.encode(acts_BTD.to(device, next(sae.parameters()).dtype))[..., ids_F]
+        if exclude_after_special > 0:
+            from saekit.analysis.special_positions import after_special_mask
+
+            keep_BT = keep_BT & ~after_special_mask(input_ids_BT, special_ids, exclude_after_special)
         before = collector.n_tokens
         collector.update(input_ids_BT, keep_BT, feats_BTF)
         bar.update(collector.n_tokens - before)

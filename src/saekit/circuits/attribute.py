@@ -14,12 +14,12 @@ Shapes: B targets in a batch, T positions, D d_model, L layers, N features, K lo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from saekit.circuits.graph import Graph, influence, normalize_rows
+from saekit.circuits.graph import Graph, normalize_rows
 from saekit.circuits.replacement import Prompt, ReplacementModel
 
 
@@ -77,7 +77,7 @@ class Attributor:
             vecs = enc[layer]
             if model.transcoders.read == "normed":
                 pos = feats[self.layer_rows[layer], 1]
-                vecs = vecs * self.fz.layers[layer].post_attention_layernorm.weight * run.scale_mlp_LT1[layer][pos]
+                vecs = self.fz.read_vectors(run, layer, vecs, pos)
             self.encoder_ND[self.layer_rows[layer]] = vecs
         self.feats = feats
 
@@ -158,6 +158,7 @@ def attribute(
     batch_size: int = 256,
     max_feature_nodes: int | None = None,
     update_every: int = 4,
+    frozen_positions: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Graph:
     """The attribution graph of a prompt (dense adjacency, unpruned).
@@ -169,28 +170,66 @@ def attribute(
         max_feature_nodes: keep at most this many features, chosen greedily by their
             influence on the logits in the rows computed so far (None: every active feature).
         update_every: with `max_feature_nodes`, re-rank after this many batches.
+        frozen_positions: positions whose MLP outputs are held (no nodes there; see
+            `ReplacementModel.prepare`); ignored when a prepared `Prompt` is given.
         progress: called with (rows done, rows total).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
-    prompt = input_ids_T if isinstance(input_ids_T, Prompt) else model.prepare(input_ids_T)
+    if isinstance(input_ids_T, Prompt):
+        prompt = input_ids_T
+    else:
+        prompt = model.prepare(input_ids_T, frozen_positions)
     logit_ids, logit_probs = select_logits(prompt.run.logits_TV[-1], max_logits, desired_prob)
     att = Attributor(model, prompt, logit_ids)
     N, K = att.n_features, len(logit_ids)
     keep = N if max_feature_nodes is None else min(max_feature_nodes, N)
     logit_rows = att.logit_rows().cpu()
-    feature_rows = torch.zeros(keep, att.n_sources, dtype=logit_rows.dtype)
+    S = att.n_sources
+    n_nodes = keep + S - N + K
+    adjacency = torch.zeros(n_nodes, n_nodes, dtype=logit_rows.dtype)
+    if keep == N:  # every feature, in order: rows go straight into the adjacency, no copies
+        for part in torch.arange(N).split(batch_size):
+            adjacency[int(part[0]) : int(part[-1]) + 1, :S] = att.feature_rows(part).cpu()
+            if progress:
+                progress(int(part[-1]) + 1 + K, N + K)
+        adjacency[S:, :S] = logit_rows
+        chosen = torch.arange(N)
+    else:
+        chosen = _greedy_rows(att, adjacency, logit_rows, logit_probs, keep, batch_size,
+                              update_every, progress)  # fmt: skip
+    return Graph(
+        prompt=prompt_text if prompt_text is not None else _decode(model, prompt.input_ids_T),
+        input_ids_T=prompt.input_ids_T, features_N3=prompt.features_N3[chosen],
+        acts_N=prompt.acts_N.cpu()[chosen], logit_ids_K=logit_ids.cpu(),
+        logit_probs_K=logit_probs.cpu(), adjacency=adjacency, n_layers=model.n_layers,
+        info={"active_features": N, "seconds": round(time.perf_counter() - start, 3),
+              "frozen_positions": prompt.frozen_T.nonzero()[:, 0].tolist()},
+    )  # fmt: skip
+
+
+def _greedy_rows(
+    att: Attributor,
+    adjacency: Tensor,
+    logit_rows_KS: Tensor,
+    probs_K: Tensor,
+    keep: int,
+    batch_size: int,
+    update_every: int,
+    progress: Callable[[int, int], None] | None,
+) -> Tensor:
+    """Fill `adjacency` with the rows of the `keep` features most influential on the logits,
+    re-ranked every `update_every` batches from the rows so far; their indices, sorted."""
+    N, K = att.n_features, logit_rows_KS.shape[0]
+    feature_rows = torch.zeros(keep, att.n_sources, dtype=logit_rows_KS.dtype)
     order = torch.zeros(keep, dtype=torch.long)
     visited = torch.zeros(N, dtype=torch.bool)
     done = 0
     while done < keep:
-        if keep == N:
-            pending = torch.arange(N)
-        else:
-            ranking = _partial_influence(logit_rows, logit_probs, feature_rows[:done], order[:done], N)
-            ranking = ranking.argsort(descending=True)
-            pending = ranking[~visited[ranking]][: min(update_every * batch_size, keep - done)]
+        ranking = _partial_influence(logit_rows_KS, probs_K, feature_rows[:done], order[:done], N)
+        ranking = ranking.argsort(descending=True)
+        pending = ranking[~visited[ranking]][: min(update_every * batch_size, keep - done)]
         for part in pending.split(batch_size):
             feature_rows[done : done + len(part)] = att.feature_rows(part).cpu()
             order[done : done + len(part)] = part
@@ -200,32 +239,32 @@ def attribute(
                 progress(done + K, keep + K)
     selected = order.sort()
     cols = torch.cat([selected.values, torch.arange(N, att.n_sources)])
-    n_nodes = keep + att.n_sources - N + K
-    adjacency = torch.zeros(n_nodes, n_nodes, dtype=logit_rows.dtype)
-    adjacency[:keep, : n_nodes - K] = feature_rows[selected.indices][:, cols]
-    adjacency[n_nodes - K :, : n_nodes - K] = logit_rows[:, cols]
-    chosen = selected.values
-    return Graph(
-        prompt=prompt_text if prompt_text is not None else _decode(model, prompt.input_ids_T),
-        input_ids_T=prompt.input_ids_T, features_N3=prompt.features_N3[chosen],
-        acts_N=prompt.acts_N.cpu()[chosen], logit_ids_K=logit_ids.cpu(),
-        logit_probs_K=logit_probs.cpu(), adjacency=adjacency, n_layers=model.n_layers,
-        info={"active_features": N, "seconds": round(time.perf_counter() - start, 3)},
-    )  # fmt: skip
+    inner = adjacency.shape[0] - K
+    adjacency[:keep, :inner] = feature_rows[selected.indices][:, cols]
+    adjacency[inner:, :inner] = logit_rows_KS[:, cols]
+    return selected.values
 
 
 def _partial_influence(
     logit_rows_KS: Tensor, probs_K: Tensor, rows_MS: Tensor, order_M: Tensor, n_features: int
 ) -> Tensor:
-    """Influence on the logits of every feature, from the rows computed so far."""
-    K, S = logit_rows_KS.shape
-    # Square matrix over [sources..., logits]: computed feature rows at their own index.
-    A = torch.zeros(S + K, S + K, dtype=logit_rows_KS.dtype)
-    A[order_M, :S] = rows_MS
-    A[S:, :S] = logit_rows_KS
-    weights = torch.zeros(S + K, dtype=A.dtype)
-    weights[S:] = probs_K.to(A.dtype)
-    return influence(normalize_rows(A), weights)[:n_features]
+    """Influence on the logits of every feature, from the rows computed so far.
+
+    The same series as `graph.influence` on the square adjacency, kept to its computed rows
+    ([M + K, S], not [S + K, S + K]): a step from the sources reaches further only through the
+    features whose rows are known.
+    """
+    M = len(order_M)
+    rows = normalize_rows(torch.cat([rows_MS, logit_rows_KS]))
+    current = probs_K.to(rows.dtype) @ rows[M:]
+    total = current.clone()
+    for _ in range(10_000):  # acyclic: ends after the longest path
+        arriving = current[order_M]
+        if not arriving.any():
+            return total[:n_features]
+        current = arriving @ rows[:M]
+        total += current
+    raise RuntimeError("feature ranking did not converge (is the graph cyclic?)")
 
 
 def _decode(model: ReplacementModel, ids_T: Tensor) -> str:

@@ -56,6 +56,8 @@ class CleanRun:
         scale_attn_LT1, scale_mlp_LT1, scale_final_T1: frozen RMSNorm denominators (1/RMS).
         pattern_LHTT: frozen attention patterns (softmax output).
         logits_TV: the model's logits.
+        const_TD: a constant added to the token embeddings (TransformerLens positional
+            embeddings), or None.
     """
 
     embed_TD: Tensor
@@ -66,6 +68,7 @@ class CleanRun:
     scale_final_T1: Tensor
     pattern_LHTT: Tensor
     logits_TV: Tensor
+    const_TD: Tensor | None = None
 
 
 class FrozenModel:
@@ -169,6 +172,11 @@ class FrozenModel:
         """A direction read after the post-attention norm, as one read from the residual."""
         return vec_BTD * self.layers[layer].post_attention_layernorm.weight * run.scale_mlp_LT1[layer]
 
+    def read_vectors(self, run: CleanRun, layer: int, vecs_ND: Tensor, pos_N: Tensor) -> Tensor:
+        """Directions read after the post-attention norm at positions, as read from the residual."""
+        norm = self.layers[layer].post_attention_layernorm
+        return vecs_ND * norm.weight * run.scale_mlp_LT1[layer][pos_N]
+
     def final_adjoint(self, run: CleanRun, direction_D: Tensor, position: int) -> Tensor:
         """A direction read from the final norm's output at `position`, as one read from the
         final residual stream, [D]."""
@@ -181,3 +189,12 @@ class FrozenModel:
     def unembed_bias(self) -> Tensor | None:
         """[V] or None."""
         return self.hf.get_output_embeddings().bias
+
+
+def frozen_model(lm) -> FrozenModel:
+    """The frozen model of `lm`'s backend: HF Llama family, or TransformerLens (`tl:`)."""
+    if lm.backend == "tl":
+        from saekit.circuits.frozen_tl import TLFrozenModel
+
+        return TLFrozenModel(lm)  # type: ignore[return-value]
+    return FrozenModel(lm)

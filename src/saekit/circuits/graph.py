@@ -83,15 +83,17 @@ class Graph:
         return weights
 
     def save(self, path: str) -> None:
-        """Write the graph as safetensors (tensors) + its text fields in the metadata."""
+        """Write the graph (atomically) as safetensors: tensors + its text fields in the metadata."""
         import json
 
         from safetensors.torch import save_file
 
+        from saekit.fileio import atomic_write
+
         tensors = {k: getattr(self, k).contiguous() for k in
                    ("input_ids_T", "features_N3", "acts_N", "logit_ids_K", "logit_probs_K", "adjacency")}  # fmt: skip
         meta = {"prompt": self.prompt, "n_layers": str(self.n_layers), "info": json.dumps(self.info)}
-        save_file(tensors, path, metadata=meta)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @staticmethod
     def load(path: str) -> Graph:

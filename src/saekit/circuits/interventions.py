@@ -80,7 +80,8 @@ def intervene(
 ) -> InterventionResult:
     """Scale feature `(layer, position, feature)` by `factor` (0 ablates) and compare."""
     node = graph.feature_index(*feature)
-    prompt = prompt if prompt is not None else model.prepare(graph.input_ids_T)
+    if prompt is None:
+        prompt = model.prepare(graph.input_ids_T, graph.info.get("frozen_positions"))
     layer, pos, feat = feature
     value = float(graph.acts_N[node]) * factor
     ids = graph.logit_ids_K

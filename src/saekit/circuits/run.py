@@ -18,7 +18,7 @@ from saekit.circuits.attribute import attribute
 from saekit.circuits.export import graph_json
 from saekit.circuits.graph import Graph, prune, scores
 from saekit.circuits.interventions import intervene
-from saekit.circuits.replacement import Prompt, ReplacementModel
+from saekit.circuits.replacement import Prompt, ReplacementModel, special_positions
 from saekit.circuits.transcoders import PerLayerTranscoders
 from saekit.circuits.viewer import write_viewer
 from saekit.fileio import atomic_write_text
@@ -40,6 +40,7 @@ def load_replacement(
         if not spec:
             raise ValueError("the transcoders record no model_name; pass --model")
         model = load_model(spec, device=device, dtype=dtype)
+    saes = [s.to(device=model.device, dtype=model.dtype) for s in saes]  # --dtype: one dtype throughout
     return ReplacementModel(model, PerLayerTranscoders(saes, model.n_layers))
 
 
@@ -67,8 +68,8 @@ def estimate_memory(
         "clean_forward": 4 * (T * D * (3 * L + 1) + L * H * T * T + T * V),
         "feature_vectors": 4 * 2 * n_features * D,
         "backward_sweep": 4 * batch_size * (3 * T * D + 2 * -(-n_features // L) + sources),
-        "adjacency_rows": 4 * (kept + 10) * sources,
-        "feature_ranking": 4 * 2 * (sources + 10) ** 2 if kept < n_features else 0,
+        "adjacency_rows": 4 * 2 * (kept + 10) * sources if kept < n_features else 0,
+        "feature_ranking": 4 * 2 * (kept + 10) * sources if kept < n_features else 0,
         "adjacency_and_pruning": 4 * 4 * nodes * nodes,
     }
     parts["total"] = sum(parts.values())
@@ -121,6 +122,7 @@ def trace_prompt(
     max_feature_nodes: int | None = None,
     check_features: int = 5,
     prepend_bos: bool = True,
+    exclude_special_tokens: bool = True,
     feature_info: dict[str, dict] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> TraceResult:
@@ -128,10 +130,13 @@ def trace_prompt(
 
     Files in `out`: `<slug>.json` (circuit-tracer / Neuronpedia schema), `index.html` (the
     offline viewer), `graph.safetensors` (the dense graph), `interventions.json`.
+    With `exclude_special_tokens` (as the transcoders were trained, by default), the MLP
+    outputs at BOS/EOS/padding positions are held at their clean values: no nodes there.
     """
     start = time.perf_counter()
     ids = tokenize(model, text, prepend_bos)
-    prompt: Prompt = model.prepare(ids)
+    frozen = special_positions(model.lm, ids) if exclude_special_tokens else None
+    prompt: Prompt = model.prepare(ids, frozen)
     estimate = estimate_memory(model, len(ids), len(prompt.acts_N), batch_size, max_feature_nodes)
     log(f"{len(ids)} tokens, {len(prompt.acts_N)} active features; memory estimate "
         f"{_gib(estimate['total'])} (" + ", ".join(f"{k} {_gib(v)}" for k, v in estimate.items()

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(p)
     p.add_argument(
         "--tokens", type=count_arg, required=True, metavar="N",
-        help="tokens to cache, at least: 409600, 400k, 1M",
+        help="tokens to cache, e.g. 409600, 400k, 1M: rounded up to whole forwards, and fewer "
+        "if the dataset ends first (builtin:python-docs holds about 416k training tokens)",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument(

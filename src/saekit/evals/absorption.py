@@ -198,10 +198,19 @@ def _summarise(details: list[dict[str, Any]], min_letters: int) -> dict[str, Any
             }
         },  # fmt: skip
         "eval_result_details": details,
+        "standard_errors": {  # saekit's: the spread over letters / sqrt(letters)
+            "mean_absorption_fraction_score": _se(frac_sd, len(kept)),
+            "mean_full_absorption_score": _se(full_sd, len(kept)),
+            "mean_num_split_features": _se(split_sd, len(kept)),
+        },
         "letters_qualifying": [d["first_letter"] for d in kept],
         "min_letters_saebench": min_letters,
         "saebench_would_report": len(kept) >= min_letters,
     }
+
+
+def _se(sd: float | None, n: int) -> float | None:
+    return None if sd is None else sd / math.sqrt(n)
 
 
 def run_absorption(

@@ -33,7 +33,7 @@ from saekit.evals.spliced import ablated, loss_positions, next_token_targets
 from saekit.fileio import atomic_write
 from saekit.paths import cache_root
 
-FORMAT = 1  # bump when what a baseline holds, or how it is computed, changes
+FORMAT = 2  # bump when what a baseline holds, or how it is computed, changes
 MEMORY_LARGE_BYTES = 1 << 30  # residual streams kept in memory up to this size, in all
 DISK_LARGE_BYTES = 1 << 28  # ... and written to disk up to this size
 MEMORY_ENTRIES = 4
@@ -48,6 +48,8 @@ class BatchBaseline:
     Attributes:
         ce_clean_M: next-token CE of the clean model at the M counted positions.
         ce_zero_M, ce_mean_M: the same with each output hook zero- / mean-ablated.
+        kl_zero_M: KL(clean || zero-ablated) at the counted positions, per output hook (the
+            denominator of SAEBench's `kl_div_score`).
         resid_BTD: the residual stream at the fork (`ForkedModel.prefix`).
         clean: the clean next-token distribution at the counted positions, for the KL.
     """
@@ -55,6 +57,7 @@ class BatchBaseline:
     ce_clean_M: Tensor
     ce_zero_M: dict[str, Tensor]
     ce_mean_M: dict[str, Tensor] = field(default_factory=dict)
+    kl_zero_M: dict[str, Tensor] = field(default_factory=dict)
     resid_BTD: Tensor | None = None
     clean: CleanDistribution | None = None
 
@@ -83,6 +86,7 @@ class Baseline:
             tensors[f"{i}.clean"] = b.ce_clean_M
             tensors.update({f"{i}.zero.{h}": ce for h, ce in b.ce_zero_M.items()})
             tensors.update({f"{i}.mean.{h}": ce for h, ce in b.ce_mean_M.items()})
+            tensors.update({f"{i}.klzero.{h}": kl for h, kl in b.kl_zero_M.items()})
             if with_large:
                 large = {"resid": b.resid_BTD, **_clean_tensors(b.clean)}
                 tensors.update({f"{i}.{k}": t for k, t in large.items() if t is not None})
@@ -109,7 +113,7 @@ class Baseline:
 
             batches.append(
                 BatchBaseline(
-                    tensors[prefix + "clean"], part("zero"), part("mean"),
+                    tensors[prefix + "clean"], part("zero"), part("mean"), part("klzero"),
                     tensors.get(prefix + "resid"), _clean_from(tensors, prefix),
                 )
             )  # fmt: skip
@@ -235,8 +239,8 @@ def compute_baseline(
         ce_clean_M, clean = clean_losses(forked, clean_in_MD, targets_M)
         record = BatchBaseline(ce_clean_M, {})
         for hook in hooks_out:
-            record.ce_zero_M[hook] = ablated_ce(
-                forked, resid_BTD, input_ids_BT, keep_BT, hook, None
+            record.ce_zero_M[hook], record.kl_zero_M[hook] = ablated_losses(
+                forked, resid_BTD, input_ids_BT, keep_BT, hook, None, clean
             )
             if hook in mean_acts:
                 record.ce_mean_M[hook] = ablated_ce(
@@ -269,10 +273,26 @@ def ablated_ce(
     value_D: Tensor | None,
 ) -> Tensor:
     """Next-token CE at the counted positions with `hook` zero- (None) or value-ablated."""
+    return ablated_losses(forked, resid_BTD, input_ids_BT, keep_BT, hook, value_D)[0]
+
+
+def ablated_losses(
+    forked: ForkedModel,
+    resid_BTD: Tensor | None,
+    input_ids_BT: Tensor,
+    keep_BT: Tensor,
+    hook: str,
+    value_D: Tensor | None,
+    clean: CleanDistribution | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`ablated_ce` and, given the clean distribution, KL(clean || ablated) at the same
+    positions (else an empty tensor)."""
     positions_BT = loss_positions(keep_BT)
     with ablated(forked.lm, hook, value_D, keep_BT):
         head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-    return token_losses(forked, head_in_MD, next_token_targets(input_ids_BT, positions_BT))[0]
+    targets_M = next_token_targets(input_ids_BT, positions_BT)
+    ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
+    return ce_M, (kl_M if kl_M is not None else ce_M.new_zeros(0))
 
 
 _CLEAN_FIELDS = {"clean_in": "head_in_MD", "clean_u": "u_MD", "clean_k": "k_M"}

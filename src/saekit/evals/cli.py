@@ -1,4 +1,4 @@
-"""`saekit eval SAE_FOLDER`: every metric of a saved SAE, as a table + PNG or as JSON."""
+"""`saekit eval SAE...`: the core metrics of one SAE as a table + PNG or JSON, or the suite."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from saekit.dtypes import DTYPES
 from saekit.evals.baseline import BaselineStore
 from saekit.evals.evaluate import evaluate_sae, scalar_metrics
 from saekit.evals.metrics import DENSE_THRESHOLD
+from saekit.evals.suite_cli import REPORT_FILE, add_suite_arguments, run_suite_command
 from saekit.fileio import atomic_write_text
 from saekit.models.loading import resolve_device
 from saekit.settings import count_arg
@@ -30,35 +31,65 @@ RESULT_FILE = "eval.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` sub-command."""
+    """Add the `eval` sub-command (`eval-suite` is another name for `eval --suite all`)."""
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a saved SAE: L0, explained variance, CE loss recovered, KL, density",
-        description="Evaluate an SAE folder (saekit or SAELens layout) spliced into its model. "
-        "The data settings (model, hook, dataset, context, BOS and special-token conventions, "
-        "holdout rule) come from the folder's provenance record unless given; by default the "
-        f"held-back documents (every {HOLDOUT_EVERY}th) are used. The report names the "
-        "special-token convention and where it came from.",
+        aliases=["eval-suite"],
+        help="evaluate saved SAEs: core metrics (L0, explained variance, CE loss recovered, "
+        "KL, density), sparse probing, feature absorption; several side by side",
+        description="Evaluate SAE folders (saekit or SAELens layout), or sweep folders holding "
+        "them. The data settings (model, hook, dataset, context, BOS and special-token "
+        "conventions, holdout rule) come from each folder's provenance record unless given; "
+        f"by default the held-back documents (every {HOLDOUT_EVERY}th) are used. One SAE "
+        f"without --suite: the core metrics as a table, {RESULT_FILE} and {HISTOGRAM_FILE}. "
+        "With --suite core,probing,absorption (or several SAEs): one JSON per SAE with "
+        "SAEBench's key names and, for several, a comparison table and plots.",
     )
     parser.add_argument(
-        "sae", metavar="SAE_FOLDER",
-        help="folder with cfg.json + sae_weights; or a CLT or crosscoder folder, or a run "
-        "folder of per-layer transcoders (--transcoders), evaluated as a replacement model",
+        "saes", nargs="+", metavar="SAE", help="SAE folder (cfg.json + sae_weights), or a "
+        "folder of SAE folders (a sweep); one CLT or crosscoder folder, or a run folder of "
+        "per-layer transcoders, is evaluated as a replacement model (without --suite)",
     )  # fmt: skip
     add_data_arguments(parser, for_sae=True)
     parser.add_argument(
         "--tokens", type=count_arg, default=16_384, metavar="N",
-        help="evaluation tokens: 16384, 16k, 1M (default: 16384)",
+        help="core: evaluation tokens: 16384, 16k, 1M (default: 16384)",
     )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
     parser.add_argument(
         "--out",
-        help=f"folder for {HISTOGRAM_FILE} and {RESULT_FILE} (default: the SAE folder; "
-        "with --json nothing is written unless --out is given)",
+        help=f"folder for the reports (default: the SAE folder gets {RESULT_FILE} or "
+        f"{REPORT_FILE}, a sweep's comparison goes to the SAEs' common parent; with --json and "
+        "one SAE without --suite nothing is written unless --out is given)",
     )
+    add_suite_arguments(parser)
     parser.set_defaults(func=run_eval_command)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """One folder without --suite: a CLT, crosscoder or transcoder set as a replacement model,
+    else one SAE's core table; otherwise (--suite, several SAEs, a sweep) the suite."""
+    from saekit.evals.dictionaries import dictionary_kind, run_dictionary_eval
+
+    first = Path(args.saes[0])
+    if args.suite is None and args.command == "eval" and len(args.saes) == 1:
+        if args.tokens < 1:
+            raise ValueError("--tokens must be positive")
+        kind = dictionary_kind(first)  # a CLT, a transcoder set or a crosscoder
+        if kind is not None and (kind != "transcoders" or _all_transcoders(first)):
+            return run_dictionary_eval(args, first, kind)
+        if (first / "cfg.json").is_file() or not first.is_dir():
+            return run_core_eval(args)
+    return run_suite_command(args)  # a sweep folder of plain SAEs comes here too
+
+
+def _all_transcoders(folder: Path) -> bool:
+    """Whether every SAE folder in `folder` writes another hook than it reads."""
+    cfgs = sorted(folder.glob("*/cfg.json"))
+    metas = [json.loads(c.read_text()).get("metadata") or {} for c in cfgs]
+    return bool(metas) and all(m.get("hook_name_out") for m in metas)
 
 
 def _load_model(data: DataSettings, device):
@@ -72,18 +103,11 @@ def _load_model(data: DataSettings, device):
         raise ValueError(f"cannot load model {data.model!r}: {err}") from err
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
-    """Load the SAE and its model, evaluate, and report."""
+def run_core_eval(args: argparse.Namespace) -> int:
+    """Load one SAE and its model, evaluate the core metrics, and report."""
     from saekit.saes import SAE
 
-    folder = Path(args.sae)
-    if args.tokens < 1:
-        raise ValueError("--tokens must be positive")
-    from saekit.evals.dictionaries import dictionary_kind, run_dictionary_eval
-
-    kind = dictionary_kind(folder)  # a CLT, a transcoder set or a crosscoder
-    if kind is not None:
-        return run_dictionary_eval(args, folder, kind)
+    folder = Path(args.saes[0])
     if not (folder / "cfg.json").is_file():
         raise FileNotFoundError(f"{folder} is not an SAE folder: no cfg.json in it")
     if args.tokens < 1:
@@ -130,7 +154,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         from saekit.training.report import plot_density_histogram
 
         plot_density_histogram(
-            {str(folder): result["log10_feature_density"]}, out_dir / HISTOGRAM_FILE
+            {str(folder): result["log10_feature_density"]}, out_dir / HISTOGRAM_FILE,
+            window=f"{int(result['tokens']):,} held-back tokens",
         )
     if args.json:
         print(json.dumps(_json_safe(report)))
@@ -140,8 +165,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
             print(f"\nwrote {out_dir / RESULT_FILE} and {out_dir / HISTOGRAM_FILE}")
     broken = [k for k in MUST_BE_FINITE if not math.isfinite(report[k])]
     if broken:
-        print(f"saekit eval: error: {', '.join(broken)} not finite: the SAE's outputs hold "
-              "NaN/inf", file=sys.stderr)
+        print(
+            f"saekit eval: error: {', '.join(broken)} not finite: the SAE's outputs hold NaN/inf",
+            file=sys.stderr,
+        )
         return 3
     return 0
 
@@ -165,7 +192,7 @@ _TABLE_ROWS = (
     ("ce_loss_recovered", "CE loss recovered (vs zero abl.)"),
     ("ce_loss_recovered_mean_ablation", "CE loss recovered (vs mean abl.)"),
     ("kl_div", "KL(clean || spliced) per token"),
-    ("dead_fraction", "dead features (never fired)"),
+    ("dead_fraction", "dead features (never fired in these tokens)"),
     ("dense_fraction", f"dense features (density > {DENSE_THRESHOLD})"),
 )
 

@@ -1,8 +1,8 @@
 """What an SAE expects of its inputs: model, hook, BOS and special tokens, in one place.
 
 Every evaluation of the suite (probing, absorption, reports) reads these through
-`sae_conventions`, so when the provenance record (`saekit.data.provenance`) lands only this
-function changes.
+`sae_conventions`, a view of the SAE's provenance record (`saekit.data.provenance`); `saekit
+eval` writes the data flags given into that record first, so flags and folders agree.
 """
 
 from __future__ import annotations

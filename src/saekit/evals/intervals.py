@@ -11,6 +11,7 @@ reports are reproducible) and returns the standard deviation of each metric over
 - explained variance: 1 - SSE / SST, SST around the redrawn tokens' mean;
 - CE loss recovered: (zero - spliced) / (zero - clean), each a sum of next-token CE;
 - KL: the sum of per-token KL over the number of counted tokens;
+- KL score: (sum of zero-ablated KL - sum of spliced KL) / sum of zero-ablated KL;
 - dead fraction: features that fire in none of the redrawn units. It is skipped (NaN) when
   units x features exceeds `MAX_FIRING_ENTRIES`.
 
@@ -30,7 +31,13 @@ from torch import Tensor
 
 RESAMPLES = 200
 MAX_FIRING_ENTRIES = 1 << 24
-SE_KEYS = ("explained_variance_se", "ce_loss_recovered_se", "kl_div_se", "dead_fraction_se")
+SE_KEYS = (
+    "explained_variance_se",
+    "ce_loss_recovered_se",
+    "kl_div_se",
+    "kl_div_score_se",
+    "dead_fraction_se",
+)
 
 
 def document_units(keep_masks: Sequence[Tensor]) -> list[Tensor]:
@@ -110,6 +117,14 @@ class UnitSums:
         for name, value_M in values_M.items():
             self._add(name, units_M, value_M.double())
 
+    def merge(self, other: UnitSums) -> None:
+        """Add `other`'s sums (the same units numbering, e.g. another rank's windows)."""
+        for name, parts in other._parts.items():
+            self._parts.setdefault(name, []).extend(parts)
+        if not (self.fires and other.fires):
+            self.fires = False
+            self._parts.pop("fires", None)
+
     def totals(self) -> dict[str, Tensor]:
         """Every sum per unit, `[U]` or `[U, D]`; `fires` as 0/1 (fired in the unit)."""
         n_units = 1 + max(
@@ -126,16 +141,34 @@ class UnitSums:
 
 
 def standard_errors(sums: UnitSums, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, float]:
-    """Bootstrap standard errors of the headline metrics (NaN with fewer than two units)."""
+    """Bootstrap standard errors of the headline metrics (NaN with fewer than two units).
+
+    When the losses cover only some units (`evaluate_saes(ce_tokens=...)`), their standard
+    errors come from a bootstrap over those units alone."""
     totals = sums.totals()
-    n_units = totals["tokens"].numel() if "tokens" in totals else 0
     result = dict.fromkeys(SE_KEYS, math.nan)
+    result.update(_bootstrap(totals, resamples, seed))
+    counted = totals.get("counted")
+    if counted is not None and bool((counted == 0).any()):
+        with_losses = counted > 0
+        part = _bootstrap({k: t[with_losses] for k, t in totals.items()}, resamples, seed)
+        for key in LOSS_SE_KEYS:
+            result[key] = part.get(key, math.nan)
+    return result
+
+
+LOSS_SE_KEYS = ("ce_loss_recovered_se", "kl_div_se", "kl_div_score_se")
+
+
+def _bootstrap(totals: dict[str, Tensor], resamples: int, seed: int) -> dict[str, float]:
+    n_units = totals["tokens"].numel() if "tokens" in totals else 0
     if n_units < 2:
-        return result
+        return {}
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(n_units, (resamples, n_units), generator=generator)
     counts_RU = torch.zeros(resamples, n_units, dtype=torch.float64)
     counts_RU.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    result = {}
     for key, draws_R in weighted_metrics(totals, counts_RU).items():
         finite_R = draws_R[torch.isfinite(draws_R)]
         result[f"{key}_se"] = finite_R.std().item() if finite_R.numel() > 1 else math.nan
@@ -154,6 +187,8 @@ def weighted_metrics(totals: dict[str, Tensor], weights_RU: Tensor) -> dict[str,
         values["ce_loss_recovered"] = (zero - total["spliced"]) / (zero - total["clean"])
     if {"kl", "counted"} <= total.keys():
         values["kl_div"] = total["kl"] / total["counted"]
+        if "kl_zero" in total:
+            values["kl_div_score"] = (total["kl_zero"] - total["kl"]) / total["kl_zero"]
     if "fires" in totals:
         fired_RF = weights_RU.float() @ totals["fires"]
         values["dead_fraction"] = (fired_RF == 0).double().mean(dim=1)

@@ -152,12 +152,15 @@ def builtin_rows(name: str, *, refresh: bool = False) -> Iterator[tuple[str, str
 
 DEFAULT_DATASETS = ("fortunes-topic", "fortunes-language", "code-language")
 """The suite's default probing tasks (`python-docs-topic` is available, not run by default)."""
+TRAIN_PER_CLASS, TEST_PER_CLASS = 50, 25
+"""Default texts per class: the whole suite on one SAE in under 10 minutes on a 2-core CPU
+(see docs/evaluation.md, "Time and the default sizes")."""
 
 
 def load_labelled(
     spec: str,
-    train_per_class: int = 100,
-    test_per_class: int = 40,
+    train_per_class: int = TRAIN_PER_CLASS,
+    test_per_class: int = TEST_PER_CLASS,
     *,
     seed: int = 42,
 ) -> LabelledDataset:

@@ -17,6 +17,9 @@ Conventions (the same everywhere in saekit: training logs, `saekit eval`, dashbo
   `log10_feature_density` adds `DENSITY_EPS = 1e-10` before the log10, so a never-firing
   feature shows as -10. Dead: density exactly 0 over the window. Dense: density above
   `DENSE_THRESHOLD = 0.1` (fires on more than one token in ten).
+- `kl_div_score` (SAEBench's): `(KL_zero - KL_sae) / KL_zero`, each the mean over the counted
+  tokens of KL(clean || variant), `KL_zero` with the hook zero-ablated. 1: the SAE keeps the
+  clean next-token distribution; 0: no better than zeroing the activation.
 """
 
 from __future__ import annotations
@@ -103,6 +106,13 @@ def density_histogram(
     return torch.histogram(values, bins=bins, range=(lo, hi))
 
 
+def kl_div_score(kl_sae: float, kl_zero_ablation: float) -> float:
+    """SAEBench's normalised KL: `(KL_zero - KL_sae) / KL_zero` (NaN when `KL_zero` is 0)."""
+    if kl_zero_ablation == 0:
+        return float("nan")
+    return (kl_zero_ablation - kl_sae) / kl_zero_ablation
+
+
 def _cosines_B(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(x_hat_BD.double(), x_BD.double(), dim=-1)
 
@@ -157,6 +167,25 @@ class RunningStats:
         self._sse += (x_hat_BD - x_BD).pow(2).sum().item()
         self._cos_sum += _cosines_B(x_BD, x_hat_BD).sum().item()
         self._ratio_sum += _l2_ratios_B(x_BD, x_hat_BD).sum().item()
+
+    def merge(self, other: RunningStats) -> None:
+        """Add everything `other` saw (e.g. another rank's tokens), as if updated with it."""
+        if other.tokens == 0 or other._x_mean_D is None or other.counts_F is None:
+            return
+        if self.tokens == 0 or self._x_mean_D is None or self.counts_F is None:
+            self.__dict__.update({k: (v.clone() if isinstance(v, Tensor) else v)
+                                  for k, v in other.__dict__.items()})  # fmt: skip
+            return
+        n_old, n_new = self.tokens, other.tokens
+        delta_D = other._x_mean_D - self._x_mean_D
+        self._m2 += other._m2 + delta_D.pow(2).sum().item() * n_old * n_new / (n_old + n_new)
+        self._x_mean_D += delta_D * (n_new / (n_old + n_new))
+        self.tokens += n_new
+        self.counts_F += other.counts_F
+        self._l0_sum += other._l0_sum
+        self._sse += other._sse
+        self._cos_sum += other._cos_sum
+        self._ratio_sum += other._ratio_sum
 
     @property
     def mean_D(self) -> Tensor:

@@ -16,6 +16,7 @@ on every SAE feature is `sae_test_accuracy`. Key names follow SAEBench's output.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.evals.labelled import LabelledDataset, load_labelled
+from saekit.evals.labelled import TEST_PER_CLASS, TRAIN_PER_CLASS, LabelledDataset, load_labelled
 from saekit.evals.pooling import PooledCache, pooled_activations
 
 K_VALUES = (1, 2, 5, 10, 20)
@@ -153,6 +154,19 @@ def probe_dataset(
     return means, per_class
 
 
+def accuracy_se(per_dataset: Sequence[Mapping[str, float]], n_test: int) -> float:
+    """Binomial standard error of an accuracy averaged over classes, then datasets.
+
+    `per_dataset` holds each dataset's per-class accuracies, each measured on `n_test`
+    test examples. Classes and datasets are treated as independent; this is the error from
+    the finite test sets only (which training texts were drawn adds to it).
+    """
+    variances = [
+        sum(p * (1 - p) / n_test for p in accs.values()) / len(accs) ** 2 for accs in per_dataset
+    ]
+    return math.sqrt(sum(variances)) / len(variances)
+
+
 def run_sparse_probing(
     lm,
     hook: str,
@@ -160,8 +174,8 @@ def run_sparse_probing(
     datasets: Sequence[str | LabelledDataset],
     *,
     k_values: Sequence[int] = K_VALUES,
-    train_per_class: int = 100,
-    test_per_class: int = 40,
+    train_per_class: int = TRAIN_PER_CLASS,
+    test_per_class: int = TEST_PER_CLASS,
     context: int = 128,
     prepend_bos: bool = True,
     batch_rows: int = 16,
@@ -179,7 +193,9 @@ def run_sparse_probing(
     details: dict[str, list[dict[str, Any]]] = {name: [] for name in saes}
     unstructured: dict[str, dict[str, Any]] = {name: {} for name in saes}
     summaries = []
+    timings = dict.fromkeys(("data", "activations", "probes"), 0.0)
     for spec in tqdm(datasets, desc="sparse probing", disable=not progress):
+        started = time.perf_counter()
         data = (
             spec
             if isinstance(spec, LabelledDataset)
@@ -187,11 +203,16 @@ def run_sparse_probing(
         )
         summaries.append(data.summary())
         texts, _, _ = data.texts()
+        timings["data"] += time.perf_counter() - started
+        started = time.perf_counter()
         resid_ND, feats = pooled_activations(
             lm, hook, texts, saes, context=context, prepend_bos=prepend_bos,
             batch_rows=batch_rows, cache=cache, progress=progress,
         )  # fmt: skip
+        timings["activations"] += time.perf_counter() - started
+        started = time.perf_counter()
         means, per_class = probe_dataset(data, resid_ND, feats, k_values, seed, sae_full_probe)
+        timings["probes"] += time.perf_counter() - started
         for name in saes:
             details[name].append({"dataset_name": data.name, **means[name]})
             unstructured[name][f"{data.name}_results"] = per_class[name]
@@ -204,8 +225,11 @@ def run_sparse_probing(
     for name in saes:
         keys = [k for k in details[name][0] if k != "dataset_name"]
         avg = {k: float(np.mean([d[k] for d in details[name]])) for k in keys}
+        per_key = unstructured[name].values()
+        se = {key: accuracy_se([d[key] for d in per_key], 2 * test_per_class) for key in keys}
         results[name] = {
             "eval_type_id": EVAL_TYPE_ID,
+            "standard_errors": se,  # saekit's: binomial, from the test sets' size
             "eval_config": config,
             "eval_result_metrics": {
                 "llm": {k: v for k, v in avg.items() if k.startswith("llm_")},
@@ -214,5 +238,6 @@ def run_sparse_probing(
             "eval_result_details": details[name],
             "eval_result_unstructured": unstructured[name],
             "datasets": summaries,
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},  # shared by the SAEs
         }
     return results

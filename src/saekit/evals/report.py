@@ -44,6 +44,7 @@ def comparison_rows(reports: Mapping[str, Mapping[str, Any]]) -> list[tuple[str,
     add("explained variance", "core", "saekit", "explained_variance")
     add("CE loss recovered", "core", "saekit", "ce_loss_recovered")
     add("KL(clean || spliced)", "core", "saekit", "kl_div")
+    add("KL div score", "core", "saekit", "kl_div_score")
     add("dead features", "core", "saekit", "dead_fraction")
     sae, llm = (
         ("sparse_probing", "eval_result_metrics", "sae"),
@@ -117,86 +118,130 @@ def _log_x(ax, ticks: list[int] | None = None) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _colors(names) -> dict[str, Any]:
+    """One colour per SAE, the same in every plot."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "viridis"]
+    n = max(1, len(names) - 1)
+    return {name: cmap(i if len(names) <= 10 else i / n) for i, name in enumerate(names)}
+
+
+def _plot_frontier(reports, key: str, label: str, colors) -> Any:
+    """L0 against `key`, one point per SAE (+- one standard error), SAEs of one
+    architecture joined in L0 order."""
+    import matplotlib.pyplot as plt
+
+    points = []
+    for name, r in reports.items():
+        x, y = _get(r, "core", "saekit", "l0"), _get(r, "core", "saekit", key)
+        if x is not None and y is not None and math.isfinite(y):
+            se = _get(r, "core", "saekit", f"{key}_se")
+            points.append(
+                (name, x, y, se if isinstance(se, float) else None, r.get("architecture"))
+            )
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for arch in dict.fromkeys(p[4] for p in points):
+        line = sorted((p for p in points if p[4] == arch), key=lambda p: p[1])
+        if len(line) > 1:
+            ax.plot([p[1] for p in line], [p[2] for p in line], color="0.6", lw=1, zorder=1,
+                    label=arch)  # fmt: skip
+    for name, x, y, se, _ in points:
+        ax.errorbar(x, y, yerr=se, fmt="o", color=colors[name], capsize=3, zorder=2)
+        ax.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    _log_x(ax, sorted({round(p[1]) for p in points}))
+    ax.set(xlabel="L0 (active features per token)", ylabel=label,
+           title=f"sparsity vs {label} (better: up and left)")  # fmt: skip
+    if any(p[3] for p in points):
+        ax.text(0.99, 0.01, "bars: +- 1 bootstrap SE", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7, color="0.4")  # fmt: skip
+    if any(len([p for p in points if p[4] == a]) > 1 for a in {p[4] for p in points} if a):
+        ax.legend(fontsize=7, title="architecture", title_fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_probing(reports, ks: list[int], colors) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    sae_path = ("sparse_probing", "eval_result_metrics", "sae")
+    llm_path = ("sparse_probing", "eval_result_metrics", "llm")
+    for name, r in reports.items():
+        accs = [_get(r, *sae_path, f"sae_top_{k}_test_accuracy") for k in ks]
+        if any(a is not None for a in accs):
+            ax.plot(ks, accs, marker="o", color=colors[name], label=name)
+    first = next(r for r in reports.values() if _get(r, *llm_path))
+    base = [_get(first, *llm_path, f"llm_top_{k}_test_accuracy") for k in ks]
+    ax.plot(ks, base, "k--", marker="s", label="residual, top-k dims")
+    full = _get(first, *llm_path, "llm_test_accuracy")
+    if full is not None:
+        ax.axhline(full, color="gray", linestyle=":", label=f"residual, all dims ({full:.3f})")
+    _log_x(ax, ks)
+    ax.set(xlabel="k (features in the probe)", ylabel="test accuracy (mean over classes)",
+           title="sparse probing: top-k features by mean difference")  # fmt: skip
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_absorption(letters_by_sae, colors) -> Any:
+    """Two panels per letter: mean absorption fraction and full absorption rate; letters
+    whose ground-truth probe does not qualify are shaded (they do not enter the scores)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    shown = {n: d for n, d in letters_by_sae.items() if d}
+    first = next(iter(shown.values()))
+    width = 0.8 / len(shown)
+    for ax, key, label in ((axes[0], "mean_absorption_fraction", "mean absorption fraction"),
+                           (axes[1], "full_absorption_rate", "full absorption rate")):  # fmt: skip
+        for j, d in enumerate(first):
+            if not d["qualifies"]:
+                ax.axvspan(j - 0.5, j + 0.5, color="0.88", zorder=0, lw=0)
+        for i, (name, details) in enumerate(shown.items()):
+            xs = [j - 0.4 + (i + 0.5) * width for j in range(len(details))]
+            ys = [d[key] or 0.0 for d in details]
+            ax.bar(xs, ys, width=width, color=colors[name], label=name, zorder=2)
+        ax.set_ylabel(label)
+        ax.set_xlim(-0.5, len(first) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
+    ticks = [f"{d['first_letter']}\n{d['f1_probe']:.2f}" for d in first]
+    axes[1].set_xticks(range(len(first)), ticks, fontsize=8)
+    axes[1].set_xlabel("first letter, and its ground-truth probe's F1 on the test words")
+    n_ok = sum(d["qualifies"] for d in first)
+    axes[0].set_title(f"feature absorption per first letter ({n_ok} of {len(first)} letters "
+                      "qualify: ground-truth probe F1 > 0.6)")  # fmt: skip
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles.append(Patch(color="0.88", label="letter does not qualify"))
+    axes[0].legend(handles=handles, fontsize=7, ncol=min(6, len(handles)), loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_comparison(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
     """PNGs: L0 vs CE loss recovered and vs explained variance, probe accuracy vs k,
     absorption per letter. Only plots with data are written."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key, label, filename in (
-        ("ce_loss_recovered", "CE loss recovered", "frontier_l0_ce_loss_recovered.png"),
-        ("explained_variance", "explained variance", "frontier_l0_explained_variance.png"),
-    ):
-        points = [
-            (n, _get(r, "core", "saekit", "l0"), _get(r, "core", "saekit", key))
-            for n, r in reports.items()
-        ]
-        points = [p for p in points if p[1] is not None and p[2] is not None]
-        if not points:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        for name, x, y in points:
-            ax.scatter(x, y)
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        _log_x(ax, sorted({round(x) for _, x, _ in points}))
-        ax.set(xlabel="L0 (active features per token)", ylabel=label, title=f"sparsity vs {label}")
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, out_dir / filename))
+    colors = _colors(list(reports))
+    figures = [
+        ("frontier_l0_ce_loss_recovered.png",
+         _plot_frontier(reports, "ce_loss_recovered", "CE loss recovered", colors)),
+        ("frontier_l0_explained_variance.png",
+         _plot_frontier(reports, "explained_variance", "explained variance", colors)),
+    ]  # fmt: skip
     ks = _probe_keys(reports)
     if ks:
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        for name, r in reports.items():
-            accs = [
-                _get(
-                    r, "sparse_probing", "eval_result_metrics", "sae", f"sae_top_{k}_test_accuracy"
-                )
-                for k in ks
-            ]
-            ax.plot(ks, accs, marker="o", label=name)
-        first = next(iter(reports.values()))
-        base = [
-            _get(
-                first, "sparse_probing", "eval_result_metrics", "llm", f"llm_top_{k}_test_accuracy"
-            )
-            for k in ks
-        ]
-        ax.plot(ks, base, "k--", marker="s", label="residual top-k")
-        full = _get(first, "sparse_probing", "eval_result_metrics", "llm", "llm_test_accuracy")
-        if full is not None:
-            ax.axhline(full, color="gray", linestyle=":", label="residual, all dims")
-        _log_x(ax, ks)
-        ax.set(xlabel="k (features in the probe)", ylabel="test accuracy", title="sparse probing")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, out_dir / "probing_accuracy_vs_k.png"))
-    letters_by_sae = {
-        n: _get(r, "absorption_first_letter", "eval_result_details") for n, r in reports.items()
-    }
-    if any(letters_by_sae.values()):
-        fig, ax = plt.subplots(figsize=(9, 4))
-        width = 0.8 / max(1, len(letters_by_sae))
-        for i, (name, details) in enumerate(letters_by_sae.items()):
-            if not details:
-                continue
-            xs = [j + i * width for j in range(len(details))]
-            ys = [d["mean_absorption_fraction"] or 0.0 for d in details]
-            ax.bar(xs, ys, width=width, label=name)
-            for x, d in zip(xs, details, strict=True):
-                if not d["qualifies"]:
-                    ax.text(x, 0, "x", ha="center", va="bottom", fontsize=6, color="gray")
-        first = next(d for d in letters_by_sae.values() if d)
-        ax.set_xticks(
-            [j + 0.4 - width / 2 for j in range(len(first))], [d["first_letter"] for d in first]
-        )
-        ax.set(
-            ylabel="mean absorption fraction",
-            title="absorption per first letter (x: probe F1 <= 0.6)",
-        )
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / "absorption_per_letter.png"))
-    return written
+        figures.append(("probing_accuracy_vs_k.png", _plot_probing(reports, ks, colors)))
+    letters = {n: _get(r, "absorption_first_letter", "eval_result_details")
+               for n, r in reports.items()}  # fmt: skip
+    if any(letters.values()):
+        figures.append(("absorption_per_letter.png", _plot_absorption(letters, colors)))
+    return [_save(fig, out_dir / name) for name, fig in figures if fig is not None]

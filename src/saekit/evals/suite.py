@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from saekit.data.provenance import Provenance
 from saekit.evals.conventions import sae_conventions
-from saekit.evals.labelled import DEFAULT_DATASETS
+from saekit.evals.labelled import DEFAULT_DATASETS, TEST_PER_CLASS, TRAIN_PER_CLASS
 from saekit.evals.pooling import PooledCache, _key, default_cache
 from saekit.evals.probing import K_VALUES, run_sparse_probing
 
@@ -31,13 +32,13 @@ class SuiteSettings:
     suites: tuple[str, ...] = SUITES
     datasets: tuple[str, ...] = DEFAULT_DATASETS
     k_values: tuple[int, ...] = K_VALUES
-    train_per_class: int = 100
-    test_per_class: int = 40
+    train_per_class: int = TRAIN_PER_CLASS
+    test_per_class: int = TEST_PER_CLASS
     probe_context: int = 128
-    core_tokens: int = 8192
+    core_tokens: int = 16_384
     core_dataset: str | None = None
     core_context: int | None = None
-    holdout_every: int = 20
+    holdout_every: int | None = None
     absorption_words: int | None = 3000
     n_icl: int = 10
     words_per_prompt: int = 8
@@ -46,6 +47,7 @@ class SuiteSettings:
     seed: int = 42
     progress: bool = False
     cache: PooledCache | None = field(default=None, repr=False)
+    baselines: Any = field(default=None, repr=False)  # a BaselineStore for the core metrics
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.suites if s not in SUITES]
@@ -65,35 +67,40 @@ def _groups(saes: Mapping[str, torch.nn.Module]) -> dict[tuple[str, bool], dict[
 
 
 def run_core(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, dict[str, Any]]:
-    """Reconstruction, sparsity and spliced-model metrics (`evaluate_saes`), SAEBench names beside."""
-    from saekit.data.provenance import Provenance, token_batches
+    """Reconstruction, sparsity and spliced-model metrics (`evaluate_saes`), SAEBench names beside.
+
+    Each SAE is evaluated on the held-back windows its provenance record names (dataset,
+    context, BOS, special tokens, holdout rule; `core_dataset`, `core_context` and
+    `holdout_every` override them); SAEs with the same record share every forward.
+    """
+    from saekit.data.provenance import token_batches
     from saekit.evals.evaluate import EvalTarget, evaluate_saes, scalar_metrics
 
-    first = sae_conventions(next(iter(saes.values())))
-    dataset = settings.core_dataset or first.dataset_path or "builtin:python-docs"
-    context = int(settings.core_context or first.context_size or 128)
+    overrides = {"dataset": settings.core_dataset, "context": settings.core_context,
+                 "holdout_every": settings.holdout_every}  # fmt: skip
+    groups: dict[Provenance, dict[str, Any]] = {}
+    for name, sae in saes.items():
+        prov = Provenance.from_sae(sae)[0]
+        prov = prov.replace(hooks=(), **{k: v for k, v in overrides.items() if v is not None})
+        groups.setdefault(prov, {})[name] = sae
     results: dict[str, dict[str, Any]] = {}
-    for (_, prepend_bos), group in _groups(saes).items():
-        conv = sae_conventions(next(iter(group.values())))
-        prov = Provenance.from_sae(next(iter(group.values())))[0].replace(
-            dataset=dataset, context=context, prepend_bos=prepend_bos,
-            exclude_special_tokens=conv.exclude_special_tokens,
-            holdout_every=settings.holdout_every,
-        )  # fmt: skip
-        part = "heldout" if settings.holdout_every else "all"
+    for prov, group in groups.items():
+        part = "heldout" if prov.holdout_every else "all"
         batches = token_batches(prov, lm.tokenizer, settings.batch_rows, part)
         targets = {name: EvalTarget.of(sae) for name, sae in group.items()}
         out = evaluate_saes(targets, lm, batches, max_tokens=settings.core_tokens,
-                            progress=settings.progress)  # fmt: skip
+                            progress=settings.progress, baselines=settings.baselines)  # fmt: skip
         for name, result in out.items():
             metrics = scalar_metrics(result)
             results[name] = {
                 "eval_type_id": "core",
                 "eval_config": {
-                    "dataset": dataset,
-                    "context_size": context,
+                    "dataset": prov.dataset,
+                    "context_size": prov.context,
                     "tokens": settings.core_tokens,
-                    "holdout_every": settings.holdout_every,
+                    "holdout_every": prov.holdout_every,
+                    "exclude_special_tokens": prov.exclude_special_tokens,
+                    "prepend_bos": prov.prepend_bos,
                 },  # fmt: skip
                 "saekit": metrics,
                 "eval_result_metrics": saebench_core_names(metrics),
@@ -102,9 +109,17 @@ def run_core(lm, saes: Mapping[str, Any], settings: SuiteSettings) -> dict[str, 
 
 
 def saebench_core_names(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """saekit's core metrics under SAEBench's core categories and key names."""
+    """saekit's core metrics under SAEBench's core categories and key names.
+
+    `kl_div_score` (and the ablated model's KL) appear when the core metrics hold them.
+    """
+    behavior = {"kl_div_with_sae": m["kl_div"]}
+    for ours, theirs in (("kl_div_score", "kl_div_score"),
+                         ("kl_div_zero_ablation", "kl_div_with_ablation")):  # fmt: skip
+        if ours in m:
+            behavior[theirs] = m[ours]
     return {
-        "model_behavior_preservation": {"kl_div_with_sae": m["kl_div"]},
+        "model_behavior_preservation": behavior,
         "model_performance_preservation": {
             "ce_loss_score": m["ce_loss_recovered"],
             "ce_loss_with_ablation": m["ce_loss_zero_ablation"],
@@ -140,6 +155,7 @@ def run_absorption_suite(lm, saes: Mapping[str, Any], settings: SuiteSettings) -
                     words_per_prompt=settings.words_per_prompt, prepend_bos=prepend_bos,
                     seed=settings.seed)  # fmt: skip
         key = _key("first-letter", 1, lm.spec, hook, opts)
+        started = time.perf_counter()
         stored = cache.get(key)
         if stored is None:
             data = collect_first_letter(lm, hook, batch_rows=settings.batch_rows,
@@ -147,11 +163,20 @@ def run_absorption_suite(lm, saes: Mapping[str, Any], settings: SuiteSettings) -
             cache.put(key, asdict(data))  # type: ignore[arg-type]
         else:
             data = FirstLetterData(**stored)
+        timings = {"activations": time.perf_counter() - started}
+        started = time.perf_counter()
         probe = train_letter_probe(data.train_acts_ND, data.train_letters, seed=settings.seed)
         f1 = letter_f1(probe.scores(data.test_acts_MD), data.test_letters)
-        out = run_absorption(
-            group, data, probe, max_k=settings.absorption_max_k, seed=settings.seed
-        )
+        timings["letter_probe"] = time.perf_counter() - started
+        out = {}
+        for name, sae in group.items():
+            started = time.perf_counter()
+            out[name] = run_absorption(
+                {name: sae}, data, probe, max_k=settings.absorption_max_k, seed=settings.seed
+            )[name]
+            out[name]["timings_s"] = {k: round(v, 2) for k, v in timings.items()} | {
+                "sae_probes": round(time.perf_counter() - started, 2)
+            }
         for result in out.values():
             result["eval_config"] = {**opts, "hook": hook, "train_words": len(data.train_words),
                                      "test_words": len(data.test_words)}  # fmt: skip
@@ -168,7 +193,10 @@ def run_suite(
     Each report's `timings_s` gives the wall time of each part; parts shared by SAEs on one
     hook are counted once and shown in each of them.
     """
-    settings = settings or SuiteSettings(cache=default_cache())
+    if settings is None:
+        from saekit.evals.baseline import BaselineStore
+
+        settings = SuiteSettings(cache=default_cache(), baselines=BaselineStore.default())
     if not saes:
         raise ValueError("no SAE to evaluate")
     reports: dict[str, dict[str, Any]] = {
@@ -176,6 +204,8 @@ def run_suite(
             "sae": name,
             "model": lm.spec,
             "hook_name": sae_conventions(sae).hook_name,
+            "architecture": getattr(sae.cfg, "architecture", None),
+            "provenance": Provenance.from_sae(sae)[0].to_dict(),
             "timings_s": {},
         }  # fmt: skip
         for name, sae in saes.items()

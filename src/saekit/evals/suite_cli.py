@@ -1,4 +1,10 @@
-"""`saekit eval-suite SAE...`: core metrics, sparse probing and absorption, side by side."""
+"""`saekit eval SAE... --suite core,probing,absorption`: the suite's flags, run and reports.
+
+`saekit.evals.cli` registers the one `eval` command; this module adds the suite's own flags
+to it and runs the suite when `--suite` is given or several SAEs are named. The data flags
+(`--model --device --dtype --dataset --context ...`) are the shared ones of
+`saekit.data.provenance.add_data_arguments`: a flag given overrides every SAE folder's record.
+"""
 
 from __future__ import annotations
 
@@ -11,93 +17,59 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saekit.evals.labelled import DEFAULT_DATASETS
 from saekit.evals.probing import K_VALUES
 from saekit.evals.suite import SUITES, SuiteSettings
 from saekit.fileio import atomic_write_text
 
 REPORT_FILE = "eval_suite.json"
 COMPARISON_FILE = "eval_suite_comparison.txt"
+_DEFAULTS = SuiteSettings()
 
 
 def _list(kind):
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(part) for part in text.split(",") if part.strip())
+            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from err
 
     return parse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval-suite` sub-command."""
-    p = subparsers.add_parser(
-        "eval-suite",
-        help="downstream evaluation of SAEs: core metrics, sparse probing, feature absorption",
-        description="Evaluate one or more SAE folders (or sweep folders holding them) with "
-        "core metrics, SAEBench's sparse probing and first-letter absorption, offline. SAEs on "
-        "the same hook share every model pass. Writes one JSON per SAE and, for several SAEs, "
-        "a comparison table and plots.",
-    )
-    p.add_argument("saes", nargs="+", metavar="SAE", help="SAE folder, or a folder of SAE folders")
-    p.add_argument(
-        "--suite",
-        type=_list(str),
-        default=SUITES,
-        help=f"comma list of {','.join(SUITES)} (default: all)",
-    )
-    p.add_argument("--model", help="model spec (default: the SAEs' cfg.json metadata.model_name)")
-    p.add_argument(
-        "--datasets",
-        type=_list(str),
-        default=DEFAULT_DATASETS,
-        help="labelled datasets for probing: builtins, .jsonl files (text, label) or "
-        f"SAEBench hub ids (default: {','.join(DEFAULT_DATASETS)})",
-    )
-    p.add_argument(
-        "--k",
-        type=_list(int),
-        default=K_VALUES,
-        help=f"probe sizes (default: {','.join(map(str, K_VALUES))})",
-    )
-    p.add_argument("--train-per-class", type=int, default=100, help="train texts per class (100)")
-    p.add_argument("--test-per-class", type=int, default=40, help="test texts per class (40)")
-    p.add_argument("--tokens", type=int, default=8192, help="core: evaluation tokens (8192)")
-    p.add_argument("--dataset", help="core: dataset (default: cfg.json, else builtin:python-docs)")
-    p.add_argument(
-        "--words",
-        type=int,
-        default=3000,
-        help="absorption: vocabulary words sampled, 0 for all (3000)",
-    )
-    p.add_argument("--icl", type=int, default=10, help="absorption: in-context examples (10)")
-    p.add_argument(
-        "--words-per-prompt",
-        type=int,
-        default=8,
-        help="absorption: query words packed per prompt; 1 is SAEBench's prompt (8)",
-    )
-    p.add_argument(
-        "--absorption-max-k",
-        type=int,
-        default=10,
-        help="absorption: largest k-sparse probe searched for main features (10)",
-    )
-    p.add_argument("--batch-rows", type=int, default=16, help="texts per forward (16)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--dtype", default="float32", help="model dtype (float32)")
-    p.add_argument(
-        "--no-cache", action="store_true", help="neither read nor write cached activations"
-    )
-    p.add_argument(
-        "--out",
-        help=f"folder for the reports (default: each SAE's folder gets "
-        f"{REPORT_FILE}; comparisons go to the SAEs' common parent)",
-    )
-    p.add_argument("--json", action="store_true", help="print all reports as one JSON object")
-    p.set_defaults(func=run_suite_command)
+def add_suite_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's flags (what runs and on how much data), added to `saekit eval`."""
+    g = p.add_argument_group("suite (sparse probing, absorption; see docs/evaluation.md)")
+    g.add_argument(
+        "--suite", type=_list(str), default=None, metavar="A[,B...]",
+        help=f"comma list of {','.join(SUITES)}, or all. Given, or with several SAEs, each SAE "
+        f"gets {REPORT_FILE} with SAEBench's key names (default: core)",
+    )  # fmt: skip
+    g.add_argument(
+        "--datasets", type=_list(str), default=_DEFAULTS.datasets, metavar="D[,D...]",
+        help="probing: labelled datasets, builtins, .jsonl files (text, label) or SAEBench hub "
+        f"ids (default: {','.join(_DEFAULTS.datasets)})",
+    )  # fmt: skip
+    g.add_argument("--k", type=_list(int), default=_DEFAULTS.k_values, metavar="K[,K...]",
+                   help=f"probing: probe sizes (default: {','.join(map(str, K_VALUES))})")  # fmt: skip
+    g.add_argument("--train-per-class", type=int, default=_DEFAULTS.train_per_class, metavar="N",
+                   help=f"probing: train texts per class ({_DEFAULTS.train_per_class})")  # fmt: skip
+    g.add_argument("--test-per-class", type=int, default=_DEFAULTS.test_per_class, metavar="N",
+                   help=f"probing: test texts per class ({_DEFAULTS.test_per_class})")  # fmt: skip
+    g.add_argument("--words", type=int, default=_DEFAULTS.absorption_words, metavar="N",
+                   help="absorption: vocabulary words sampled, 0 for all "
+                   f"({_DEFAULTS.absorption_words})")  # fmt: skip
+    g.add_argument("--icl", type=int, default=_DEFAULTS.n_icl, metavar="N",
+                   help=f"absorption: in-context examples ({_DEFAULTS.n_icl})")  # fmt: skip
+    g.add_argument("--words-per-prompt", type=int, default=_DEFAULTS.words_per_prompt,
+                   metavar="N", help="absorption: query words packed per prompt; 1 is "
+                   f"SAEBench's prompt ({_DEFAULTS.words_per_prompt})")  # fmt: skip
+    g.add_argument("--absorption-max-k", type=int, default=_DEFAULTS.absorption_max_k,
+                   metavar="N", help="absorption: largest k-sparse probe searched for main "
+                   f"features ({_DEFAULTS.absorption_max_k})")  # fmt: skip
+    g.add_argument("--seed", type=int, default=_DEFAULTS.seed,
+                   help=f"probing and absorption samples ({_DEFAULTS.seed})")  # fmt: skip
+    g.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write cached activations and baselines")  # fmt: skip
 
 
 def find_sae_folders(paths: list[str]) -> list[Path]:
@@ -140,39 +112,68 @@ def sae_names(folders: list[Path]) -> dict[str, Path]:
     return dict(zip(names, folders, strict=True))
 
 
+def chosen_suites(args: argparse.Namespace) -> tuple[str, ...]:
+    """`--suite` as a tuple; `all` stands for every part; unknown names are a one-line error."""
+    suites = args.suite or (SUITES if args.command == "eval-suite" else ("core",))
+    if "all" in suites:
+        return SUITES
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"--suite {','.join(unknown)}: choose from {', '.join(SUITES)} or all")
+    return tuple(dict.fromkeys(suites))
+
+
+def _apply_data_flags(saes: dict[str, Any], folders: dict[str, Path], args) -> str:
+    """Every SAE's provenance record overridden by the data flags given; the one model spec."""
+    from saekit.data.provenance import settings_for_sae
+
+    models = set()
+    for name, sae in saes.items():
+        data, sources = settings_for_sae(sae, args)
+        if sources["model"] == "default":
+            raise ValueError(f"{folders[name]}/cfg.json names no model (metadata.model_name): "
+                             "pass --model")  # fmt: skip
+        if not data.hooks:
+            raise ValueError(f"{folders[name]}/cfg.json names no hook (metadata.hook_name): "
+                             "pass --hook")  # fmt: skip
+        meta = sae.cfg.metadata
+        hook_out = meta.hook_name_out if sources["hooks"] != "flag" else None
+        data.write_metadata(meta, data.hooks[0], hook_out)  # what the suite reads, flags applied
+        models.add((data.model, data.dtype, data.forward_rows))
+    if len(models) > 1:
+        raise ValueError(f"the SAEs name different models {sorted(m for m, _, _ in models)}: "
+                         "pass --model (and --dtype)")  # fmt: skip
+    return models.pop()
+
+
 def run_suite_command(args: argparse.Namespace) -> int:
     """Load the SAEs and their model, run the suite, write and print the reports."""
-    import torch
-
     from saekit.dtypes import DTYPES
-    from saekit.evals.conventions import sae_conventions
-    from saekit.evals.pooling import default_cache
+    from saekit.evals.baseline import BaselineStore
+    from saekit.evals.pooling import PooledCache, default_cache
     from saekit.evals.report import format_comparison, plot_comparison
     from saekit.evals.suite import run_suite
     from saekit.io.load import load_sae
     from saekit.models import load_model
+    from saekit.models.loading import resolve_device
 
-    device = (
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    if args.dtype not in DTYPES:
-        raise ValueError(f"--dtype {args.dtype!r} is not one of {sorted(DTYPES)}")
+    suites = chosen_suites(args)
+    if args.tokens < 1:
+        raise ValueError("--tokens must be positive")
+    device = resolve_device(getattr(args, "device", "auto"))
     folders = sae_names(find_sae_folders(args.saes))
-    saes = {name: load_sae(folder, device=device) for name, folder in folders.items()}
-    models = {sae_conventions(s).model_name for s in saes.values()}
-    model_spec = args.model or (models.pop() if len(models) == 1 else None)
-    if not model_spec:
-        raise ValueError(f"the SAEs name {sorted(map(str, models))} as their model: pass --model")
+    saes = {name: load_sae(folder, device=str(device)) for name, folder in folders.items()}
+    model_spec, dtype, forward_rows = _apply_data_flags(saes, folders, args)
     settings = SuiteSettings(
-        suites=args.suite, datasets=args.datasets, k_values=args.k,
+        suites=suites, datasets=args.datasets, k_values=args.k,
         train_per_class=args.train_per_class, test_per_class=args.test_per_class,
-        core_tokens=args.tokens, core_dataset=args.dataset,
-        absorption_words=args.words or None, n_icl=args.icl,
+        core_tokens=args.tokens, absorption_words=args.words or None, n_icl=args.icl,
         words_per_prompt=args.words_per_prompt, absorption_max_k=args.absorption_max_k,
-        batch_rows=args.batch_rows, seed=args.seed,
-        progress=sys.stderr.isatty(), cache=None if args.no_cache else default_cache(),
+        batch_rows=forward_rows, seed=args.seed, progress=sys.stderr.isatty(),
+        cache=PooledCache(None) if args.no_cache else default_cache(),
+        baselines=BaselineStore() if args.no_cache else BaselineStore.default(),
     )  # fmt: skip
-    lm = load_model(model_spec, device=device, dtype=DTYPES[args.dtype])
+    lm = load_model(model_spec, device=device, dtype=DTYPES[dtype])
     reports = run_suite(lm, saes, settings)
     out = Path(args.out) if args.out else None
     for name, report in reports.items():

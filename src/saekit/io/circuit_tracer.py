@@ -75,6 +75,7 @@ def export_transcoder_set(saes: list[SAE], out: str | os.PathLike[str]) -> Path:
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(out / files[layer]))
     first = saes[0].cfg
     config = {
+        "model_kind": "transcoder_set",  # what circuit-tracer's config loaders dispatch on
         "model_name": first.metadata.model_name,
         "feature_input_hook": _suffix(first.metadata.hook_name),
         "feature_output_hook": _suffix(first.metadata.hook_name_out or first.metadata.hook_name),
@@ -145,6 +146,7 @@ def export_clt(clt: CrossLayerTranscoder, out: str | os.PathLike[str]) -> Path:
         save_file({f"W_dec_{i}": flat[f"W_dec_{i}"]}, str(out / f"W_dec_{i}.safetensors"))
     meta = clt.cfg.metadata
     config = {
+        "model_kind": "cross_layer_transcoder",
         "model_name": meta.model_name,
         "feature_input_hook": _suffix(meta.hook_name),
         "feature_output_hook": _suffix(meta.hook_name_out),

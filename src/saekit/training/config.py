@@ -174,6 +174,9 @@ class TrainConfig(LoopSettings, DataSettings):
     # --- logging, evaluation, checkpoints
     eval_tokens: Count = 16_384
     """Held-back tokens per evaluation (0 disables evaluation)."""
+    eval_ce_tokens: Count = 4096  # = saekit.evals.evaluate.DEFAULT_CE_TOKENS (a test checks)
+    """Of those, how many (the first windows) also get the spliced and ablated losses (CE loss
+    recovered, KL; 0: all); the reconstruction and sparsity metrics use all of them."""
     wandb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
     wandb_project: str = "saekit"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,19 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+@contextmanager
+def phase(what: str, enabled: bool = True) -> Iterator[None]:
+    """Announce a step that may take a while on stderr, then how long it took:
+    `saekit: loading smollm2-135m ...` / `saekit: loading smollm2-135m: 4.2 s`."""
+    if not enabled:
+        yield
+        return
+    print(f"saekit: {what} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"saekit: {what}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 class ProgressBar:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from saekit.data.provenance import Provenance, token_batches
-from saekit.dtypes import DTYPES
+from saekit.dtypes import DTYPES, model_dtype_note
 from saekit.fileio import atomic_write_text, folder_lock
 from saekit.models.loading import resolve_device
 from saekit.saes.config import ARCH_SETTINGS
@@ -26,8 +26,8 @@ from saekit.training.config import DEFAULT_K, LoopSettings, TrainConfig
 from saekit.training.data import open_data
 from saekit.training.dead import FiringStats, dead_feature_method
 from saekit.training.init import initialize_unit
-from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger
-from saekit.training.report import plot_density_histogram, plot_training_curves, summary_text
+from saekit.training.monitor import MetricsLog, ProgressBar, WandbLogger, phase
+from saekit.training.report import run_title, summary_text, write_run_reports
 from saekit.training.trainer import Callbacks, SAEUnit, Trainer, wants_approx_selection
 
 EVAL_ROWS = 16  # held-back windows per evaluation forward
@@ -168,7 +168,10 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)
     main = distributed.is_main()
 
-    lm, buffer, pairs, dims, prov = open_data(cfg, device)
+    talk = cfg.progress and main
+    source = f"activation cache {cfg.activations}" if cfg.activations else f"model {cfg.model}"
+    with phase(f"loading {source}", talk):
+        lm, buffer, pairs, dims, prov = open_data(cfg, device)
     if cfg.crosscoder:
         from saekit.training.crosscoder import build_crosscoder_unit
 
@@ -193,10 +196,12 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     else:
         if main:
             log.path.unlink(missing_ok=True)
-        sample = buffer.peek(cfg.init_tokens)
-        for unit in units:
-            init = initialize_clt if isinstance(unit, CLTUnit) else initialize_unit
-            init(unit, sample, cfg.normalize_activations, cfg.b_dec_init)
+        filled = max(cfg.init_tokens, cfg.buffer_tokens)  # what `peek` computes first
+        with phase(f"filling the shuffle buffer ({filled:,} tokens) and initialising", talk):
+            sample = buffer.peek(cfg.init_tokens)
+            for unit in units:
+                init = initialize_clt if isinstance(unit, CLTUnit) else initialize_unit
+                init(unit, sample, cfg.normalize_activations, cfg.b_dec_init)
         if main:  # the run config records the provenance (a cache's, when training from one)
             recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
             atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")
@@ -206,8 +211,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         if cfg.wandb and main
         else None
     )
-    bar = ProgressBar(cfg.tokens, trainer.step * cfg.batch_tokens, cfg.progress and main)
-    eval_batches = _eval_batches_factory(cfg, lm, prov, device)
+    bar = ProgressBar(trainer.total_steps * cfg.batch_tokens, trainer.step * cfg.batch_tokens, talk)
+    eval_batches = _eval_batches_factory(cfg, lm, prov, device, talk)
+    eval_density: dict[str, torch.Tensor] = {}  # the latest evaluation's, for the report
 
     def on_log(step: int, tokens: int, per_sae: dict[str, dict[str, float]]) -> None:
         for name, metrics in per_sae.items():
@@ -215,12 +221,12 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         if wandb_logger:
             wandb_logger.log(step, per_sae)
 
-    def evaluate(step: int, tokens: int) -> dict[str, dict[str, float]]:
+    def evaluate(step: int, tokens: int, spread: bool = False) -> dict[str, dict[str, float]]:
         per_hook = [u for u in units if not isinstance(u, CLTUnit)]
-        results = _evaluate_units(per_hook, cfg, eval_batches) if per_hook else {}
+        results = _evaluate_units(per_hook, cfg, eval_batches, spread) if per_hook else {}
         results |= evaluate_replacement_units(units, cfg, eval_batches, raw_activation_sae)
         for name, result in results.items():
-            density = result.pop("log10_feature_density")
+            density = eval_density[name] = result.pop("log10_feature_density")
             result["eval_tokens"] = result.pop("tokens")  # "tokens" is the training position
             log.write({"kind": "eval", "step": step, "tokens": tokens, "sae": name, **result})
             if wandb_logger:
@@ -248,27 +254,37 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         bar.close()
     seconds = time.perf_counter() - started
     trainer.check_weights_finite()
+    # Replicated SAEs: every rank evaluates a share of the held-back text; else rank 0 alone.
+    spread = distributed.rank_and_world()[1] > 1 and cfg.sae_placement == "replicate"
     if not distributed.collect(trainer):  # not rank 0: rank 0 evaluates and writes results
+        if spread and eval_batches is not None:
+            _evaluate_units([u for u in units if not isinstance(u, CLTUnit)], cfg, eval_batches, True)
         return TrainResult(run_dir, {}, {}, "")
 
     folders = _save_saes(units, trainer, run_dir, prov)  # before anything else can fail
     try:
-        final = evaluate(trainer.step, trainer.step * cfg.batch_tokens)
+        with phase("final evaluation on held-back text", talk and eval_batches is not None):
+            final = evaluate(trainer.step, trainer.step * cfg.batch_tokens, spread)
     except (ValueError, RuntimeError, OSError) as err:
         warnings.warn(f"the final evaluation failed ({err}); the SAEs are saved", stacklevel=1)
         final = {}
     final_metrics = _final_metrics(units, trainer, log, final)
-    _write_reports(run_dir, log, units, trainer)
+    total = trainer.step * cfg.batch_tokens  # what was trained: whole batches
+    with phase("plotting", talk):
+        write_run_reports(run_dir, log.read(), units, trainer, final_metrics, eval_density,
+                          run_title(run_dir, prov.model, units, total))  # fmt: skip
     summary = summary_text(
-        run_dir, cfg.tokens - tokens_before, seconds, final_metrics, folders
-    )
+        run_dir, total - tokens_before, seconds, final_metrics, folders, total_tokens=total,
+        requested_tokens=cfg.tokens, dead_after_tokens=cfg.dead_after_tokens,
+    )  # fmt: skip
+    summary += "\n  " + model_dtype_note(prov.dtype, device)
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     if wandb_logger:
         wandb_logger.finish()
     return TrainResult(run_dir, folders, final_metrics, summary)
 
 
-def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
+def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device, talk: bool = False):
     """A function returning the model and fresh held-back token batches (with the run's
     store of evaluation baselines as `.baselines`), or None if evaluation is off."""
     if cfg.eval_tokens <= 0:
@@ -280,39 +296,48 @@ def _eval_batches_factory(cfg: TrainConfig, lm, prov: Provenance, device):
             stacklevel=2,
         )
         return None
-    return _HeldBack(prov, lm, device)
+    return _HeldBack(prov, lm, device, talk)
 
 
 class _HeldBack:
     """Called: the model and fresh held-back token batches. `baselines` keeps the
     SAE-independent losses for the run's evaluations (and, on disk, for later runs)."""
 
-    def __init__(self, prov: Provenance, lm, device) -> None:
+    def __init__(self, prov: Provenance, lm, device, talk: bool = False) -> None:
         from saekit.evals.baseline import BaselineStore
 
-        self.prov, self.lm, self.device = prov, lm, device
+        self.prov, self.lm, self.device, self.talk = prov, lm, device, talk
         self.baselines = BaselineStore.default()
 
     def __call__(self):
         if self.lm is None:  # training from a cache: load the model only to evaluate
             from saekit.models import load_model
 
-            self.lm = load_model(self.prov.model, device=self.device, dtype=DTYPES[self.prov.dtype])
+            with phase(f"loading model {self.prov.model} to evaluate", self.talk):
+                self.lm = load_model(self.prov.model, device=self.device, dtype=DTYPES[self.prov.dtype])
         return self.lm, token_batches(self.prov, self.lm.tokenizer, EVAL_ROWS, "heldout")
 
 
-def _evaluate_units(units, cfg: TrainConfig, eval_batches) -> dict[str, dict[str, Any]]:
-    """Every SAE on the held-back batches, sharing the model forwards (nothing if eval is off)."""
-    if eval_batches is None:
+def _evaluate_units(units, cfg: TrainConfig, eval_batches, spread: bool = False) -> dict[str, dict[str, Any]]:
+    """Every SAE on the held-back batches, sharing the model forwards (nothing if eval is off);
+    with `spread`, shared across the torchrun ranks (every rank calls this; results on rank 0)."""
+    if eval_batches is None or not units:
         return {}
     from saekit.evals import EvalTarget, evaluate_saes
+    from saekit.evals.sharded import evaluate_across_ranks
 
     lm, batches = eval_batches()
     targets = {u.name: EvalTarget(raw_activation_sae(u), u.hook_in, u.hook_out) for u in units}
-    results = evaluate_saes(
-        targets, lm, batches, max_tokens=cfg.eval_tokens, dense_threshold=cfg.dense_threshold,
-        baselines=eval_batches.baselines,
+    common = dict(
+        max_tokens=cfg.eval_tokens, ce_tokens=cfg.eval_ce_tokens or None,
+        dense_threshold=cfg.dense_threshold,
     )  # fmt: skip
+    if spread:
+        results = evaluate_across_ranks(targets, lm, batches, **common) or {}
+    else:
+        results = evaluate_saes(
+            targets, lm, batches, baselines=eval_batches.baselines, progress=cfg.progress, **common
+        )
     return {
         name: {k: (v if isinstance(v, torch.Tensor) else float(v)) for k, v in result.items()}
         for name, result in results.items()
@@ -343,18 +368,8 @@ def _final_metrics(units, trainer: Trainer, log: MetricsLog, final: dict) -> dic
     out = {}
     for unit in units:
         merged = {k: v for k, v in last_train.get(unit.name, {}).items() if isinstance(v, float)}
+        if "dead_fraction" in merged:  # the training window's figure, kept under its own name
+            merged["train_dead_fraction"] = merged["dead_fraction"]
         merged.update(final.get(unit.name, {}))
         out[unit.name] = merged
     return out | {name: final[name] for name in final.keys() - out.keys()}  # the replacement
-
-
-def _write_reports(run_dir: Path, log: MetricsLog, units, trainer: Trainer) -> None:
-    from saekit.evals.metrics import log10_feature_density
-
-    records = log.read()
-    if records:
-        plot_training_curves(records, run_dir / "training_curves.png")
-    plot_density_histogram(
-        {u.name: log10_feature_density(trainer.density(u)) for u in units},
-        run_dir / "feature_density.png",
-    )
