@@ -14,32 +14,33 @@ A folder holds `cfg.json` (`architecture: "clt"`) and `sae_weights.safetensors`.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from saekit.dtypes import DTYPES
 from saekit.evals.metrics import fvu
-from saekit.fileio import atomic_write, atomic_write_text
 from saekit.saes.base import SAEOutput
 from saekit.saes.batchtopk import batch_topk
 from saekit.saes.config import SAEMetadata
+from saekit.saes.multisite import MultisiteConfig, check_tensors, read_folder, save_folder
 from saekit.saes.topk import topk_per_row
 
 CLT_ACTIVATIONS = ("topk", "batchtopk")
 CLT_ARCHITECTURE = "clt"
-WEIGHTS_FILENAME = "sae_weights.safetensors"
 
 
 @dataclass
-class CLTConfig:
+class CLTConfig(MultisiteConfig):
     """A CLT's `cfg.json`. `metadata.extra` lists `layers`, `hook_names`, `hook_names_out`."""
+
+    LABEL: ClassVar[str] = "CLT"
+    ARCHITECTURE: ClassVar[str] = CLT_ARCHITECTURE
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = CLT_ACTIVATIONS
+    SIZES: ClassVar[tuple[str, ...]] = ("n_layers", "d_in", "d_sae", "d_out")
 
     n_layers: int
     d_in: int
@@ -58,36 +59,7 @@ class CLTConfig:
 
     def __post_init__(self) -> None:
         self.d_out = self.d_in if self.d_out is None else self.d_out
-        if not isinstance(self.metadata, SAEMetadata):
-            self.metadata = SAEMetadata.from_dict(self.metadata)
-        for name in ("n_layers", "d_in", "d_sae", "d_out"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"CLT {name} must be a positive integer, got {value!r}")
-        if self.activation not in CLT_ACTIVATIONS:
-            raise ValueError(
-                f"CLT activation={self.activation!r} is not one of {', '.join(CLT_ACTIVATIONS)}"
-            )
-        if not 0 < self.k <= self.d_sae:
-            raise ValueError(f"CLT k={self.k} must be in [1, d_sae={self.d_sae}]")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"CLT dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"architecture": CLT_ARCHITECTURE, **asdict(self)}
-        out["metadata"] = self.metadata.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CLTConfig:
-        data = dict(data)
-        if data.pop("architecture", None) != CLT_ARCHITECTURE:
-            raise ValueError("not a cross-layer transcoder config (architecture != 'clt')")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"CLT cfg.json has unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        self.check()
 
 
 class CrossLayerTranscoder(nn.Module):
@@ -230,39 +202,22 @@ class CrossLayerTranscoder(nn.Module):
 
     def save(self, folder: str | os.PathLike[str], sparsity: Tensor | None = None) -> None:
         """Write `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`, [L, F])."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = self.state_dict_flat()
-        atomic_write(folder / WEIGHTS_FILENAME, lambda p: save_file(tensors, p))
         if sparsity is not None:
-            sp = {"sparsity": sparsity.detach().float().reshape(self.cfg.n_layers, -1).contiguous().cpu()}
-            atomic_write(folder / "sparsity.safetensors", lambda p: save_file(sp, p))
-        atomic_write_text(folder / "cfg.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            sparsity = sparsity.reshape(self.cfg.n_layers, -1)
+        save_folder(folder, self.cfg, self.state_dict_flat(), sparsity)
 
     @staticmethod
     def load(folder: str | os.PathLike[str], device: str | None = None) -> CrossLayerTranscoder:
         """Load a CLT folder written by `save`, in eval mode."""
-        folder = Path(folder)
-        cfg = CLTConfig.from_dict(json.loads((folder / "cfg.json").read_text()))
-        if device is not None:
-            cfg.device = str(device)
+        cfg, tensors = read_folder(folder, CLTConfig, device)
         clt = CrossLayerTranscoder(cfg)
-        tensors = load_file(str(folder / WEIGHTS_FILENAME), device=cfg.device)
         clt.load_flat(tensors)
         return clt.eval()
 
     @torch.no_grad()
     def load_flat(self, tensors: dict[str, Tensor]) -> None:
         """Copy saved tensors in, checking every name and shape."""
-        own = {k: v for k, v in self.state_dict_flat().items()}
-        missing, extra = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own.keys())
-        if missing or extra:
-            raise ValueError(f"CLT weights: missing {missing}, unexpected {extra}")
-        for name, value in tensors.items():
-            if tuple(value.shape) != tuple(own[name].shape):
-                raise ValueError(
-                    f"CLT weight {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}"
-                )
+        check_tensors("CLT", self.state_dict_flat(), tensors)
         self.W_enc.copy_(tensors["W_enc"])
         self.b_enc.copy_(tensors["b_enc"])
         self.b_dec.copy_(tensors["b_dec"])

@@ -16,33 +16,34 @@ loss is the sum over sources of each source's FVU, plus AuxK on dead features. A
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from saekit.dtypes import DTYPES
 from saekit.evals.metrics import fvu
-from saekit.fileio import atomic_write, atomic_write_text
 from saekit.saes.base import SAEOutput
 from saekit.saes.batchtopk import batch_topk
 from saekit.saes.config import SAEMetadata
+from saekit.saes.multisite import MultisiteConfig, check_tensors, read_folder, save_folder
 from saekit.saes.topk import topk_per_row
 
 CROSSCODER_ARCHITECTURE = "crosscoder"
 CROSSCODER_ACTIVATIONS = ("topk", "batchtopk")
-WEIGHTS_FILENAME = "sae_weights.safetensors"
 
 
 @dataclass
-class CrosscoderConfig:
+class CrosscoderConfig(MultisiteConfig):
     """A crosscoder's `cfg.json`. `metadata.extra["hook_names"]` names the sources (a diffing
     crosscoder also records `models`: base and fine-tuned)."""
+
+    LABEL: ClassVar[str] = "crosscoder"
+    ARCHITECTURE: ClassVar[str] = CROSSCODER_ARCHITECTURE
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = CROSSCODER_ACTIVATIONS
+    SIZES: ClassVar[tuple[str, ...]] = ("n_sources", "d_in", "d_sae")
 
     n_sources: int
     d_in: int
@@ -58,36 +59,7 @@ class CrosscoderConfig:
     metadata: SAEMetadata = field(default_factory=SAEMetadata)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.metadata, SAEMetadata):
-            self.metadata = SAEMetadata.from_dict(self.metadata)
-        for name in ("n_sources", "d_in", "d_sae"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"crosscoder {name} must be a positive integer, got {value!r}")
-        if self.activation not in CROSSCODER_ACTIVATIONS:
-            raise ValueError(
-                f"crosscoder activation={self.activation!r} is not one of "
-                f"{', '.join(CROSSCODER_ACTIVATIONS)}"
-            )
-        if not 0 < self.k <= self.d_sae:
-            raise ValueError(f"crosscoder k={self.k} must be in [1, d_sae={self.d_sae}]")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"crosscoder dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"architecture": CROSSCODER_ARCHITECTURE, **asdict(self)}
-        out["metadata"] = self.metadata.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CrosscoderConfig:
-        data = dict(data)
-        if data.pop("architecture", None) != CROSSCODER_ARCHITECTURE:
-            raise ValueError("not a crosscoder config (architecture != 'crosscoder')")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"crosscoder cfg.json has unknown keys {unknown}")
-        return cls(**data)
+        self.check()
 
 
 class Crosscoder(nn.Module):
@@ -219,35 +191,16 @@ class Crosscoder(nn.Module):
 
     def save(self, folder: str | os.PathLike[str], sparsity: Tensor | None = None) -> None:
         """Write `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`, [F])."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = self.state_dict_flat()
-        atomic_write(folder / WEIGHTS_FILENAME, lambda p: save_file(tensors, p))
-        if sparsity is not None:
-            sp = {"sparsity": sparsity.detach().float().flatten().contiguous().cpu()}
-            atomic_write(folder / "sparsity.safetensors", lambda p: save_file(sp, p))
-        atomic_write_text(folder / "cfg.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        save_folder(folder, self.cfg, self.state_dict_flat(), None if sparsity is None else sparsity.flatten())
 
     @staticmethod
     def load(folder: str | os.PathLike[str], device: str | None = None) -> Crosscoder:
         """Load a folder written by `save`, in eval mode."""
-        folder = Path(folder)
-        cfg = CrosscoderConfig.from_dict(json.loads((folder / "cfg.json").read_text()))
-        if device is not None:
-            cfg.device = str(device)
+        cfg, tensors = read_folder(folder, CrosscoderConfig, device)
         model = Crosscoder(cfg)
-        tensors = load_file(str(folder / WEIGHTS_FILENAME), device=cfg.device)
-        own = model.state_dict_flat()
-        missing, extra = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own.keys())
-        if missing or extra:
-            raise ValueError(f"crosscoder weights: missing {missing}, unexpected {extra}")
+        check_tensors("crosscoder", model.state_dict_flat(), tensors)
         with torch.no_grad():
             for name, value in tensors.items():
-                if tuple(value.shape) != tuple(own[name].shape):
-                    raise ValueError(
-                        f"crosscoder weight {name} has shape {tuple(value.shape)}, expected "
-                        f"{tuple(own[name].shape)}"
-                    )
                 getattr(model, name).copy_(value)
         return model.eval()
 
