@@ -245,13 +245,7 @@ class TrainConfig(LoopSettings, DataSettings):
             raise ValueError(f"cross_layer: archs must be one of {', '.join(CLT_ACTIVATIONS)}")
         if len(self.ks) > 1 or len(self.d_saes) > 1 or self.skip:
             raise ValueError("cross_layer trains one CLT: give at most one k and d_sae, no skip")
-        allowed = ("aux_k", "aux_coefficient", "threshold_lr")
-        bad = [key for key, _ in self.sae_settings if key not in allowed]
-        if bad or self.dead_feature_method not in ("auto", "auxk", "none"):
-            raise ValueError(
-                f"cross_layer: sae_settings may be {', '.join(allowed)} (got {bad}); "
-                "dead_feature_method auto, auxk or none"
-            )
+        self._check_dictionary_settings("cross_layer")
 
     def _validate_crosscoder(self) -> None:
         from saekit.saes.crosscoder import CROSSCODER_ACTIVATIONS
@@ -271,11 +265,15 @@ class TrainConfig(LoopSettings, DataSettings):
                              "blocks.4.hook_resid_post), or one hook and diff_model")
         if self.diff_model and self.activations:
             raise ValueError("crosscoder with diff_model runs both models: drop activations")
+        self._check_dictionary_settings("crosscoder")
+
+    def _check_dictionary_settings(self, label: str) -> None:
+        """A CLT's or crosscoder's own settings: AuxK and the BatchTopK threshold only."""
         allowed = ("aux_k", "aux_coefficient", "threshold_lr")
         bad = [key for key, _ in self.sae_settings if key not in allowed]
         if bad or self.dead_feature_method not in ("auto", "auxk", "none"):
             raise ValueError(
-                f"crosscoder: sae_settings may be {', '.join(allowed)} (got {bad}); "
+                f"{label}: sae_settings may be {', '.join(allowed)} (got {bad}); "
                 "dead_feature_method auto, auxk or none"
             )
 
