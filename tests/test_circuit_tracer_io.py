@@ -32,7 +32,9 @@ def transcoders(arch: str, **settings) -> list[SAE]:
     return saes
 
 
-@pytest.mark.parametrize("arch, settings", [("topk", {"k": 4, "skip": True}), ("jumprelu", {}), ("relu", {})])
+@pytest.mark.parametrize(
+    "arch, settings", [("topk", {"k": 4, "skip": True}), ("jumprelu", {}), ("relu", {})]
+)
 def test_transcoder_set_round_trip(arch, settings, tmp_path):
     saes = transcoders(arch, **settings)
     export_transcoder_set(saes, tmp_path / "ct")
@@ -40,7 +42,10 @@ def test_transcoder_set_round_trip(arch, settings, tmp_path):
     assert t["W_enc"].shape == (16, 8) and t["W_dec"].shape == (16, 8)
     torch.testing.assert_close(t["W_enc"], saes[1].W_enc.T)
     config = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
-    assert config["feature_input_hook"] == "mlp.hook_in" and config["feature_output_hook"] == "hook_mlp_out"
+    assert (
+        config["feature_input_hook"] == "mlp.hook_in"
+        and config["feature_output_hook"] == "hook_mlp_out"
+    )
     assert config["model_kind"] == "transcoder_set"  # circuit-tracer's loaders dispatch on it
     back = import_transcoder_set(tmp_path / "ct")
     x = torch.randn(5, 8)
@@ -100,7 +105,10 @@ def test_saekit_convert_round_trips_a_clt_and_a_transcoder_run(tmp_path):
     with torch.no_grad():
         clt.threshold.uniform_(0, 0.5)
     clt.save(tmp_path / "clt")
-    assert main(["convert", str(tmp_path / "clt"), str(tmp_path / "ct"), "--to", "circuit-tracer"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "clt"), str(tmp_path / "ct"), "--to", "circuit-tracer"])
+        == 0
+    )
     assert main(["convert", str(tmp_path / "ct"), str(tmp_path / "back")]) == 0
     back = load_clt(tmp_path / "back")
     for key, value in clt.state_dict_flat().items():
@@ -110,7 +118,10 @@ def test_saekit_convert_round_trips_a_clt_and_a_transcoder_run(tmp_path):
 
     for sae in transcoders("topk", k=4):
         sae.save(tmp_path / "run" / sae.cfg.metadata.hook_name)
-    assert main(["convert", str(tmp_path / "run"), str(tmp_path / "ct2"), "--to", "circuit-tracer"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "run"), str(tmp_path / "ct2"), "--to", "circuit-tracer"])
+        == 0
+    )
     assert main(["convert", str(tmp_path / "ct2"), str(tmp_path / "run2")]) == 0
     for sae in transcoders("topk", k=4):
         again = SAE.load(tmp_path / "run2" / sae.cfg.metadata.hook_name)

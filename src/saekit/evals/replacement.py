@@ -78,7 +78,9 @@ class Replacement:
 
             return write
 
-        for layer, (hook_in, hook_out) in enumerate(zip(self.hooks_in, self.hooks_out, strict=True)):
+        for layer, (hook_in, hook_out) in enumerate(
+            zip(self.hooks_in, self.hooks_out, strict=True)
+        ):
             stack.enter_context(lm.splice(hook_in, _observer(reader(layer))))
             stack.enter_context(lm.splice(hook_out, writer(layer)))
 
@@ -131,7 +133,9 @@ def evaluate_replacement(
         ce_replaced_M, kl_M = token_losses(forked, replaced_in_MD, targets_M, clean)
         with ExitStack() as stack:
             for h in replacement.hooks_out:
-                stack.enter_context(lm.splice(h, lambda a, k=keep_BT: torch.where(k.unsqueeze(-1), 0.0, a)))
+                stack.enter_context(
+                    lm.splice(h, lambda a, k=keep_BT: torch.where(k.unsqueeze(-1), 0.0, a))
+                )
             ablated_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
         ce["clean"].append(ce_clean_M)
         ce["replaced"].append(ce_replaced_M)

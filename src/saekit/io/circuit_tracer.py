@@ -43,7 +43,9 @@ def _saekit_hook(layer: int, name: str) -> str:
 def _layer(hook: str | None) -> int:
     parts = (hook or "").split(".")
     if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise ValueError(f"cannot tell the layer of hook {hook!r}: circuit-tracer files are per layer")
+        raise ValueError(
+            f"cannot tell the layer of hook {hook!r}: circuit-tracer files are per layer"
+        )
     return int(parts[1])
 
 
@@ -70,7 +72,9 @@ def export_transcoder_set(saes: list[SAE], out: str | os.PathLike[str]) -> Path:
         elif arch == "topk":
             tensors["k"] = torch.tensor(sae.cfg.k)
         elif arch != "relu":
-            raise ValueError(f"circuit-tracer has no {arch!r} transcoder (relu, topk, jumprelu, batchtopk)")
+            raise ValueError(
+                f"circuit-tracer has no {arch!r} transcoder (relu, topk, jumprelu, batchtopk)"
+            )
         files[layer] = f"layer_{layer}.safetensors"
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(out / files[layer]))
     first = saes[0].cfg
@@ -168,7 +172,9 @@ def import_clt(folder: str | os.PathLike[str], k: int = 1) -> CrossLayerTranscod
     config_file = folder / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     hooks_in = [_saekit_hook(i, config.get("feature_input_hook", "mlp.hook_in")) for i in range(n)]
-    hooks_out = [_saekit_hook(i, config.get("feature_output_hook", "hook_mlp_out")) for i in range(n)]
+    hooks_out = [
+        _saekit_hook(i, config.get("feature_output_hook", "hook_mlp_out")) for i in range(n)
+    ]
     metadata = {
         "model_name": config.get("model_name"), "hook_name": hooks_in[0],
         "hook_name_out": hooks_out[0], "hook_names": hooks_in, "hook_names_out": hooks_out,
@@ -216,7 +222,9 @@ def convert_dictionary(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("architecture") == "clt":
                 clt = load_clt(src)
                 if not clt.cfg.metadata.hook_name_out:
-                    clt.cfg.metadata.hook_name_out = clt.cfg.metadata.extra.get("hook_names_out", [None])[0]
+                    clt.cfg.metadata.hook_name_out = clt.cfg.metadata.extra.get(
+                        "hook_names_out", [None]
+                    )[0]
                 export_clt(clt, tmp)
             else:
                 folders = sorted(p.parent for p in src.glob("*/cfg.json"))

@@ -107,7 +107,9 @@ class CrossLayerTranscoder(nn.Module):
             return topk_per_row(pre_BLF, self.cfg.k)
         if not self.training:
             return pre_BLF.relu() * (pre_BLF > self.threshold)
-        f_BLF = torch.stack([batch_topk(pre_BLF[:, i], self.cfg.k) for i in range(pre_BLF.shape[1])], 1)
+        f_BLF = torch.stack(
+            [batch_topk(pre_BLF[:, i], self.cfg.k) for i in range(pre_BLF.shape[1])], 1
+        )
         with torch.no_grad():  # move each layer's threshold towards its smallest kept value
             kept = torch.where(f_BLF > 0, f_BLF, torch.inf).amin(dim=(0, 2))
             lr = self.cfg.threshold_lr
@@ -156,7 +158,9 @@ class CrossLayerTranscoder(nn.Module):
         mse = self.layer_losses(target_BLO, y_BLO).sum()
         aux = mse.new_zeros(())
         if dead_mask is not None and bool(dead_mask.any()):
-            aux = self.aux_loss(pre_BLF, dead_mask.view(L, F).to(pre_BLF.device), target_BLO - y_BLO)
+            aux = self.aux_loss(
+                pre_BLF, dead_mask.view(L, F).to(pre_BLF.device), target_BLO - y_BLO
+            )
         return SAEOutput(y_BLO, f_BLF.flatten(1), mse + aux, mse, mse.new_zeros(()), aux)
 
     def aux_loss(self, pre_BLF: Tensor, dead_LF: Tensor, residual_BLO: Tensor) -> Tensor:
@@ -169,7 +173,9 @@ class CrossLayerTranscoder(nn.Module):
         vals_BLK = pre_BLF.gather(-1, idx_BLK).relu() * dead_BLK
         aux_BLF = torch.zeros_like(pre_BLF).scatter(-1, idx_BLK, vals_BLK)
         aux_out_BLO = self.decode(aux_BLF, bias=False)
-        return self.cfg.aux_coefficient * self.layer_losses(residual_BLO.detach(), aux_out_BLO).sum()
+        return (
+            self.cfg.aux_coefficient * self.layer_losses(residual_BLO.detach(), aux_out_BLO).sum()
+        )
 
     # ---- the trainer's hooks -------------------------------------------------------------
 

@@ -44,7 +44,9 @@ class MultisiteConfig:
         if not 0 < cfg.k <= cfg.d_sae:
             raise ValueError(f"{self.LABEL} k={cfg.k} must be in [1, d_sae={cfg.d_sae}]")
         if cfg.dtype not in DTYPES:
-            raise ValueError(f"{self.LABEL} dtype must be one of {tuple(DTYPES)}, got {cfg.dtype!r}")
+            raise ValueError(
+                f"{self.LABEL} dtype must be one of {tuple(DTYPES)}, got {cfg.dtype!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"architecture": self.ARCHITECTURE, **asdict(self)}  # type: ignore[call-overload]
@@ -60,7 +62,9 @@ class MultisiteConfig:
         known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{cls.LABEL} cfg.json has unknown keys {unknown}; known: {sorted(known)}")
+            raise ValueError(
+                f"{cls.LABEL} cfg.json has unknown keys {unknown}; known: {sorted(known)}"
+            )
         return cls(**data)
 
 

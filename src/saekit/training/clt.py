@@ -39,7 +39,11 @@ class CLTUnit(SAEUnit):
         return x_BLD, y_BLO
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "scales_in": self.scales_in_L, "scales_out": self.scales_out_L}
+        return {
+            **super().state_dict(),
+            "scales_in": self.scales_in_L,
+            "scales_out": self.scales_out_L,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -59,7 +63,9 @@ class CLTUnit(SAEUnit):
         return clt.eval()
 
 
-def clt_config(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device) -> CLTConfig:
+def clt_config(
+    cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device
+) -> CLTConfig:
     """The CLT a run trains over the layers of `pairs`."""
     d_in, d_out = dims[pairs[0][0]], dims[pairs[0][1]]
     return CLTConfig(
@@ -70,7 +76,9 @@ def clt_config(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, i
     )  # fmt: skip
 
 
-def build_clt_unit(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device) -> CLTUnit:
+def build_clt_unit(
+    cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device
+) -> CLTUnit:
     """A fresh CLT (training mode) over the layers of `pairs`, its Adam and firing stats."""
     from saekit.ranks import rank_and_world
 

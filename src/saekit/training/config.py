@@ -64,7 +64,9 @@ class LoopSettings:
         if parent is not None:
             parent()
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+            raise ValueError(
+                f"lr_schedule={self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}"
+            )
         for name in ("tokens", "batch_tokens", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -220,7 +222,9 @@ class TrainConfig(LoopSettings, DataSettings):
         if self.cross_layer:
             self._validate_cross_layer()
         elif self.sae_placement == "features":
-            raise ValueError("sae_placement features splits a CLT's features: also give cross_layer")
+            raise ValueError(
+                "sae_placement features splits a CLT's features: also give cross_layer"
+            )
         if self.crosscoder or self.diff_model:
             self._validate_crosscoder()
         if self.skip and not (self.transcoders or self.hook_out):
@@ -253,16 +257,24 @@ class TrainConfig(LoopSettings, DataSettings):
         if not self.crosscoder:
             raise ValueError("diff_model is for model diffing: also give crosscoder")
         if self.transcoders or self.hook_out or self.cross_layer or self.skip:
-            raise ValueError("crosscoder reads and rebuilds hooks: drop transcoders, hook_out, skip")
+            raise ValueError(
+                "crosscoder reads and rebuilds hooks: drop transcoders, hook_out, skip"
+            )
         if len(self.archs) != 1 or self.archs[0] not in CROSSCODER_ACTIVATIONS:
-            raise ValueError(f"crosscoder: archs must be one of {', '.join(CROSSCODER_ACTIVATIONS)}")
+            raise ValueError(
+                f"crosscoder: archs must be one of {', '.join(CROSSCODER_ACTIVATIONS)}"
+            )
         if len(self.ks) > 1 or len(self.d_saes) > 1:
             raise ValueError("crosscoder trains one dictionary: give at most one k and d_sae")
         if self.diff_model and len(self.hooks) > 1:
-            raise ValueError("crosscoder with diff_model reads one hook of both models: give one hook")
+            raise ValueError(
+                "crosscoder with diff_model reads one hook of both models: give one hook"
+            )
         if not self.diff_model and len(self.hooks) < 2:
-            raise ValueError("crosscoder needs two or more hooks (e.g. --hook blocks.3.hook_resid_post,"
-                             "blocks.4.hook_resid_post), or one hook and diff_model")
+            raise ValueError(
+                "crosscoder needs two or more hooks (e.g. --hook blocks.3.hook_resid_post,"
+                "blocks.4.hook_resid_post), or one hook and diff_model"
+            )
         if self.diff_model and self.activations:
             raise ValueError("crosscoder with diff_model runs both models: drop activations")
         self._check_dictionary_settings("crosscoder")
@@ -312,4 +324,3 @@ def architectures_by_sparsity() -> tuple[list[str], list[str]]:
 
     with_k = [a for a, cls in SAE_CLASSES.items() if cls.sparsity_setting == "k"]
     return with_k, [a for a in SAE_CLASSES if a not in with_k]
-
