@@ -85,6 +85,28 @@ def test_clt_round_trip_and_layout(tmp_path):
         assert torch.equal(back.state_dict_flat()[key], value), key
 
 
+def test_jumprelu_clt_round_trip_keeps_thresholds_bit_exact(tmp_path):
+    torch.manual_seed(2)
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=3, d_in=8, d_sae=16, activation="jumprelu"))
+    with torch.no_grad():
+        clt.threshold.uniform_(0, 0.5)
+        clt.b_enc.normal_()
+    export_clt(clt.eval(), tmp_path / "ct")
+    for i in range(3):
+        enc = load_file(str(tmp_path / "ct" / f"W_enc_{i}.safetensors"))
+        assert torch.equal(enc[f"threshold_{i}"], clt.threshold[i].detach())
+    back = import_clt(tmp_path / "ct", activation="jumprelu")
+    assert back.cfg.activation == "jumprelu" and back.cfg.k is None
+    for key, value in clt.state_dict_flat().items():
+        assert torch.equal(back.state_dict_flat()[key], value), key
+    x = torch.randn(6, 3, 8)
+    with torch.no_grad():
+        assert (clt.encode(x) > 0).any()
+        assert torch.equal(back.encode(x), clt.encode(x))
+    with pytest.raises(ValueError, match="activation='topk' is not one of batchtopk, jumprelu"):
+        import_clt(tmp_path / "ct", activation="topk")
+
+
 def test_topk_clt_export_is_refused(tmp_path):
     clt = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=8, d_sae=16, k=4))
     with pytest.raises(ValueError, match="--arch batchtopk"):

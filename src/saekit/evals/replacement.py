@@ -39,17 +39,13 @@ class Replacement:
 
     @classmethod
     def of_clt(cls, clt, hooks_in: list[str], hooks_out: list[str]) -> Replacement:
-        def encode(layer: int, x_ND: Tensor) -> Tensor:
-            pre_NF = x_ND @ clt.W_enc[layer] + clt.b_enc[layer]
-            return clt.activate(pre_NF[:, None])[:, 0]
-
         def decode(layer: int, feats: list[Tensor], x_ND: Tensor) -> Tensor:
             y_NO = clt.b_dec[layer].expand(x_ND.shape[0], -1)
             for src in range(layer + 1):
                 y_NO = y_NO + feats[src] @ clt.W_dec[src][:, layer - src]
             return y_NO
 
-        return cls(hooks_in, hooks_out, encode, decode)
+        return cls(hooks_in, hooks_out, clt.encode_layer, decode)
 
     def outputs(self, xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """(features, outputs) of every layer from every layer's input [N, D]."""
