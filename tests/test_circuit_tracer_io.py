@@ -32,7 +32,9 @@ def transcoders(arch: str, **settings) -> list[SAE]:
     return saes
 
 
-@pytest.mark.parametrize("arch, settings", [("topk", {"k": 4, "skip": True}), ("jumprelu", {}), ("relu", {})])
+@pytest.mark.parametrize(
+    "arch, settings", [("topk", {"k": 4, "skip": True}), ("jumprelu", {}), ("relu", {})]
+)
 def test_transcoder_set_round_trip(arch, settings, tmp_path):
     saes = transcoders(arch, **settings)
     export_transcoder_set(saes, tmp_path / "ct")
@@ -40,7 +42,10 @@ def test_transcoder_set_round_trip(arch, settings, tmp_path):
     assert t["W_enc"].shape == (16, 8) and t["W_dec"].shape == (16, 8)
     torch.testing.assert_close(t["W_enc"], saes[1].W_enc.T)
     config = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
-    assert config["feature_input_hook"] == "mlp.hook_in" and config["feature_output_hook"] == "hook_mlp_out"
+    assert (
+        config["feature_input_hook"] == "mlp.hook_in"
+        and config["feature_output_hook"] == "hook_mlp_out"
+    )
     assert config["model_kind"] == "transcoder_set"  # circuit-tracer's loaders dispatch on it
     back = import_transcoder_set(tmp_path / "ct")
     x = torch.randn(5, 8)
@@ -80,6 +85,28 @@ def test_clt_round_trip_and_layout(tmp_path):
         assert torch.equal(back.state_dict_flat()[key], value), key
 
 
+def test_jumprelu_clt_round_trip_keeps_thresholds_bit_exact(tmp_path):
+    torch.manual_seed(2)
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=3, d_in=8, d_sae=16, activation="jumprelu"))
+    with torch.no_grad():
+        clt.threshold.uniform_(0, 0.5)
+        clt.b_enc.normal_()
+    export_clt(clt.eval(), tmp_path / "ct")
+    for i in range(3):
+        enc = load_file(str(tmp_path / "ct" / f"W_enc_{i}.safetensors"))
+        assert torch.equal(enc[f"threshold_{i}"], clt.threshold[i].detach())
+    back = import_clt(tmp_path / "ct", activation="jumprelu")
+    assert back.cfg.activation == "jumprelu" and back.cfg.k is None
+    for key, value in clt.state_dict_flat().items():
+        assert torch.equal(back.state_dict_flat()[key], value), key
+    x = torch.randn(6, 3, 8)
+    with torch.no_grad():
+        assert (clt.encode(x) > 0).any()
+        assert torch.equal(back.encode(x), clt.encode(x))
+    with pytest.raises(ValueError, match="activation='topk' is not one of batchtopk, jumprelu"):
+        import_clt(tmp_path / "ct", activation="topk")
+
+
 def test_topk_clt_export_is_refused(tmp_path):
     clt = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=8, d_sae=16, k=4))
     with pytest.raises(ValueError, match="--arch batchtopk"):
@@ -100,7 +127,10 @@ def test_saekit_convert_round_trips_a_clt_and_a_transcoder_run(tmp_path):
     with torch.no_grad():
         clt.threshold.uniform_(0, 0.5)
     clt.save(tmp_path / "clt")
-    assert main(["convert", str(tmp_path / "clt"), str(tmp_path / "ct"), "--to", "circuit-tracer"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "clt"), str(tmp_path / "ct"), "--to", "circuit-tracer"])
+        == 0
+    )
     assert main(["convert", str(tmp_path / "ct"), str(tmp_path / "back")]) == 0
     back = load_clt(tmp_path / "back")
     for key, value in clt.state_dict_flat().items():
@@ -110,7 +140,10 @@ def test_saekit_convert_round_trips_a_clt_and_a_transcoder_run(tmp_path):
 
     for sae in transcoders("topk", k=4):
         sae.save(tmp_path / "run" / sae.cfg.metadata.hook_name)
-    assert main(["convert", str(tmp_path / "run"), str(tmp_path / "ct2"), "--to", "circuit-tracer"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "run"), str(tmp_path / "ct2"), "--to", "circuit-tracer"])
+        == 0
+    )
     assert main(["convert", str(tmp_path / "ct2"), str(tmp_path / "run2")]) == 0
     for sae in transcoders("topk", k=4):
         again = SAE.load(tmp_path / "run2" / sae.cfg.metadata.hook_name)

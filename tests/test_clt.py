@@ -22,14 +22,18 @@ L, D, DO, F, K = 3, 6, 5, 16, 3
 
 def random_clt(activation: str = "topk", seed: int = 0) -> CrossLayerTranscoder:
     torch.manual_seed(seed)
-    clt = CrossLayerTranscoder(CLTConfig(n_layers=L, d_in=D, d_out=DO, d_sae=F, k=K, activation=activation))
+    clt = CrossLayerTranscoder(
+        CLTConfig(n_layers=L, d_in=D, d_out=DO, d_sae=F, k=K, activation=activation)
+    )
     with torch.no_grad():
         clt.b_enc.normal_(0, 0.1)
         clt.b_dec.normal_()
     return clt
 
 
-def loop_forward(clt: CrossLayerTranscoder, x_BLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loop_forward(
+    clt: CrossLayerTranscoder, x_BLD: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The CLT written as loops: per layer and token, top-k of the pre-activations, then each
     output layer sums the decoders of all earlier-or-equal layers."""
     B = x_BLD.shape[0]
@@ -119,7 +123,9 @@ def test_clt_folder_round_trip(tmp_path):
     x_BLD = torch.randn(4, L, D)
     assert again.cfg.to_dict() == clt.cfg.to_dict()
     with torch.no_grad():
-        torch.testing.assert_close(again.decode(again.encode(x_BLD)), clt.eval().decode(clt.encode(x_BLD)))
+        torch.testing.assert_close(
+            again.decode(again.encode(x_BLD)), clt.eval().decode(clt.encode(x_BLD))
+        )
     cfg = json.loads((tmp_path / "clt" / "cfg.json").read_text())
     assert cfg["architecture"] == "clt" and cfg["n_layers"] == L
 
@@ -151,7 +157,10 @@ def test_memory_estimate_refuses_a_run_that_cannot_fit(tiny_model_dir, tmp_path,
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(transcoders=None, hooks=("blocks.0.hook_resid_pre",)), "cross_layer needs transcoders"),
+        (
+            dict(transcoders=None, hooks=("blocks.0.hook_resid_pre",)),
+            "cross_layer needs transcoders",
+        ),
         (dict(archs=("relu",)), "archs must be one of topk, batchtopk"),
         (dict(ks=(4, 8)), "at most one k"),
     ],

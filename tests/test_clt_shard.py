@@ -1,5 +1,6 @@
 """A CLT sharded by features over 2 gloo ranks equals the unsharded CLT: reconstruction,
-every loss part, each rank's gradient slice, and the weights after two Adam steps."""
+every loss part, each rank's gradient slice, and the weights after two Adam steps (topk,
+batchtopk with AuxK; jumprelu with its tanh penalty and pre-activation loss)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ L, D, F, K, B = 3, 6, 16, 3, 12
 
 def reference(activation: str) -> CrossLayerTranscoder:
     torch.manual_seed(0)
-    clt = CrossLayerTranscoder(CLTConfig(n_layers=L, d_in=D, d_sae=F, k=K, activation=activation))
+    if activation == "jumprelu":  # a wide kernel, so that thresholds get gradients
+        settings = dict(
+            l0_coefficient=0.05, pre_act_coefficient=0.01, bandwidth=0.5, init_threshold=0.3
+        )
+    else:
+        settings = dict(k=K)
+    clt = CrossLayerTranscoder(
+        CLTConfig(n_layers=L, d_in=D, d_sae=F, activation=activation, **settings)
+    )
     with torch.no_grad():
         clt.b_enc.normal_(0, 0.2)
         clt.b_dec.normal_()
@@ -47,9 +56,9 @@ def _check(rank: int, world: int, activation: str) -> dict:
         report[f"out{step}"] = (got.sae_out - want.sae_out).abs().max().item()
         feats_want = want.feature_acts.view(B, L, F)[:, :, cut]
         report[f"feats{step}"] = (got.feature_acts.view(B, L, -1) - feats_want).abs().max().item()
-        for part in ("loss", "mse_loss", "aux_loss"):
+        for part in ("loss", "mse_loss", "sparsity_loss", "aux_loss"):
             report[f"{part}{step}"] = abs(getattr(got, part).item() - getattr(want, part).item())
-        report[f"aux_nonzero{step}"] = want.aux_loss.item() > 0
+        report[f"aux_nonzero{step}"] = (want.sparsity_loss + want.aux_loss).item() > 0
         grad_enc = shard.local.W_enc.grad - full.W_enc.grad[:, :, cut]
         report[f"grad_enc{step}"] = grad_enc.abs().max().item()
         report[f"grad_dec{step}"] = max(
@@ -57,7 +66,12 @@ def _check(rank: int, world: int, activation: str) -> dict:
             for i in range(L)
         )
         report[f"grad_bdec{step}"] = (shard.local.b_dec.grad - full.b_dec.grad).abs().max().item()
+        if activation == "jumprelu":
+            assert full.threshold.grad.abs().sum() > 0, "the test must exercise the estimator"
+            grad_t = shard.local.threshold.grad - full.threshold.grad[:, cut]
+            report[f"grad_threshold{step}"] = grad_t.abs().max().item()
         opt_full.step(), opt_shard.step()
+        full.after_optimizer_step(), shard.after_optimizer_step()
         opt_full.zero_grad(), opt_shard.zero_grad()
     gathered = shard.gather_full()
     if rank == 0:
@@ -73,7 +87,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        reports = {a: _check(rank, world, a) for a in ("topk", "batchtopk")}
+        reports = {a: _check(rank, world, a) for a in ("topk", "batchtopk", "jumprelu")}
         torch.save(reports, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -90,7 +104,7 @@ def test_two_gloo_ranks_equal_the_unsharded_clt(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     for rank in range(2):
         for activation, report in torch.load(f"{out}.{rank}").items():
-            assert report["aux_nonzero0"], "the test must exercise AuxK"
+            assert report["aux_nonzero0"], "the test must exercise AuxK or the penalty"
             for key, value in report.items():
                 if not key.startswith("aux_nonzero"):
                     assert value < 1e-5, (rank, activation, key, value)

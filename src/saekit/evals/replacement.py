@@ -39,17 +39,13 @@ class Replacement:
 
     @classmethod
     def of_clt(cls, clt, hooks_in: list[str], hooks_out: list[str]) -> Replacement:
-        def encode(layer: int, x_ND: Tensor) -> Tensor:
-            pre_NF = x_ND @ clt.W_enc[layer] + clt.b_enc[layer]
-            return clt.activate(pre_NF[:, None])[:, 0]
-
         def decode(layer: int, feats: list[Tensor], x_ND: Tensor) -> Tensor:
             y_NO = clt.b_dec[layer].expand(x_ND.shape[0], -1)
             for src in range(layer + 1):
                 y_NO = y_NO + feats[src] @ clt.W_dec[src][:, layer - src]
             return y_NO
 
-        return cls(hooks_in, hooks_out, encode, decode)
+        return cls(hooks_in, hooks_out, clt.encode_layer, decode)
 
     def outputs(self, xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """(features, outputs) of every layer from every layer's input [N, D]."""
@@ -78,7 +74,9 @@ class Replacement:
 
             return write
 
-        for layer, (hook_in, hook_out) in enumerate(zip(self.hooks_in, self.hooks_out, strict=True)):
+        for layer, (hook_in, hook_out) in enumerate(
+            zip(self.hooks_in, self.hooks_out, strict=True)
+        ):
             stack.enter_context(lm.splice(hook_in, _observer(reader(layer))))
             stack.enter_context(lm.splice(hook_out, writer(layer)))
 
@@ -131,7 +129,9 @@ def evaluate_replacement(
         ce_replaced_M, kl_M = token_losses(forked, replaced_in_MD, targets_M, clean)
         with ExitStack() as stack:
             for h in replacement.hooks_out:
-                stack.enter_context(lm.splice(h, lambda a, k=keep_BT: torch.where(k.unsqueeze(-1), 0.0, a)))
+                stack.enter_context(
+                    lm.splice(h, lambda a, k=keep_BT: torch.where(k.unsqueeze(-1), 0.0, a))
+                )
             ablated_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
         ce["clean"].append(ce_clean_M)
         ce["replaced"].append(ce_replaced_M)

@@ -8,7 +8,7 @@ naming the hooks, the activation and the files. Cross-layer transcoders (its `lo
 `W_enc_{l}.safetensors` with `W_enc_{l} [F, D]`, `b_enc_{l}`, `b_dec_{l}` (+ `threshold_{l}`)
 and `W_dec_{l}.safetensors` with `W_dec_{l} [F, L - l, O]`. circuit-tracer's CLT knows ReLU
 and JumpReLU only, so a TopK CLT cannot be exported exactly: train it with batchtopk, whose
-inference form is a JumpReLU.
+inference form is a JumpReLU, or with jumprelu. Thresholds travel bit for bit both ways.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def _saekit_hook(layer: int, name: str) -> str:
 def _layer(hook: str | None) -> int:
     parts = (hook or "").split(".")
     if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise ValueError(f"cannot tell the layer of hook {hook!r}: circuit-tracer files are per layer")
+        raise ValueError(
+            f"cannot tell the layer of hook {hook!r}: circuit-tracer files are per layer"
+        )
     return int(parts[1])
 
 
@@ -70,7 +72,9 @@ def export_transcoder_set(saes: list[SAE], out: str | os.PathLike[str]) -> Path:
         elif arch == "topk":
             tensors["k"] = torch.tensor(sae.cfg.k)
         elif arch != "relu":
-            raise ValueError(f"circuit-tracer has no {arch!r} transcoder (relu, topk, jumprelu, batchtopk)")
+            raise ValueError(
+                f"circuit-tracer has no {arch!r} transcoder (relu, topk, jumprelu, batchtopk)"
+            )
         files[layer] = f"layer_{layer}.safetensors"
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(out / files[layer]))
     first = saes[0].cfg
@@ -130,11 +134,12 @@ def import_transcoder_set(folder: str | os.PathLike[str]) -> list[SAE]:
 
 
 def export_clt(clt: CrossLayerTranscoder, out: str | os.PathLike[str]) -> Path:
-    """Write a (batchtopk) CLT in circuit-tracer's `load_clt` layout."""
-    if clt.cfg.activation != "batchtopk":
+    """Write a batchtopk or jumprelu CLT in circuit-tracer's `load_clt` layout."""
+    if clt.cfg.activation not in _THRESHOLDED:
         raise ValueError(
-            "circuit-tracer CLTs are ReLU or JumpReLU: only a CLT trained with arch batchtopk "
-            "(a JumpReLU at inference) exports exactly; retrain with --arch batchtopk"
+            f"circuit-tracer CLTs are ReLU or JumpReLU: a CLT with activation "
+            f"{clt.cfg.activation!r} does not export exactly; retrain with --arch batchtopk "
+            "(a JumpReLU at inference) or --arch jumprelu"
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,9 +160,14 @@ def export_clt(clt: CrossLayerTranscoder, out: str | os.PathLike[str]) -> Path:
     return out
 
 
-def import_clt(folder: str | os.PathLike[str], k: int = 1) -> CrossLayerTranscoder:
-    """Read a circuit-tracer CLT folder. With thresholds it becomes a batchtopk CLT (exact at
-    inference; `k` only matters for further training); without, ReLU is not supported."""
+def import_clt(
+    folder: str | os.PathLike[str], k: int = 1, activation: str = "batchtopk"
+) -> CrossLayerTranscoder:
+    """Read a circuit-tracer CLT folder. With thresholds it becomes a CLT of `activation`
+    batchtopk (`k` only matters for further training) or jumprelu (its default penalty
+    settings; k unused), both exact at inference; without, ReLU is not supported."""
+    if activation not in ("batchtopk", "jumprelu"):
+        raise ValueError(f"import_clt: activation={activation!r} is not one of batchtopk, jumprelu")
     folder = Path(folder)
     n = len(list(folder.glob("W_enc_*.safetensors")))
     encs = [load_file(str(folder / f"W_enc_{i}.safetensors")) for i in range(n)]
@@ -168,14 +178,16 @@ def import_clt(folder: str | os.PathLike[str], k: int = 1) -> CrossLayerTranscod
     config_file = folder / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     hooks_in = [_saekit_hook(i, config.get("feature_input_hook", "mlp.hook_in")) for i in range(n)]
-    hooks_out = [_saekit_hook(i, config.get("feature_output_hook", "hook_mlp_out")) for i in range(n)]
+    hooks_out = [
+        _saekit_hook(i, config.get("feature_output_hook", "hook_mlp_out")) for i in range(n)
+    ]
     metadata = {
         "model_name": config.get("model_name"), "hook_name": hooks_in[0],
         "hook_name_out": hooks_out[0], "hook_names": hooks_in, "hook_names_out": hooks_out,
     }  # fmt: skip
     clt = CrossLayerTranscoder(CLTConfig(
-        n_layers=n, d_in=D, d_sae=F, d_out=decs[0].shape[-1], k=k, activation="batchtopk",
-        metadata=metadata,
+        n_layers=n, d_in=D, d_sae=F, d_out=decs[0].shape[-1], activation=activation,
+        k=None if activation == "jumprelu" else k, metadata=metadata,
     ))  # fmt: skip
     clt.load_flat({
         "W_enc": torch.stack([e[f"W_enc_{i}"].T for i, e in enumerate(encs)]),
@@ -216,7 +228,9 @@ def convert_dictionary(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("architecture") == "clt":
                 clt = load_clt(src)
                 if not clt.cfg.metadata.hook_name_out:
-                    clt.cfg.metadata.hook_name_out = clt.cfg.metadata.extra.get("hook_names_out", [None])[0]
+                    clt.cfg.metadata.hook_name_out = clt.cfg.metadata.extra.get(
+                        "hook_names_out", [None]
+                    )[0]
                 export_clt(clt, tmp)
             else:
                 folders = sorted(p.parent for p in src.glob("*/cfg.json"))

@@ -5,10 +5,12 @@ encoder (`W_enc [L, D, F/W]`, `b_enc`, `threshold`) and of every decoder
 (`W_dec_{l} [F/W, L - l, O]`); `b_dec` is replicated. Every rank sees the same tokens. The
 sparsity choice is global: each rank offers its k largest candidates per token and layer
 (batchtopk: k * B per layer), all ranks gather them and keep the values at or above the
-k-th largest of all, so the kept set is the unsharded one (up to exact ties). Each rank decodes
-its features and the partial reconstructions are summed with all_reduce; the loss (per-layer
-FVU + AuxK, whose dead-feature top-k is chosen the same way) is then the same on every rank,
-and the sum's backward passes the gradient through unchanged to each rank's partial sum.
+k-th largest of all, so the kept set is the unsharded one (up to exact ties); jumprelu is
+per feature, so each rank applies its own thresholds. Each rank decodes its features and the
+partial reconstructions are summed with all_reduce; the loss (per-layer FVU + AuxK, whose
+dead-feature top-k is chosen the same way; jumprelu's penalties, summed over each rank's
+features with their whole decoders) is then the same on every rank, and the sum's backward
+passes the gradient through unchanged to each rank's partial sum.
 """
 
 from __future__ import annotations
@@ -66,19 +68,29 @@ class ShardedCLT(nn.Module):
     feature activations of this rank's features only ([B, L * F/W])."""
 
     architecture = "clt"
-    sparsity_setting = "k"
-    dead_feature_loss = "auxk"
     resamplable = False
     approximate_selection = False
-    sparsity_coefficient = 0.0
     batch_dependent = True  # the choice spans ranks; a data-parallel split cannot reproduce it
 
     def __init__(self, cfg: CLTConfig, rank: int, world: int):
         super().__init__()
         self.cfg, self.rank, self.world = cfg, rank, world
         self.features = feature_slice(cfg.d_sae, rank, world)
-        local = CLTConfig(**{**cfg.__dict__, "d_sae": cfg.d_sae // world, "k": 1})
-        self.local = CrossLayerTranscoder(local)  # parameters only; the choice is global here
+        k = None if cfg.activation in CLTConfig.PENALISED else 1  # the k-choice is global here
+        local = CLTConfig(**{**cfg.__dict__, "d_sae": cfg.d_sae // world, "k": k})
+        self.local = CrossLayerTranscoder(local)  # parameters (and jumprelu's activation)
+
+    @property
+    def sparsity_setting(self) -> str:
+        return self.local.sparsity_setting
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        return self.local.sparsity_coefficient
+
+    @property
+    def dead_feature_loss(self) -> str | None:
+        return self.local.dead_feature_loss
 
     @property
     def b_dec(self) -> nn.Parameter:
@@ -122,8 +134,11 @@ class ShardedCLT(nn.Module):
     # ---- the computation -----------------------------------------------------------------
 
     def activate(self, pre_BLF: Tensor) -> Tensor:
-        """This rank's share of the global per-layer TopK / BatchTopK choice."""
+        """This rank's share of the global per-layer TopK / BatchTopK choice (jumprelu: its
+        own features' JumpReLU)."""
         k = self.cfg.k
+        if self.local.penalised:
+            return self.local.activate(pre_BLF)
         if self.cfg.activation == "topk":
             return torch.where(pre_BLF >= _global_kth(pre_BLF, k), pre_BLF.relu(), 0.0)
         relu_BLF = pre_BLF.relu()
@@ -162,14 +177,17 @@ class ShardedCLT(nn.Module):
         f_BLF = self.activate(pre_BLF)
         y_BLO = self.decode(f_BLF)
         mse = self.local.layer_losses(target_BLO, y_BLO).sum()
-        aux = mse.new_zeros(())
-        if dead_mask is not None:
+        aux = sparsity = mse.new_zeros(())
+        if self.local.penalised:  # each rank's features' part, summed
+            own = self.local.sparsity_loss(pre_BLF, f_BLF, sparsity_coefficient)
+            sparsity = sum_across_ranks(own)
+        elif dead_mask is not None:
             dead_LF = dead_mask.view(L, F).to(pre_BLF.device)
             counts_L = dead_LF.sum(1)
             dist.all_reduce(counts_L)
             if int(counts_L.max()):
                 aux = self.aux_loss(pre_BLF, dead_LF, int(counts_L.max()), target_BLO - y_BLO)
-        return SAEOutput(y_BLO, f_BLF.flatten(1), mse + aux, mse, mse.new_zeros(()), aux)
+        return SAEOutput(y_BLO, f_BLF.flatten(1), mse + sparsity + aux, mse, sparsity, aux)
 
     def aux_loss(
         self, pre_BLF: Tensor, dead_LF: Tensor, most_dead: int, residual_BLO: Tensor
@@ -189,4 +207,5 @@ class ShardedCLT(nn.Module):
         """No decoder constraint."""
 
     def after_optimizer_step(self) -> None:
-        """No decoder constraint."""
+        """As the CLT's (jumprelu thresholds clamped at >= 0)."""
+        self.local.after_optimizer_step()

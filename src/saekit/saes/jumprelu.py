@@ -13,6 +13,10 @@ Sparsity penalty (times `l0_coefficient`), averaged over the batch:
 - `sparsity_mode="step"` (Gemma Scope): L0 = sum_i H(pre_i - t_i); decoder rows unit-norm.
 - `sparsity_mode="tanh"` (Anthropic, early 2025): sum_i tanh(tanh_scale * f_i * ||W_dec[i]||);
   decoder unconstrained. The gradient reaches t through the JumpReLU estimator.
+
+`JumpReLUFn`, `tanh_penalty` and `pre_act_penalty` broadcast over extra feature dims: the
+cross-layer transcoder (`saekit.saes.clt`, activation jumprelu) applies them to [B, L, F] with
+thresholds and decoder norms [L, F].
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ class JumpReLUFn(torch.autograd.Function):
         jump_F = t_F.clamp_min(0)
         grad_t = -(jump_F / ctx.eps) * _rectangle((pre_BF - t_F) / ctx.eps) * grad_BF
         return ((pre_BF > t_F) & (pre_BF > 0)) * grad_BF, grad_t.sum(0), None
+
+
+def tanh_penalty(f_BF: Tensor, dec_norm_F: Tensor, scale: float) -> Tensor:
+    """sum over features of tanh(scale * f * ||W_dec||), averaged over the batch (dim 0)."""
+    return torch.tanh(scale * f_BF * dec_norm_F).flatten(1).sum(1).mean()
+
+
+def pre_act_penalty(pre_BF: Tensor, dec_norm_F: Tensor) -> Tensor:
+    """sum over features of relu(-pre) * ||W_dec||, averaged over the batch: pushes features
+    whose pre-activations sit below zero back up (against dead features)."""
+    return (torch.relu(-pre_BF) * dec_norm_F).flatten(1).sum(1).mean()
 
 
 class StepFn(torch.autograd.Function):
@@ -88,8 +103,7 @@ class JumpReLUSAE(SAE):
     def sparsity_penalty(self, pre_BF: Tensor, acts: DenseActs) -> Tensor:
         if self.cfg.sparsity_mode == "step":
             return StepFn.apply(pre_BF, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        scaled_BF = self.cfg.tanh_scale * acts.f_BF * self.W_dec.norm(dim=1)
-        return torch.tanh(scaled_BF).sum(-1).mean()
+        return tanh_penalty(acts.f_BF, self.W_dec.norm(dim=1), self.cfg.tanh_scale)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -17,15 +17,30 @@ from saekit.fileio import atomic_write, atomic_write_text
 from saekit.saes.config import SAEMetadata
 from saekit.saes.folder import WEIGHTS_FILENAME
 
+AUXK_SETTINGS = ("aux_k", "aux_coefficient", "threshold_lr")
+"""The settings of the k-sparse activations (AuxK, the BatchTopK threshold's rate)."""
+
 
 class MultisiteConfig:
     """Mixin of the config dataclasses: `LABEL` names the kind in errors, `ARCHITECTURE` is
-    its `cfg.json` tag, `ACTIVATIONS` the valid activations, `SIZES` the positive sizes."""
+    its `cfg.json` tag, `ACTIVATIONS` the valid activations, `SIZES` the positive sizes,
+    `PENALISED` the activations whose sparsity is a penalty (no k), `SETTINGS` what a run
+    may set per activation (`--sae-setting`)."""
 
     LABEL: ClassVar[str]
     ARCHITECTURE: ClassVar[str]
     ACTIVATIONS: ClassVar[tuple[str, ...]]
     SIZES: ClassVar[tuple[str, ...]]
+    PENALISED: ClassVar[tuple[str, ...]] = ()
+    SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "topk": AUXK_SETTINGS,
+        "batchtopk": AUXK_SETTINGS,
+    }
+
+    @classmethod
+    def with_k(cls) -> tuple[str, ...]:
+        """The activations that take k."""
+        return tuple(a for a in cls.ACTIVATIONS if a not in cls.PENALISED)
 
     def check(self) -> None:
         """Normalise the metadata; raise ValueError naming the first bad setting."""
@@ -41,10 +56,21 @@ class MultisiteConfig:
                 f"{self.LABEL} activation={cfg.activation!r} is not one of "
                 f"{', '.join(self.ACTIVATIONS)}"
             )
-        if not 0 < cfg.k <= cfg.d_sae:
-            raise ValueError(f"{self.LABEL} k={cfg.k} must be in [1, d_sae={cfg.d_sae}]")
+        if cfg.activation in self.PENALISED:
+            if cfg.k is not None:
+                raise ValueError(
+                    f"{self.LABEL} k={cfg.k} is not used by activation={cfg.activation!r} "
+                    f"(a penalty sets its sparsity); k is for {', '.join(self.with_k())}"
+                )
+        elif not (isinstance(cfg.k, int) and 0 < cfg.k <= cfg.d_sae):
+            raise ValueError(
+                f"{self.LABEL} k={cfg.k} must be an integer in [1, d_sae={cfg.d_sae}] for "
+                f"activation={cfg.activation!r}"
+            )
         if cfg.dtype not in DTYPES:
-            raise ValueError(f"{self.LABEL} dtype must be one of {tuple(DTYPES)}, got {cfg.dtype!r}")
+            raise ValueError(
+                f"{self.LABEL} dtype must be one of {tuple(DTYPES)}, got {cfg.dtype!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"architecture": self.ARCHITECTURE, **asdict(self)}  # type: ignore[call-overload]
@@ -60,7 +86,9 @@ class MultisiteConfig:
         known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{cls.LABEL} cfg.json has unknown keys {unknown}; known: {sorted(known)}")
+            raise ValueError(
+                f"{cls.LABEL} cfg.json has unknown keys {unknown}; known: {sorted(known)}"
+            )
         return cls(**data)
 
 

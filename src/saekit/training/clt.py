@@ -39,7 +39,11 @@ class CLTUnit(SAEUnit):
         return x_BLD, y_BLO
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "scales_in": self.scales_in_L, "scales_out": self.scales_out_L}
+        return {
+            **super().state_dict(),
+            "scales_in": self.scales_in_L,
+            "scales_out": self.scales_out_L,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -59,18 +63,26 @@ class CLTUnit(SAEUnit):
         return clt.eval()
 
 
-def clt_config(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device) -> CLTConfig:
-    """The CLT a run trains over the layers of `pairs`."""
+def clt_config(
+    cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device
+) -> CLTConfig:
+    """The CLT a run trains over the layers of `pairs` (jumprelu: `l1` is its l0_coefficient,
+    no k)."""
     d_in, d_out = dims[pairs[0][0]], dims[pairs[0][1]]
+    sparsity: dict = {"k": cfg.ks[0] if cfg.ks else DEFAULT_K}
+    if cfg.archs[0] in CLTConfig.PENALISED:
+        sparsity = {"l0_coefficient": cfg.l1s[0]} if cfg.l1s else {}
     return CLTConfig(
         n_layers=len(pairs), d_in=d_in, d_out=d_out,
         d_sae=cfg.d_saes[0] if cfg.d_saes else d_in * (cfg.expansion_factor or 8),
-        k=cfg.ks[0] if cfg.ks else DEFAULT_K, activation=cfg.archs[0],
-        dtype="float32", device=str(device), **dict(cfg.sae_settings),
+        activation=cfg.archs[0], dtype="float32", device=str(device),
+        **sparsity, **dict(cfg.sae_settings),
     )  # fmt: skip
 
 
-def build_clt_unit(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device) -> CLTUnit:
+def build_clt_unit(
+    cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[str, int], device
+) -> CLTUnit:
     """A fresh CLT (training mode) over the layers of `pairs`, its Adam and firing stats."""
     from saekit.ranks import rank_and_world
 
@@ -87,7 +99,7 @@ def build_clt_unit(cfg: TrainConfig, pairs: list[tuple[str, str]], dims: dict[st
         firing_width //= world
     fused = torch.device(device).type in ("cpu", "cuda")
     optimizer = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
-    use_dead = cfg.dead_feature_method in ("auto", "auxk")
+    use_dead = cfg.dead_feature_method in ("auto", "auxk") and clt.dead_feature_loss == "auxk"
     return CLTUnit(
         name=CLT_NAME, hook_in=pairs[0][0], hook_out=pairs[0][1], sae=clt, optimizer=optimizer,
         firing=FiringStats(firing_width, cfg.dead_after_tokens, device),

@@ -64,7 +64,9 @@ class LoopSettings:
         if parent is not None:
             parent()
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+            raise ValueError(
+                f"lr_schedule={self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}"
+            )
         for name in ("tokens", "batch_tokens", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -107,7 +109,8 @@ class TrainConfig(LoopSettings, DataSettings):
     cross_layer: bool = False
     """With transcoders: train one cross-layer transcoder over those layers instead (features
     read at layer l write to the MLP outputs of l and every later layer); arch topk or
-    batchtopk sets the per-layer sparsity, k, d_sae the features per layer."""
+    batchtopk (with k) or jumprelu (with the tanh penalty, its coefficient l1) sets the
+    per-layer sparsity, d_sae the features per layer."""
     crosscoder: bool = False
     """Train one crosscoder over `hooks` (one latent space, an encoder and a decoder per hook,
     hooks of one width) instead of an SAE per hook; with diff_model, over one hook of two
@@ -130,7 +133,8 @@ class TrainConfig(LoopSettings, DataSettings):
     ks: tuple[int, ...] = ()
     """Active features per token for topk, batchtopk and matryoshka; empty: 32."""
     l1s: tuple[float, ...] = ()
-    """Sparsity coefficient(s) for relu, gated (L1) and jumprelu (L0); empty uses each default."""
+    """Sparsity coefficient(s) for relu, gated (L1) and jumprelu (L0; a jumprelu CLT's tanh
+    penalty); empty uses each default."""
     sae_settings: tuple[tuple[str, Any], ...] = ()
     """Further architecture settings as KEY=VALUE (e.g. decoder_norm=weighted, bandwidth=0.001)."""
 
@@ -220,7 +224,9 @@ class TrainConfig(LoopSettings, DataSettings):
         if self.cross_layer:
             self._validate_cross_layer()
         elif self.sae_placement == "features":
-            raise ValueError("sae_placement features splits a CLT's features: also give cross_layer")
+            raise ValueError(
+                "sae_placement features splits a CLT's features: also give cross_layer"
+            )
         if self.crosscoder or self.diff_model:
             self._validate_crosscoder()
         if self.skip and not (self.transcoders or self.hook_out):
@@ -229,7 +235,7 @@ class TrainConfig(LoopSettings, DataSettings):
             raise ValueError("dead_feature_method=resample needs resample_every_tokens > 0")
         if self.resample_every_tokens and self.dead_feature_method != "resample":
             raise ValueError("resample_every_tokens is only used with dead_feature_method=resample")
-        self._validate_architectures()
+        self._validate_architectures(own_settings=not (self.cross_layer or self.crosscoder))
         with_k, with_coefficient = architectures_by_sparsity()
         if self.ks and not any(a in with_k for a in self.archs):
             raise ValueError(f"ks is only used by {', '.join(with_k)}")
@@ -237,53 +243,85 @@ class TrainConfig(LoopSettings, DataSettings):
             raise ValueError(f"l1s is only used by {', '.join(with_coefficient)}")
 
     def _validate_cross_layer(self) -> None:
-        from saekit.saes.clt import CLT_ACTIVATIONS
+        from saekit.saes.clt import CLT_ACTIVATIONS, CLTConfig
 
         if not self.transcoders:
             raise ValueError("cross_layer needs transcoders (the layers, e.g. --transcoders 0:6)")
         if len(self.archs) != 1 or self.archs[0] not in CLT_ACTIVATIONS:
             raise ValueError(f"cross_layer: archs must be one of {', '.join(CLT_ACTIVATIONS)}")
-        if len(self.ks) > 1 or len(self.d_saes) > 1 or self.skip:
-            raise ValueError("cross_layer trains one CLT: give at most one k and d_sae, no skip")
-        self._check_dictionary_settings("cross_layer")
+        if len(self.ks) > 1 or len(self.d_saes) > 1 or len(self.l1s) > 1 or self.skip:
+            raise ValueError(
+                "cross_layer trains one CLT: give at most one k, l1 and d_sae, no skip"
+            )
+        arch = self.archs[0]
+        if arch in CLTConfig.PENALISED and self.ks:
+            raise ValueError(
+                f"cross_layer with arch {arch}: k is not used (l1 sets its tanh penalty's "
+                f"coefficient); k is for arch {', '.join(CLTConfig.with_k())}"
+            )
+        self._check_dictionary_settings("cross_layer", CLTConfig)
 
     def _validate_crosscoder(self) -> None:
-        from saekit.saes.crosscoder import CROSSCODER_ACTIVATIONS
+        from saekit.saes.crosscoder import CROSSCODER_ACTIVATIONS, CrosscoderConfig
 
         if not self.crosscoder:
             raise ValueError("diff_model is for model diffing: also give crosscoder")
         if self.transcoders or self.hook_out or self.cross_layer or self.skip:
-            raise ValueError("crosscoder reads and rebuilds hooks: drop transcoders, hook_out, skip")
+            raise ValueError(
+                "crosscoder reads and rebuilds hooks: drop transcoders, hook_out, skip"
+            )
         if len(self.archs) != 1 or self.archs[0] not in CROSSCODER_ACTIVATIONS:
-            raise ValueError(f"crosscoder: archs must be one of {', '.join(CROSSCODER_ACTIVATIONS)}")
+            raise ValueError(
+                f"crosscoder: archs must be one of {', '.join(CROSSCODER_ACTIVATIONS)}"
+            )
         if len(self.ks) > 1 or len(self.d_saes) > 1:
             raise ValueError("crosscoder trains one dictionary: give at most one k and d_sae")
         if self.diff_model and len(self.hooks) > 1:
-            raise ValueError("crosscoder with diff_model reads one hook of both models: give one hook")
+            raise ValueError(
+                "crosscoder with diff_model reads one hook of both models: give one hook"
+            )
         if not self.diff_model and len(self.hooks) < 2:
-            raise ValueError("crosscoder needs two or more hooks (e.g. --hook blocks.3.hook_resid_post,"
-                             "blocks.4.hook_resid_post), or one hook and diff_model")
+            raise ValueError(
+                "crosscoder needs two or more hooks (e.g. --hook blocks.3.hook_resid_post,"
+                "blocks.4.hook_resid_post), or one hook and diff_model"
+            )
         if self.diff_model and self.activations:
             raise ValueError("crosscoder with diff_model runs both models: drop activations")
-        self._check_dictionary_settings("crosscoder")
+        self._check_dictionary_settings("crosscoder", CrosscoderConfig)
 
-    def _check_dictionary_settings(self, label: str) -> None:
-        """A CLT's or crosscoder's own settings: AuxK and the BatchTopK threshold only."""
-        allowed = ("aux_k", "aux_coefficient", "threshold_lr")
+    def _check_dictionary_settings(self, label: str, config_cls: Any) -> None:
+        """A CLT's or crosscoder's own settings: those of its activation (`SETTINGS`); AuxK
+        is its only dead-feature loss, for the activations that take k."""
+        arch = self.archs[0]
+        allowed = config_cls.SETTINGS[arch]
         bad = [key for key, _ in self.sae_settings if key not in allowed]
-        if bad or self.dead_feature_method not in ("auto", "auxk", "none"):
+        if bad:
+            hint = " (set l0_coefficient with l1)" if "l0_coefficient" in bad else ""
             raise ValueError(
-                f"{label}: sae_settings may be {', '.join(allowed)} (got {bad}); "
-                "dead_feature_method auto, auxk or none"
+                f"{label} with arch {arch}: sae_settings may be {', '.join(allowed)}, not "
+                f"{', '.join(bad)}{hint}"
+            )
+        methods = ("auto", "none") if arch in config_cls.PENALISED else ("auto", "auxk", "none")
+        if self.dead_feature_method not in methods:
+            why = (
+                f" (AuxK is for arch {', '.join(config_cls.with_k())}; against dead features "
+                "use the pre-activation loss, sae_setting pre_act_coefficient)"
+                if arch in config_cls.PENALISED else ""
+            )  # fmt: skip
+            raise ValueError(
+                f"{label} with arch {arch}: dead_feature_method must be "
+                f"{', '.join(methods)}, not {self.dead_feature_method}{why}"
             )
 
-    def _validate_architectures(self) -> None:
+    def _validate_architectures(self, own_settings: bool = True) -> None:
+        """Known archs; with `own_settings`, sae_settings that one of them has (a CLT's or
+        crosscoder's are checked by `_check_dictionary_settings`)."""
         from saekit.saes.config import ARCH_SETTINGS
 
         for arch in self.archs:
             if arch not in ARCH_SETTINGS:
                 raise ValueError(f"archs: {arch!r} is not one of {', '.join(ARCH_SETTINGS)}")
-        for key, _ in self.sae_settings:
+        for key, _ in self.sae_settings if own_settings else ():
             if not any(key in ARCH_SETTINGS[a] for a in self.archs):
                 valid = sorted({name for a in self.archs for name in ARCH_SETTINGS[a]})
                 raise ValueError(
@@ -312,4 +350,3 @@ def architectures_by_sparsity() -> tuple[list[str], list[str]]:
 
     with_k = [a for a, cls in SAE_CLASSES.items() if cls.sparsity_setting == "k"]
     return with_k, [a for a in SAE_CLASSES if a not in with_k]
-
