@@ -77,7 +77,8 @@ def test_clt_round_trip_and_layout(tmp_path):
     assert yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())["model_kind"] == (
         "cross_layer_transcoder"
     )
-    back = import_clt(tmp_path / "ct", k=4)
+    back = import_clt(tmp_path / "ct")  # as trained: config.yaml records activation and k
+    assert (back.cfg.activation, back.cfg.k) == ("batchtopk", clt.cfg.k)
     x = torch.randn(6, 3, 8)
     with torch.no_grad():
         torch.testing.assert_close(back.decode(back.encode(x)), clt.decode(clt.encode(x)))
@@ -95,8 +96,15 @@ def test_jumprelu_clt_round_trip_keeps_thresholds_bit_exact(tmp_path):
     for i in range(3):
         enc = load_file(str(tmp_path / "ct" / f"W_enc_{i}.safetensors"))
         assert torch.equal(enc[f"threshold_{i}"], clt.threshold[i].detach())
-    back = import_clt(tmp_path / "ct", activation="jumprelu")
+    config_file = tmp_path / "ct" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    assert config.pop("saekit") == {"activation": "jumprelu", "k": None}
+    config_file.write_text(yaml.safe_dump(config))  # as circuit-tracer's own files: no saekit key
+    back = import_clt(tmp_path / "ct")
     assert back.cfg.activation == "jumprelu" and back.cfg.k is None
+    as_batchtopk = import_clt(tmp_path / "ct", k=5, activation="batchtopk")
+    assert (as_batchtopk.cfg.activation, as_batchtopk.cfg.k) == ("batchtopk", 5)
+    assert torch.equal(as_batchtopk.threshold, back.threshold)
     for key, value in clt.state_dict_flat().items():
         assert torch.equal(back.state_dict_flat()[key], value), key
     x = torch.randn(6, 3, 8)

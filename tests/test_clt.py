@@ -250,3 +250,18 @@ def test_clt_trains_from_a_disk_cache_with_tokens_aligned_across_layers(tiny_mod
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["mse_loss"] for r in records if r["kind"] == "train"]
     assert len(losses) >= 2 and losses[-1] < losses[0]  # it learned
+
+
+def test_data_parallel_placement_refuses_a_clt(monkeypatch):
+    """Rescaling one summed loss by one variance ratio per rank is not exact for a CLT (one
+    FVU per layer): under torchrun the replicate placement refuses it and names features."""
+    from types import SimpleNamespace
+
+    from saekit.training import distributed
+    from saekit.training.config import LoopSettings
+
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=4, d_sae=8, k=2))
+    unit = SimpleNamespace(name="clt", sae=clt, use_dead_mask=False)
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="--sae-placement features"):
+        distributed.make_trainer(LoopSettings(tokens=4096, batch_tokens=1024), [unit], "replicate")

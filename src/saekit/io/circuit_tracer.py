@@ -155,28 +155,37 @@ def export_clt(clt: CrossLayerTranscoder, out: str | os.PathLike[str]) -> Path:
         "model_name": meta.model_name,
         "feature_input_hook": _suffix(meta.hook_name),
         "feature_output_hook": _suffix(meta.hook_name_out),
+        # circuit-tracer reads the keys above only; this one brings the CLT back as trained
+        "saekit": {"activation": clt.cfg.activation, "k": clt.cfg.k},
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out
 
 
 def import_clt(
-    folder: str | os.PathLike[str], k: int = 1, activation: str = "batchtopk"
+    folder: str | os.PathLike[str], k: int | None = None, activation: str | None = None
 ) -> CrossLayerTranscoder:
-    """Read a circuit-tracer CLT folder. With thresholds it becomes a CLT of `activation`
-    batchtopk (`k` only matters for further training) or jumprelu (its default penalty
-    settings; k unused), both exact at inference; without, ReLU is not supported."""
+    """Read a circuit-tracer CLT folder (JumpReLU: it needs thresholds; ReLU is not
+    supported). It comes back as the activation `config.yaml` records when saekit wrote it,
+    else jumprelu (circuit-tracer's own form); `activation="batchtopk"` with `k` reads it
+    as a BatchTopK CLT (k only matters for further training). Both are exact at inference."""
+    folder = Path(folder)
+    config_file = folder / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    written = config.get("saekit") or {}
+    activation = activation or written.get("activation") or "jumprelu"
     if activation not in ("batchtopk", "jumprelu"):
         raise ValueError(f"import_clt: activation={activation!r} is not one of batchtopk, jumprelu")
-    folder = Path(folder)
+    if activation == "jumprelu":
+        k = None
+    elif k is None:
+        k = written.get("k") or 1
     n = len(list(folder.glob("W_enc_*.safetensors")))
     encs = [load_file(str(folder / f"W_enc_{i}.safetensors")) for i in range(n)]
     if not n or f"threshold_{0}" not in encs[0]:
         raise ValueError(f"{folder}: saekit reads circuit-tracer CLTs with thresholds (JumpReLU)")
     F, D = encs[0]["W_enc_0"].shape
     decs = [load_file(str(folder / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"] for i in range(n)]
-    config_file = folder / "config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     hooks_in = [_saekit_hook(i, config.get("feature_input_hook", "mlp.hook_in")) for i in range(n)]
     hooks_out = [
         _saekit_hook(i, config.get("feature_output_hook", "hook_mlp_out")) for i in range(n)
@@ -187,7 +196,7 @@ def import_clt(
     }  # fmt: skip
     clt = CrossLayerTranscoder(CLTConfig(
         n_layers=n, d_in=D, d_sae=F, d_out=decs[0].shape[-1], activation=activation,
-        k=None if activation == "jumprelu" else k, metadata=metadata,
+        k=k, metadata=metadata,
     ))  # fmt: skip
     clt.load_flat({
         "W_enc": torch.stack([e[f"W_enc_{i}"].T for i, e in enumerate(encs)]),

@@ -73,7 +73,14 @@ class MultisiteConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The `cfg.json` dict; settings left at a None default (those of another activation)
+        are not written, so a file holds only what applies to it."""
         out = {"architecture": self.ARCHITECTURE, **asdict(self)}  # type: ignore[call-overload]
+        unset = {
+            name for name, f in self.__dataclass_fields__.items()  # type: ignore[attr-defined]
+            if f.default is None and getattr(self, name) is None
+        }  # fmt: skip
+        out = {k: v for k, v in out.items() if k not in unset}
         out["metadata"] = self.metadata.to_dict()  # type: ignore[attr-defined]
         return out
 

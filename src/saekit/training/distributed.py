@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from saekit.ranks import is_main, launched_by_torchrun, rank_and_world
+from saekit.saes.multisite import MultisiteConfig
 from saekit.training.config import LoopSettings
 from saekit.training.placement import RankTrainer, ReplicatedTrainer, ShardedTrainer
 from saekit.training.trainer import SAEUnit, Trainer
@@ -90,6 +91,12 @@ def make_trainer(loop: LoopSettings, units: list[SAEUnit], placement: str = "rep
         if loop.batch_tokens % world:
             raise ValueError(f"batch_tokens={loop.batch_tokens} must be divisible by {world} ranks")
         for unit in units:
+            if isinstance(getattr(unit.sae, "cfg", None), MultisiteConfig):
+                raise ValueError(
+                    f"{unit.sae.cfg.LABEL} {unit.name!r} sums one FVU per layer or hook, which "
+                    "per-rank slices of the batch cannot rescale exactly; under torchrun train "
+                    "a CLT with --sae-placement features, a crosscoder in one process"
+                )
             ghost = unit.use_dead_mask and unit.sae.dead_feature_loss == "ghost_grads"
             if unit.sae.batch_dependent or ghost:
                 why = "uses ghost grads" if ghost else "chooses activations over the whole batch"
