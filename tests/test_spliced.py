@@ -10,8 +10,8 @@ import torch
 
 from conftest import import_peer
 from saekit.evals import evaluate_sae, spliced_sae
-from saekit.evals.spliced import spliced_batch
 from saekit.saes import SAE
+from spliced_reference import spliced_batch
 
 HOOK = "blocks.2.hook_resid_pre"  # = output of decoder layer 1 of the tiny Llama
 SPECIALS = (0, 1, 2)  # eos, bos, pad of the tiny tokenizer

@@ -64,9 +64,9 @@ class CLTConfig(MultisiteConfig):
     SIZES: ClassVar[tuple[str, ...]] = ("n_layers", "d_in", "d_sae", "d_out")
     PENALISED: ClassVar[tuple[str, ...]] = ("jumprelu",)
     SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "topk": AUXK_SETTINGS,
-        "batchtopk": AUXK_SETTINGS,
-        "jumprelu": JUMPRELU_SETTINGS,
+        "topk": (*AUXK_SETTINGS, "dtype"),
+        "batchtopk": (*AUXK_SETTINGS, "dtype"),
+        "jumprelu": (*JUMPRELU_SETTINGS, "dtype"),
     }
 
     n_layers: int
@@ -93,6 +93,9 @@ class CLTConfig(MultisiteConfig):
     """jumprelu: coefficient of the pre-activation loss against dead features (default 0:
     off)."""
     dtype: str = "float32"
+    """The parameters' dtype. Training may keep them in bfloat16 (`--sae-setting
+    dtype=bfloat16`: weights, gradients and Adam state at half the memory, losses in float32);
+    the saved CLT is float32 either way."""
     device: str = "cpu"
     metadata: SAEMetadata = field(default_factory=SAEMetadata)
 
@@ -172,7 +175,7 @@ class CrossLayerTranscoder(nn.Module):
 
     def pre_acts(self, x_BLD: Tensor) -> Tensor:
         """[B, L, F]: layer l's encoder applied to layer l's input."""
-        return torch.einsum("bld,ldf->blf", x_BLD, self.W_enc) + self.b_enc
+        return torch.einsum("bld,ldf->blf", x_BLD.to(self.W_enc.dtype), self.W_enc) + self.b_enc
 
     def activate(self, pre_BLF: Tensor) -> Tensor:
         """Per-layer sparsity (see the module docstring)."""
@@ -221,7 +224,8 @@ class CrossLayerTranscoder(nn.Module):
 
     def layer_losses(self, target_BLO: Tensor, y_BLO: Tensor) -> Tensor:
         """[L]: the FVU of each layer's MLP output."""
-        return torch.stack([fvu(target_BLO[:, i], y_BLO[:, i]) for i in range(y_BLO.shape[1])])
+        t_BLO, y_BLO = target_BLO.float(), y_BLO.float()  # bfloat16 weights: losses in float32
+        return torch.stack([fvu(t_BLO[:, i], y_BLO[:, i]) for i in range(y_BLO.shape[1])])
 
     def forward(
         self,
@@ -259,10 +263,10 @@ class CrossLayerTranscoder(nn.Module):
         pre_act_coefficient times the pre-activation loss (a batch mean, like the penalty:
         neither is an FVU)."""
         coefficient = self.sparsity_coefficient if coefficient is None else coefficient
-        norms_LF = self.decoder_norms()
-        loss = coefficient * tanh_penalty(f_BLF, norms_LF, float(self.cfg.tanh_scale))
+        norms_LF = self.decoder_norms().float()  # sums over features in float32
+        loss = coefficient * tanh_penalty(f_BLF.float(), norms_LF, float(self.cfg.tanh_scale))
         if self.cfg.pre_act_coefficient:
-            loss = loss + self.cfg.pre_act_coefficient * pre_act_penalty(pre_BLF, norms_LF)
+            loss = loss + self.cfg.pre_act_coefficient * pre_act_penalty(pre_BLF.float(), norms_LF)
         return loss
 
     def aux_loss(self, pre_BLF: Tensor, dead_LF: Tensor, residual_BLO: Tensor) -> Tensor:

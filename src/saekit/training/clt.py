@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saekit.dtypes import DTYPES
 from saekit.saes.clt import CLTConfig, CrossLayerTranscoder
 from saekit.training.config import DEFAULT_K, TrainConfig
 from saekit.training.dead import FiringStats
@@ -17,6 +18,8 @@ from saekit.training.init import expected_norm_scale, geometric_median
 from saekit.training.trainer import Batch, SAEUnit
 
 CLT_NAME = "clt"  # the run's CLT folder and its name in metrics.jsonl
+TRAINING_DTYPES = ("float32", "bfloat16")
+"""What a CLT's parameters may be kept in while training (`--sae-setting dtype=...`)."""
 
 
 @dataclass
@@ -57,7 +60,8 @@ class CLTUnit(SAEUnit):
         """A copy working on raw activations (scales folded in), in eval mode."""
         import copy
 
-        clt = copy.deepcopy(self.gathered if self.gathered is not None else self.sae)
+        clt = copy.deepcopy(self.gathered if self.gathered is not None else self.sae).float()
+        clt.cfg.dtype = "float32"  # bfloat16 training weights are saved and evaluated as float32
         if self.scales_in_L is not None and self.scales_out_L is not None:
             clt.fold_activation_scale(self.scales_in_L, self.scales_out_L)
         return clt.eval()
@@ -72,11 +76,16 @@ def clt_config(
     sparsity: dict = {"k": cfg.ks[0] if cfg.ks else DEFAULT_K}
     if cfg.archs[0] in CLTConfig.PENALISED:
         sparsity = {"l0_coefficient": cfg.l1s[0]} if cfg.l1s else {}
+    settings = dict(cfg.sae_settings)
+    dtype = settings.pop("dtype", "float32")
+    if dtype not in TRAINING_DTYPES:
+        raise ValueError(
+            f"cross_layer: sae_setting dtype={dtype!r} is not one of {', '.join(TRAINING_DTYPES)}"
+        )
     return CLTConfig(
         n_layers=len(pairs), d_in=d_in, d_out=d_out,
         d_sae=cfg.d_saes[0] if cfg.d_saes else d_in * (cfg.expansion_factor or 8),
-        activation=cfg.archs[0], dtype="float32", device=str(device),
-        **sparsity, **dict(cfg.sae_settings),
+        activation=cfg.archs[0], dtype=dtype, device=str(device), **sparsity, **settings,
     )  # fmt: skip
 
 
@@ -132,7 +141,7 @@ def memory_estimate(ccfg: CLTConfig, batch_tokens: int) -> dict[str, int]:
     """Bytes a CLT's training needs: weights, gradients, Adam state, per-batch activations."""
     L, D, DO, F = ccfg.n_layers, ccfg.d_in, ccfg.d_out, ccfg.d_sae
     n_params = L * D * F + L * F + F * DO * L * (L + 1) // 2 + L * DO
-    width = torch.finfo(torch.float32).bits // 8
+    width = DTYPES[ccfg.dtype].itemsize  # parameters, gradients and Adam state alike
     # pre-activations, activations, their gradients, AuxK's copy: ~5 [B, L, F] tensors;
     # inputs, targets, reconstruction and gradients: ~6 [B, L, D] tensors.
     acts = batch_tokens * L * (5 * F + 6 * max(D, DO)) * width
