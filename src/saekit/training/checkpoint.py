@@ -24,10 +24,21 @@ from saekit.fileio import as_disk_full, atomic_write_text
 _TENSOR_KEY = "__tensor__"
 
 
+def _own(t: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`t` as safetensors can write it: itself when it fills its storage alone (no copy: the
+    shuffle buffer's store is the largest part of a checkpoint), else a copy (a view, or
+    memory another tensor of this checkpoint shares)."""
+    t = t.detach().cpu().contiguous()
+    storage = t.untyped_storage()
+    whole = t.storage_offset() == 0 and storage.nbytes() == t.numel() * t.element_size()
+    shared = any(u.untyped_storage().data_ptr() == storage.data_ptr() for u in tensors.values())
+    return t if whole and not shared else t.clone()
+
+
 def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
-        tensors[name] = obj.detach().cpu().contiguous().clone()
+        tensors[name] = _own(obj, tensors)
         return {_TENSOR_KEY: name}
     if isinstance(obj, dict):
         return {"__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
