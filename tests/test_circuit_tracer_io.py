@@ -102,7 +102,7 @@ def test_jumprelu_clt_round_trip_keeps_thresholds_bit_exact(tmp_path):
     config_file.write_text(yaml.safe_dump(config))  # as circuit-tracer's own files: no saekit key
     back = import_clt(tmp_path / "ct")
     assert back.cfg.activation == "jumprelu" and back.cfg.k is None
-    as_batchtopk = import_clt(tmp_path / "ct", k=5, activation="batchtopk")
+    as_batchtopk = import_clt(tmp_path / "ct", k=5)  # a k asks for batchtopk
     assert (as_batchtopk.cfg.activation, as_batchtopk.cfg.k) == ("batchtopk", 5)
     assert torch.equal(as_batchtopk.threshold, back.threshold)
     for key, value in clt.state_dict_flat().items():

@@ -4,6 +4,7 @@ the memory check, SIGKILL resume and the replacement model."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -289,3 +290,49 @@ def test_bfloat16_training_weights_save_float32_and_train_as_well(tiny_model_dir
         assert abs(a - b) < 0.05, fvus
     with pytest.raises(ValueError, match="dtype='float16' is not one of float32, bfloat16"):
         train(clt_cfg(tiny_model_dir, tmp_path / "f16", sae_settings=(("dtype", "float16"),)))
+
+
+def test_bfloat16_weights_keep_float32_thresholds_and_fit_a_bfloat16_model(tiny_model_dir):
+    """With bfloat16 weights the thresholds stay float32 (a 1% EMA step or a small Adam step
+    must not round away), and the saved float32 CLT evaluates on a bfloat16 model."""
+    from saekit.evals.replacement import Replacement, evaluate_replacement
+    from saekit.models import load_model
+
+    torch.manual_seed(0)
+    clt = CrossLayerTranscoder(
+        CLTConfig(
+            n_layers=L, d_in=D, d_out=DO, d_sae=F, k=K, activation="batchtopk", dtype="bfloat16"
+        )
+    ).train()
+    assert clt.W_enc.dtype == torch.bfloat16 and clt.threshold.dtype == torch.float32
+    with torch.no_grad():
+        clt.threshold.fill_(1.5)
+        f_BLF = clt.activate(torch.full((4, L, F), 1.8, dtype=torch.bfloat16))
+    kept = f_BLF.float().masked_fill(f_BLF == 0, float("inf")).amin(dim=(0, 2))
+    torch.testing.assert_close(clt.threshold[:, 0], 0.99 * 1.5 + 0.01 * kept, rtol=0, atol=1e-6)
+    assert (clt.threshold > 1.5).all()  # in bfloat16, 1.503 would have rounded back to 1.5
+
+    jr = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=D, d_sae=F, activation="jumprelu",
+                                        dtype="bfloat16", init_threshold=1.0))  # fmt: skip
+    opt = torch.optim.Adam(jr.parameters(), lr=1e-4, fused=True)
+    jr.train()(torch.randn(256, 2, D) * 3, torch.randn(256, 2, D)).loss.backward()
+    before = jr.threshold.detach().clone()
+    opt.step()
+    assert jr.threshold.dtype == torch.float32 and not torch.equal(jr.threshold, before)
+
+    lm = load_model(str(tiny_model_dir), dtype=torch.bfloat16)
+    hooks = [mlp_hooks(i) for i in range(2)]
+    saved = CrossLayerTranscoder(CLTConfig(n_layers=2, d_in=64, d_sae=32, k=4)).eval()
+    rep = Replacement.of_clt(saved, [h[0] for h in hooks], [h[1] for h in hooks])
+    ids_BT = torch.randint(3, 400, (2, 12))
+    result = evaluate_replacement(
+        rep, lm, [(ids_BT, torch.ones(2, 12, dtype=torch.bool))], max_tokens=24
+    )
+    assert all(math.isfinite(v) for v in result["fvu_per_layer"])
+    assert math.isfinite(result["ce_loss_replaced"]) and result["l0_per_layer"] == [4.0, 4.0]
+
+
+def test_bfloat16_weights_are_refused_with_feature_sharding(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="with sae_placement features train in float32"):
+        clt_cfg(tiny_model_dir, tmp_path / "run", sae_placement="features",
+                sae_settings=(("dtype", "bfloat16"),))  # fmt: skip

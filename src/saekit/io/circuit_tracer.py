@@ -167,13 +167,13 @@ def import_clt(
 ) -> CrossLayerTranscoder:
     """Read a circuit-tracer CLT folder (JumpReLU: it needs thresholds; ReLU is not
     supported). It comes back as the activation `config.yaml` records when saekit wrote it,
-    else jumprelu (circuit-tracer's own form); `activation="batchtopk"` with `k` reads it
-    as a BatchTopK CLT (k only matters for further training). Both are exact at inference."""
+    else as batchtopk when `k` is given (k only matters for further training), else jumprelu
+    (circuit-tracer's own form). Both are exact at inference."""
     folder = Path(folder)
     config_file = folder / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     written = config.get("saekit") or {}
-    activation = activation or written.get("activation") or "jumprelu"
+    activation = activation or written.get("activation") or ("batchtopk" if k else "jumprelu")
     if activation not in ("batchtopk", "jumprelu"):
         raise ValueError(f"import_clt: activation={activation!r} is not one of batchtopk, jumprelu")
     if activation == "jumprelu":

@@ -42,6 +42,8 @@ from saekit.saes.multisite import (
 from saekit.saes.topk import topk_per_row
 
 CLT_ACTIVATIONS = ("topk", "batchtopk", "jumprelu")
+CLT_TRAINING_DTYPES = ("float32", "bfloat16")
+"""What a CLT's weights may be kept in while training (`--sae-setting dtype=...`)."""
 CLT_ARCHITECTURE = "clt"
 JUMPRELU_SETTINGS = ("bandwidth", "init_threshold", "tanh_scale", "pre_act_coefficient")
 """What a run may set for a jumprelu CLT (`--sae-setting`; l0_coefficient comes from --l1)."""
@@ -52,6 +54,11 @@ JUMPRELU_DEFAULTS: dict[str, float] = {
     **{name: ARCH_SETTINGS["jumprelu"][name] for name in _SHARED},
     "pre_act_coefficient": 0.0,
 }
+
+
+def wide(t: Tensor) -> Tensor:
+    """`t` in float32 when it is narrower (bfloat16 weights), else as it is (float64 stays)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 @dataclass
@@ -93,9 +100,9 @@ class CLTConfig(MultisiteConfig):
     """jumprelu: coefficient of the pre-activation loss against dead features (default 0:
     off)."""
     dtype: str = "float32"
-    """The parameters' dtype. Training may keep them in bfloat16 (`--sae-setting
-    dtype=bfloat16`: weights, gradients and Adam state at half the memory, losses in float32);
-    the saved CLT is float32 either way."""
+    """The weights' dtype. Training may keep them in bfloat16 (`--sae-setting dtype=bfloat16`:
+    weights, gradients and Adam state at half the memory; thresholds, losses and penalties in
+    float32); the saved CLT is float32 either way."""
     device: str = "cpu"
     metadata: SAEMetadata = field(default_factory=SAEMetadata)
 
@@ -142,10 +149,12 @@ class CrossLayerTranscoder(nn.Module):
             decoders.append(nn.Parameter(W_FJO / W_FJO.flatten(1).norm(dim=1)[:, None, None]))
         self.W_dec = nn.ParameterList(decoders)
         self.b_dec = nn.Parameter(torch.zeros(L, DO, **kw))
+        # thresholds stay float32 (at least) with bfloat16 weights: small updates would round away
+        t_kw = {**kw, "dtype": torch.promote_types(kw["dtype"], torch.float32)}
         if cfg.activation == "batchtopk":
-            self.register_buffer("threshold", torch.zeros(L, F, **kw))
+            self.register_buffer("threshold", torch.zeros(L, F, **t_kw))
         elif cfg.activation == "jumprelu":
-            self.threshold = nn.Parameter(torch.full((L, F), float(cfg.init_threshold), **kw))
+            self.threshold = nn.Parameter(torch.full((L, F), float(cfg.init_threshold), **t_kw))
 
     @property
     def batch_dependent(self) -> bool:
@@ -203,7 +212,7 @@ class CrossLayerTranscoder(nn.Module):
     def encode_layer(self, layer: int, x_ND: Tensor) -> Tensor:
         """Layer `layer`'s feature activations [N, F] at inference from its MLP input [N, D]
         (with that layer's thresholds; batchtopk as its JumpReLU)."""
-        pre_NF = x_ND @ self.W_enc[layer] + self.b_enc[layer]
+        pre_NF = x_ND.to(self.W_enc.dtype) @ self.W_enc[layer] + self.b_enc[layer]
         if self.cfg.activation == "topk":
             return topk_per_row(pre_NF, self.cfg.k)
         return pre_NF.relu() * (pre_NF > self.threshold[layer])
@@ -224,7 +233,7 @@ class CrossLayerTranscoder(nn.Module):
 
     def layer_losses(self, target_BLO: Tensor, y_BLO: Tensor) -> Tensor:
         """[L]: the FVU of each layer's MLP output."""
-        t_BLO, y_BLO = target_BLO.float(), y_BLO.float()  # bfloat16 weights: losses in float32
+        t_BLO, y_BLO = wide(target_BLO), wide(y_BLO)  # bfloat16 weights: losses in float32
         return torch.stack([fvu(t_BLO[:, i], y_BLO[:, i]) for i in range(y_BLO.shape[1])])
 
     def forward(
@@ -263,10 +272,10 @@ class CrossLayerTranscoder(nn.Module):
         pre_act_coefficient times the pre-activation loss (a batch mean, like the penalty:
         neither is an FVU)."""
         coefficient = self.sparsity_coefficient if coefficient is None else coefficient
-        norms_LF = self.decoder_norms().float()  # sums over features in float32
-        loss = coefficient * tanh_penalty(f_BLF.float(), norms_LF, float(self.cfg.tanh_scale))
+        norms_LF = wide(self.decoder_norms())  # sums over features in float32 at least
+        loss = coefficient * tanh_penalty(wide(f_BLF), norms_LF, float(self.cfg.tanh_scale))
         if self.cfg.pre_act_coefficient:
-            loss = loss + self.cfg.pre_act_coefficient * pre_act_penalty(pre_BLF.float(), norms_LF)
+            loss = loss + self.cfg.pre_act_coefficient * pre_act_penalty(wide(pre_BLF), norms_LF)
         return loss
 
     def aux_loss(self, pre_BLF: Tensor, dead_LF: Tensor, residual_BLO: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from saekit.saes.base import SAEOutput
-from saekit.saes.clt import CLTConfig, CrossLayerTranscoder
+from saekit.saes.clt import CLTConfig, CrossLayerTranscoder, wide
 
 
 class _SumAcrossRanks(torch.autograd.Function):
@@ -159,7 +159,7 @@ class ShardedCLT(nn.Module):
 
     def decode(self, f_BLF: Tensor, bias: bool = True) -> Tensor:
         """The whole reconstruction [B, L, O]: every rank's part summed (+ b_dec once)."""
-        y_BLO = sum_across_ranks(self.local.decode(f_BLF, bias=False).float())
+        y_BLO = sum_across_ranks(wide(self.local.decode(f_BLF, bias=False)))
         return y_BLO + self.local.b_dec if bias else y_BLO
 
     def forward(

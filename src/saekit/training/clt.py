@@ -18,8 +18,6 @@ from saekit.training.init import expected_norm_scale, geometric_median
 from saekit.training.trainer import Batch, SAEUnit
 
 CLT_NAME = "clt"  # the run's CLT folder and its name in metrics.jsonl
-TRAINING_DTYPES = ("float32", "bfloat16")
-"""What a CLT's parameters may be kept in while training (`--sae-setting dtype=...`)."""
 
 
 @dataclass
@@ -77,11 +75,7 @@ def clt_config(
     if cfg.archs[0] in CLTConfig.PENALISED:
         sparsity = {"l0_coefficient": cfg.l1s[0]} if cfg.l1s else {}
     settings = dict(cfg.sae_settings)
-    dtype = settings.pop("dtype", "float32")
-    if dtype not in TRAINING_DTYPES:
-        raise ValueError(
-            f"cross_layer: sae_setting dtype={dtype!r} is not one of {', '.join(TRAINING_DTYPES)}"
-        )
+    dtype = settings.pop("dtype", "float32")  # checked by TrainConfig
     return CLTConfig(
         n_layers=len(pairs), d_in=d_in, d_out=d_out,
         d_sae=cfg.d_saes[0] if cfg.d_saes else d_in * (cfg.expansion_factor or 8),
@@ -142,9 +136,9 @@ def memory_estimate(ccfg: CLTConfig, batch_tokens: int) -> dict[str, int]:
     L, D, DO, F = ccfg.n_layers, ccfg.d_in, ccfg.d_out, ccfg.d_sae
     n_params = L * D * F + L * F + F * DO * L * (L + 1) // 2 + L * DO
     width = DTYPES[ccfg.dtype].itemsize  # parameters, gradients and Adam state alike
-    # pre-activations, activations, their gradients, AuxK's copy: ~5 [B, L, F] tensors;
-    # inputs, targets, reconstruction and gradients: ~6 [B, L, D] tensors.
-    acts = batch_tokens * L * (5 * F + 6 * max(D, DO)) * width
+    # pre-activations, activations, their gradients, AuxK's copy: ~5 [B, L, F] tensors in the
+    # weights' dtype; inputs, targets, reconstruction and gradients: ~6 [B, L, D] in float32.
+    acts = batch_tokens * L * (5 * F * width + 6 * max(D, DO) * 4)
     return {
         "parameters": n_params * width,
         "gradients": n_params * width,

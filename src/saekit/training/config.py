@@ -243,7 +243,7 @@ class TrainConfig(LoopSettings, DataSettings):
             raise ValueError(f"l1s is only used by {', '.join(with_coefficient)}")
 
     def _validate_cross_layer(self) -> None:
-        from saekit.saes.clt import CLT_ACTIVATIONS, CLTConfig
+        from saekit.saes.clt import CLT_ACTIVATIONS, CLT_TRAINING_DTYPES, CLTConfig
 
         if not self.transcoders:
             raise ValueError("cross_layer needs transcoders (the layers, e.g. --transcoders 0:6)")
@@ -260,6 +260,18 @@ class TrainConfig(LoopSettings, DataSettings):
                 f"coefficient); k is for arch {', '.join(CLTConfig.with_k())}"
             )
         self._check_dictionary_settings("cross_layer", CLTConfig)
+        dtype = dict(self.sae_settings).get("dtype", "float32")
+        if dtype not in CLT_TRAINING_DTYPES:
+            raise ValueError(
+                f"cross_layer: sae_setting dtype={dtype!r} is not one of "
+                f"{', '.join(CLT_TRAINING_DTYPES)}"
+            )
+        if dtype != "float32" and self.sae_placement == "features":
+            raise ValueError(
+                "cross_layer: sae_setting dtype=bfloat16 is for one process (bfloat16 ties "
+                "would let the ranks keep more than k features); with sae_placement features "
+                "train in float32"
+            )
 
     def _validate_crosscoder(self) -> None:
         from saekit.saes.crosscoder import CROSSCODER_ACTIVATIONS, CrosscoderConfig
