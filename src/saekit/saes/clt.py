@@ -56,6 +56,12 @@ JUMPRELU_DEFAULTS: dict[str, float] = {
 }
 
 
+def smallest_kept(f_BLF: Tensor) -> Tensor:
+    """[L]: each layer's smallest positive activation in the batch (inf where none)."""
+    with torch.no_grad():
+        return torch.where(f_BLF > 0, f_BLF, torch.inf).amin(dim=(0, 2))
+
+
 def wide(t: Tensor) -> Tensor:
     """`t` in float32 when it is narrower (bfloat16 weights), else as it is (float64 stays)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -197,13 +203,17 @@ class CrossLayerTranscoder(nn.Module):
         f_BLF = torch.stack(
             [batch_topk(pre_BLF[:, i], self.cfg.k) for i in range(pre_BLF.shape[1])], 1
         )
-        with torch.no_grad():  # move each layer's threshold towards its smallest kept value
-            kept = torch.where(f_BLF > 0, f_BLF, torch.inf).amin(dim=(0, 2))
-            lr = self.cfg.threshold_lr
-            for i, value in enumerate(kept.tolist()):
-                if value != float("inf"):
-                    self.threshold[i].mul_(1 - lr).add_(lr * value)
+        self.move_thresholds(smallest_kept(f_BLF))
         return f_BLF
+
+    @torch.no_grad()
+    def move_thresholds(self, kept_L: Tensor) -> None:
+        """batchtopk: move each layer's threshold towards its smallest kept value (`kept_L`;
+        inf where the layer kept nothing) by `threshold_lr`."""
+        lr = self.cfg.threshold_lr
+        for i, value in enumerate(kept_L.tolist()):
+            if value != float("inf"):
+                self.threshold[i].mul_(1 - lr).add_(lr * value)
 
     def encode(self, x_BLD: Tensor) -> Tensor:
         """Feature activations [B, L, F] from the MLP inputs [B, L, D]."""

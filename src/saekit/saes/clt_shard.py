@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from saekit.saes.base import SAEOutput
-from saekit.saes.clt import CLTConfig, CrossLayerTranscoder, wide
+from saekit.saes.clt import CLTConfig, CrossLayerTranscoder, smallest_kept, wide
 
 
 class _SumAcrossRanks(torch.autograd.Function):
@@ -148,13 +148,9 @@ class ShardedCLT(nn.Module):
         flat_LN = relu_BLF.permute(1, 0, 2).reshape(L, B * F)
         kth_L1 = _global_kth(flat_LN, k * B)
         f_BLF = torch.where((relu_BLF > 0) & (relu_BLF >= kth_L1.view(1, L, 1)), relu_BLF, 0.0)
-        with torch.no_grad():  # each layer's threshold moves towards its smallest kept value
-            kept_L = torch.where(f_BLF > 0, f_BLF, torch.inf).amin(dim=(0, 2))
-            dist.all_reduce(kept_L, op=dist.ReduceOp.MIN)
-            lr = self.cfg.threshold_lr
-            for i, value in enumerate(kept_L.tolist()):
-                if value != float("inf"):
-                    self.local.threshold[i].mul_(1 - lr).add_(lr * value)
+        kept_L = smallest_kept(f_BLF)
+        dist.all_reduce(kept_L, op=dist.ReduceOp.MIN)  # the smallest kept on any rank
+        self.local.move_thresholds(kept_L)
         return f_BLF
 
     def decode(self, f_BLF: Tensor, bias: bool = True) -> Tensor:
