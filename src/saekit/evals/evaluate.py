@@ -147,19 +147,7 @@ def evaluate_saes(
     sparsity batches; the reconstruction and sparsity metrics still use every window, read by
     forwards that stop at the last hook. None: the losses on every window too.
     """
-    if not targets:
-        raise ValueError("no SAE to evaluate")
-    if ce_tokens is not None and ce_tokens < 1:
-        raise ValueError(f"ce_tokens must be at least 1 (None: every token), got {ce_tokens}")
-    for t in targets.values():
-        check_sae_fits(t.sae, lm, t.hook_in, t.hook_out)
-    all_batches = eval_windows(token_batches, max_tokens, lm.device)
-    if not all_batches or not any(bool(keep.any()) for _, keep in all_batches):
-        raise ValueError("no tokens to evaluate: the token batches are empty or all masked")
-    batches, rest = split_windows(all_batches, ce_tokens)
-    if not any(bool(loss_positions(keep).any()) for _, keep in batches):
-        raise ValueError("no tokens to evaluate: no kept position has a next token")
-    units = document_units([keep_BT for _, keep_BT in batches + rest])
+    batches, rest, units = prepare_windows(targets, lm, token_batches, max_tokens, ce_tokens)
     sums = {name: UnitSums() for name in targets}
     if unit_sums is not None:
         unit_sums.update(sums)
@@ -173,6 +161,30 @@ def evaluate_saes(
         )  # fmt: skip
         for name, t in targets.items()
     }
+
+
+def prepare_windows(
+    targets: Mapping[str, EvalTarget],
+    lm,
+    token_batches: Iterable[tuple[Tensor, Tensor]],
+    max_tokens: int | None,
+    ce_tokens: int | None,
+) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]], list[Tensor]]:
+    """Check the SAEs and settings, and regroup the windows: (those with losses, the rest,
+    every window's document units), raising ValueError for nothing to evaluate."""
+    if not targets:
+        raise ValueError("no SAE to evaluate")
+    if ce_tokens is not None and ce_tokens < 1:
+        raise ValueError(f"ce_tokens must be at least 1 (None: every token), got {ce_tokens}")
+    for t in targets.values():
+        check_sae_fits(t.sae, lm, t.hook_in, t.hook_out)
+    all_batches = eval_windows(token_batches, max_tokens, lm.device)
+    if not all_batches or not any(bool(keep.any()) for _, keep in all_batches):
+        raise ValueError("no tokens to evaluate: the token batches are empty or all masked")
+    batches, rest = split_windows(all_batches, ce_tokens)
+    if not any(bool(loss_positions(keep).any()) for _, keep in batches):
+        raise ValueError("no tokens to evaluate: no kept position has a next token")
+    return batches, rest, document_units([keep_BT for _, keep_BT in batches + rest])
 
 
 def evaluate_windows(

@@ -30,13 +30,11 @@ from saekit.evals.evaluate import (
     DEFAULT_CE_TOKENS,
     EvalTarget,
     _result,
-    eval_windows,
     evaluate_windows,
-    split_windows,
+    prepare_windows,
 )
-from saekit.evals.intervals import UnitSums, document_units
+from saekit.evals.intervals import UnitSums
 from saekit.evals.metrics import DENSE_THRESHOLD, RunningStats
-from saekit.evals.spliced import check_sae_fits
 
 
 @dataclass
@@ -67,13 +65,7 @@ def evaluate_part(
     windows `rank, rank + world, ...`, of those with losses and of the rest."""
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, world), got rank={rank}, world={world}")
-    for t in targets.values():
-        check_sae_fits(t.sae, lm, t.hook_in, t.hook_out)
-    all_batches = eval_windows(token_batches, max_tokens, lm.device)
-    if not all_batches:
-        raise ValueError("no tokens to evaluate: the token batches are empty")
-    batches, rest = split_windows(all_batches, ce_tokens)
-    units = document_units([keep_BT for _, keep_BT in batches + rest])
+    batches, rest, units = prepare_windows(targets, lm, token_batches, max_tokens, ce_tokens)
     hooks_out = {name: t.hook_out for name, t in targets.items()}
     means = ablation_means(lm, batches, list(dict.fromkeys(hooks_out.values())))
     sums = {name: UnitSums() for name in targets}
