@@ -64,6 +64,17 @@ def atomic_write(
         raise
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG atomically, then close it (also on failure)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

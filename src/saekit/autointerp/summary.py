@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saekit.fileio import atomic_write, atomic_write_text
+from saekit.fileio import atomic_write_text, save_figure
 
 METRICS = ("balanced_accuracy", "f1", "precision", "recall", "auc")
 NO_AUC = (
@@ -105,5 +105,4 @@ def write_summary(
         ax.set(title=scorer, xlabel="balanced accuracy", ylabel="features", xlim=(0, 1))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(out / "scores.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, out / "scores.png", dpi=110)

@@ -82,7 +82,7 @@ def plot_relative_norms(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saekit.fileio import atomic_write
+    from saekit.fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     edges, counts = summary["histogram_edges"], summary["histogram_counts"]
@@ -100,8 +100,7 @@ def plot_relative_norms(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from saekit.fileio import atomic_write
+from saekit.fileio import save_figure
 
 BASELINE = "residual (baseline)"
 
@@ -95,16 +95,6 @@ def format_comparison(reports: Mapping[str, Mapping[str, Any]]) -> str:
         if r == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-    return path
 
 
 def _log_x(ax, ticks: list[int] | None = None) -> None:
@@ -244,4 +234,4 @@ def plot_comparison(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Pat
                for n, r in reports.items()}  # fmt: skip
     if any(letters.values()):
         figures.append(("absorption_per_letter.png", _plot_absorption(letters, colors)))
-    return [_save(fig, out_dir / name) for name, fig in figures if fig is not None]
+    return [save_figure(fig, out_dir / name) for name, fig in figures if fig is not None]

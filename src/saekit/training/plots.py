@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saekit.fileio import atomic_write
+from saekit.fileio import save_figure
 
 NICE_TICKS = [m * 10**e for e in range(0, 6) for m in (1, 2, 5)]
 EMA_POINTS = 20
@@ -142,7 +142,7 @@ def plot_training_curves(
                frameon=False)  # fmt: skip
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.05 + 0.025 * (len(labels) // 5), 1, 0.97))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _without_common_prefix(names: list[str]) -> dict[str, str]:
@@ -248,18 +248,9 @@ def plot_sweep_frontier(rows: list[dict[str, Any]], path: Path, title: str = "")
         axes[0].text(0.5, 0.5, "no held-back evaluation: nothing to compare", ha="center")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _finite(row: dict[str, Any], key: str) -> bool:
     value = row.get(key)
     return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)

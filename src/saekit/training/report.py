@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from saekit.fileio import atomic_write, atomic_write_text
+from saekit.fileio import atomic_write_text, save_figure
 from saekit.training.plots import plot_sweep_frontier, plot_training_curves
 
 SWEEP_FILES = ("sweep_summary.png", "sweep_summary.md", "sweep_summary.csv")
@@ -75,10 +75,7 @@ def plot_density_panels(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def describe_sae(sae: Any) -> str:
