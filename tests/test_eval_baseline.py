@@ -53,7 +53,7 @@ def test_every_way_of_splitting_the_model_gives_the_hand_numbers(setup, monkeypa
 
 def test_the_split_is_after_the_earliest_hook_and_checked(tiny_lm):
     assert fork_layer(tiny_lm, ["blocks.2.hook_resid_pre"]) == 2
-    assert fork_layer(tiny_lm, ["blocks.1.hook_resid_post", "blocks.3.hook_mlp_out"]) == 2
+    assert fork_layer(tiny_lm, ["blocks.1.hook_resid_post", "blocks.3.hook_mlp_out"]) == 1
     assert fork_layer(tiny_lm, ["blocks.1.hook_mlp_out"]) == 1
     assert fork_layer(tiny_lm, ["blocks.4.hook_resid_pre"]) == 4  # the final norm's input
     assert fork_layer(tiny_lm, ["model.embed_tokens"]) is None
@@ -62,6 +62,19 @@ def test_the_split_is_after_the_earliest_hook_and_checked(tiny_lm):
     assert (forked.fork, forked.head) == (4, True)
     logits = forked.logits(forked.suffix(forked.prefix(ids), ids))
     torch.testing.assert_close(logits, tiny_lm.logits(ids))
+
+
+def test_an_sae_on_a_layers_output_is_spliced_in_the_forked_suffix(tiny_lm, monkeypatch):
+    # An HF layer's output hook fires only when that layer runs: the suffix must include it.
+    batches = [make_tokens(len(tiny_lm.tokenizer), seed=s) for s in (4, 5)]
+    sae = make_sae(hook_name="blocks.1.hook_resid_post")
+    forked = evaluate_sae(sae, tiny_lm, batches)
+    monkeypatch.setattr(ForkedModel, "of", classmethod(lambda cls, lm, *_: cls(lm, None, False)))
+    full = evaluate_sae(sae, tiny_lm, batches)
+    assert forked["ce_loss_spliced"] != pytest.approx(forked["ce_loss_clean"], rel=1e-3)
+    for key in ("ce_loss_spliced", "ce_loss_zero_ablation", "ce_loss_mean_ablation", "kl_div",
+                "explained_variance", "l0"):  # fmt: skip
+        assert forked[key] == pytest.approx(full[key], rel=1e-5, abs=1e-7), key
 
 
 def test_a_model_the_split_does_not_reproduce_falls_back(tiny_lm, monkeypatch):

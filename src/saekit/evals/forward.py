@@ -160,18 +160,14 @@ def suffix_capturing(
 
 
 def fork_layer(lm, hooks: Sequence[str]) -> int | None:
-    """The latest decoder layer whose input all `hooks` come after (None if one has no layer)."""
+    """The latest decoder layer whose input all `hooks` come after and which runs every module
+    they are read at (None if one has no layer)."""
     layers = []
     for name in hooks:
         point = lm.resolve_hook(name)
         if point.layer is None:
             return None
-        after = (
-            lm.backend == "hf"
-            and point.read == "output"
-            and point.module.endswith(f".{point.layer}")
-        )  # a decoder layer's output is the next layer's input
-        layers.append(point.layer + 1 if after else point.layer)
+        layers.append(point.layer)  # a layer's output hook fires only if the layer runs
     fork = min(layers)
     if lm.backend == "hf" and fork == lm.n_layers and not lm.layout.final_norm:
         return None
