@@ -116,6 +116,78 @@ def test_token_losses_in_chunks_equal_the_full_log_softmax(tiny_lm, monkeypatch)
         )
 
 
+def test_tokens_reading_shared_rows_get_the_losses_of_the_expanded_rows(tiny_lm, monkeypatch):
+    ids, keep = make_tokens(len(tiny_lm.tokenizer), rows=4, seed=12)
+    forked = ForkedModel(tiny_lm, 2)
+    clean_in = forked.suffix(forked.prefix(ids), ids)
+    positions = keep.clone()
+    positions[:, -1] = False
+    targets = ids.roll(-1, 1)[positions]
+    shared_ND = forked.suffix(forked.prefix(ids) * 0.5, ids)[0]  # the first window's 12 rows
+    index_M = torch.arange(targets.shape[0]) % 7 + 3  # tokens reading rows 3..9, repeatedly
+    other_logits = tiny_lm.model.lm_head(shared_ND[index_M]).detach()
+    clean_logits = tiny_lm.model.lm_head(clean_in[positions]).detach()
+    monkeypatch.setattr(forward_module, "CHUNK_ELEMENTS", 2 * len(tiny_lm.tokenizer))  # 2 rows
+    compact = clean_losses(forked, clean_in[positions], targets)[1]
+    one = torch.ones(1, targets.shape[0], dtype=torch.bool)
+    for clean in (CleanDistribution(clean_in[positions]), compact):
+        ce, kl = token_losses(forked, shared_ND, targets, clean, index_M)
+        want_ce = -other_logits.double().log_softmax(-1)[torch.arange(len(targets)), targets]
+        torch.testing.assert_close(ce.double(), want_ce, atol=1e-5, rtol=1e-5)
+        padded = torch.cat([one, torch.zeros(1, 1, dtype=torch.bool)], 1)  # a last position
+        want_kl = hand_kl(
+            torch.cat([clean_logits, clean_logits[:1]])[None],
+            torch.cat([other_logits, other_logits[:1]])[None], padded,
+        )  # fmt: skip
+        torch.testing.assert_close(kl.double(), want_kl, atol=1e-6, rtol=1e-4)
+
+
+def test_logsumexp64_matches_float64_on_wide_logits():
+    logits = torch.randn(5, 50_000, generator=torch.Generator().manual_seed(0)) * 8
+    logits[0, :10] += 60.0  # a peaked row
+    want = logits.double().logsumexp(-1)
+    torch.testing.assert_close(forward_module.logsumexp64(logits), want, atol=2e-7, rtol=0)
+
+
+def test_identical_ablated_windows_run_the_suffix_once(setup, monkeypatch):
+    lm, sae, batches, windows = setup
+    rows_in = []
+    suffix = ForkedModel.suffix
+
+    def counted(self, resid, ids):
+        rows_in.append(ids.shape[0])
+        return suffix(self, resid, ids)
+
+    monkeypatch.setattr(ForkedModel, "suffix", counted)
+    result = evaluate_sae(sae, lm, batches)
+    for key, value in hand_metrics(windows).items():
+        assert result[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    # one batch of 6 windows (two with an EOS inside): clean, zero, mean ablated, spliced; the
+    # four without a separator have the same ablated stream (BOS, then the ablation)
+    assert rows_in[-4:] == [6, 3, 3, 6]
+    monkeypatch.setattr(ForkedModel, "suffix_reads_only_resid", lambda self, ids: False)
+    rows_in.clear()
+    again = evaluate_sae(sae, lm, batches)
+    assert rows_in[-4:] == [6] * 4
+    for key in ("ce_loss_zero_ablation", "ce_loss_mean_ablation", "kl_div_zero_ablation"):
+        assert again[key] == pytest.approx(result[key], rel=1e-5), key
+
+
+def test_a_suffix_that_reads_the_tokens_is_not_deduplicated(tiny_lm, monkeypatch):
+    ids, _ = make_tokens(len(tiny_lm.tokenizer), T=7)  # a length no other test checked
+    forked = ForkedModel(tiny_lm, 2)
+    assert forked.suffix_reads_only_resid(ids)
+    assert forked.starts_at("blocks.2.hook_resid_pre")
+    assert not forked.starts_at("blocks.2.hook_mlp_out")
+    assert not forked.starts_at("blocks.1.hook_resid_post")  # read at layer 1's output
+    suffix = ForkedModel.suffix
+    monkeypatch.setattr(
+        ForkedModel, "suffix", lambda self, r, i: suffix(self, r, i) + i[..., None] * 1e-3
+    )
+    ids, _ = make_tokens(len(tiny_lm.tokenizer), T=6)
+    assert not ForkedModel(tiny_lm, 2).suffix_reads_only_resid(ids)
+
+
 def test_the_baseline_is_cached_on_disk_and_shared_across_stores(setup, tmp_path, monkeypatch):
     lm, sae, batches, windows = setup
     first = evaluate_sae(sae, lm, batches, baselines=BaselineStore(tmp_path))

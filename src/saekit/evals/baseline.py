@@ -286,13 +286,57 @@ def ablated_losses(
     clean: CleanDistribution | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`ablated_ce` and, given the clean distribution, KL(clean || ablated) at the same
-    positions (else an empty tensor)."""
+    positions (else an empty tensor).
+
+    When `hook` is the stream the suffix starts from (and the suffix reads nothing else), an
+    ablated window differs from another only at the positions it keeps clean (BOS, separators),
+    so windows whose ablated streams are identical run the suffix and the unembedding once: a
+    deduplication, not an approximation.
+    """
     positions_BT = loss_positions(keep_BT)
-    with ablated(forked.lm, hook, value_D, keep_BT):
-        head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
     targets_M = next_token_targets(input_ids_BT, positions_BT)
-    ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
+    distinct = _distinct_ablated(forked, resid_BTD, input_ids_BT, keep_BT, hook, value_D)
+    if distinct is None:
+        with ablated(forked.lm, hook, value_D, keep_BT):
+            head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+        ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
+    else:
+        streams_UTD, first_U, row_B = distinct
+        head_in_UTD = forked.suffix(streams_UTD, input_ids_BT[first_U])
+        T = input_ids_BT.shape[1]
+        slot_BT = row_B[:, None] * T + torch.arange(T, device=row_B.device)
+        used_N, index_M = torch.unique(slot_BT[positions_BT.to(slot_BT.device)], return_inverse=True)
+        head_in_ND = head_in_UTD.flatten(0, 1)[used_N]
+        ce_M, kl_M = token_losses(forked, head_in_ND, targets_M, clean, index_M)
     return ce_M, (kl_M if kl_M is not None else ce_M.new_zeros(0))
+
+
+def _distinct_ablated(
+    forked: ForkedModel,
+    resid_BTD: Tensor | None,
+    input_ids_BT: Tensor,
+    keep_BT: Tensor,
+    hook: str,
+    value_D: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The distinct ablated streams at the fork `[U, T, D]` (with their keep masks: windows
+    that differ only in what they keep stay apart), the first window of each `[U]`, and each
+    window's distinct stream `[B]`; None unless `hook` is where the suffix starts and the
+    suffix reads the stream alone."""
+    if resid_BTD is None or not forked.starts_at(hook):
+        return None
+    if not forked.suffix_reads_only_resid(input_ids_BT):
+        return None
+    keep_BT1 = keep_BT.to(resid_BTD.device).unsqueeze(-1)
+    fill = resid_BTD.new_zeros(()) if value_D is None else value_D.to(resid_BTD)
+    streams_BTD = torch.where(keep_BT1, fill, resid_BTD)
+    key_BK = torch.cat([streams_BTD.flatten(1).float(), keep_BT1.flatten(1).float()], dim=1)
+    _, row_B = torch.unique(key_BK, dim=0, return_inverse=True)
+    count = int(row_B.max()) + 1
+    batch_B = torch.arange(row_B.shape[0], device=row_B.device)
+    first_U = torch.full((count,), row_B.shape[0], device=row_B.device, dtype=torch.long)
+    first_U = first_U.scatter_reduce(0, row_B, batch_B, reduce="amin")
+    return streams_BTD[first_U], first_U, row_B
 
 
 _CLEAN_FIELDS = {"clean_in": "head_in_MD", "clean_u": "u_MD", "clean_k": "k_M"}

@@ -137,6 +137,30 @@ class ForkedModel:
         return cache[settings]
 
 
+    def starts_at(self, hook: str) -> bool:
+        """Whether `hook` reads the residual stream every suffix starts from."""
+        if self.fork is None:
+            return False
+        point = self.lm.resolve_hook(hook)
+        start = self.lm.resolve_hook(f"blocks.{self.fork}.hook_resid_pre")
+        return (point.module, point.read) == (start.module, start.read)
+
+    def suffix_reads_only_resid(self, input_ids_BT: Tensor) -> bool:
+        """Whether the suffix's output depends on the saved residual stream alone, not on the
+        token ids (checked once per model on one window with other tokens: a model that feeds
+        token embeddings to later layers fails it)."""
+        cache = _VERIFIED.setdefault(self.lm.model, {})
+        settings = ("resid only", self.fork, self.head, tuple(input_ids_BT.shape[1:]))
+        if settings not in cache:
+            ids_1T = input_ids_BT[:1].to(self.lm.device)
+            others_1T = (ids_1T + 1) % self.vocab
+            resid_1TD = self.prefix(ids_1T)
+            cache[settings] = resid_1TD is not None and torch.equal(
+                self.suffix(resid_1TD, ids_1T), self.suffix(resid_1TD, others_1T)
+            )
+        return cache[settings]
+
+
 def suffix_capturing(
     forked: ForkedModel, resid_BTD: Tensor | None, input_ids_BT: Tensor, hooks: Sequence[str]
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -210,8 +234,8 @@ class CleanDistribution:
     Either the unembedding input `head_in_MD` (p is recomputed at each use), or, for an affine
     unembedding z = W h + b, `u_MD = W^T p` and `k_M = u.h - logsumexp(z)`: then
     KL(p || softmax(z')) = k - u.h' + logsumexp(z') for z' = W h' + b (the bias cancels), one
-    matmul fewer per use. Both dot products and the logsumexps are float64, so the difference
-    carries only the rounding of `u` times h - h', no worse than the direct sum.
+    matmul fewer per use. Both dot products and the logsumexps (`logsumexp64`) are float64, so
+    the difference carries only the rounding of `u` times h - h', no worse than the direct sum.
     """
 
     head_in_MD: Tensor | None = None
@@ -231,7 +255,7 @@ def clean_losses(
     ce, u, k = [], [], []
     for part in _chunks(forked, targets_M.shape[0]):
         logits_CV = forked.logits(head_in_MD[part]).float()
-        lse_C = logits_CV.double().logsumexp(dim=-1)
+        lse_C = logsumexp64(logits_CV)
         ce.append((lse_C - logits_CV.gather(1, targets_M[part, None]).squeeze(1)).float())
         u_CD = logits_CV.sub_(lse_C.float()[:, None]).exp_() @ weight_VD
         u.append(u_CD)
@@ -244,29 +268,55 @@ def clean_losses(
 
 def token_losses(
     forked: ForkedModel,
-    head_in_MD: Tensor,
+    head_in_ND: Tensor,
     targets_M: Tensor,
     clean: CleanDistribution | None = None,
+    index_M: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Next-token CE `[M]` of the logits from `head_in_MD` against `targets_M`, and, given the
-    clean distribution, KL(clean || these) `[M]`; both float32, computed a chunk of tokens at a
-    time."""
-    ce, kl = [], []
-    for part in _chunks(forked, targets_M.shape[0]):
-        logits_CV = forked.logits(head_in_MD[part]).float()
-        lse_C = logits_CV.logsumexp(dim=-1)
-        ce.append(lse_C - logits_CV.gather(1, targets_M[part, None]).squeeze(1))
-        if clean is not None and clean.u_MD is not None:
-            assert clean.k_M is not None
-            lse64_C = logits_CV.double().logsumexp(dim=-1)
-            dot_C = _dot(clean.u_MD[part], head_in_MD[part])
-            kl.append((clean.k_M[part].double() - dot_C + lse64_C).float())
-        elif clean is not None:
-            assert clean.head_in_MD is not None
-            clean_logp_CV = forked.logits(clean.head_in_MD[part]).float().log_softmax(dim=-1)
-            logp_CV = logits_CV.sub_(lse_C[:, None])
-            kl.append((clean_logp_CV.exp() * (clean_logp_CV - logp_CV)).sum(dim=-1))
-    return _cat(ce, head_in_MD), None if clean is None else _cat(kl, head_in_MD)
+    """Next-token CE `[M]` of the logits from the unembedding inputs against `targets_M`, and,
+    given the clean distribution, KL(clean || these) `[M]`; both float32, computed a chunk of
+    rows at a time. Token m reads row `index_M[m]` of `head_in_ND` (default: row m), so tokens
+    that share an input (identical rows of a deduplicated forward) are unembedded once."""
+    if index_M is None:
+        index_M = torch.arange(targets_M.shape[0], device=targets_M.device)
+    index_M = index_M.to(targets_M.device)
+    compact = clean is not None and clean.u_MD is not None
+    ce_M = torch.empty(targets_M.shape, dtype=torch.float32, device=head_in_ND.device)
+    kl_M = None if clean is None else torch.empty_like(ce_M)
+    order_M = torch.argsort(index_M, stable=True)  # tokens grouped by the row they read
+    bounds = torch.searchsorted(
+        index_M[order_M], torch.arange(head_in_ND.shape[0] + 1, device=index_M.device)
+    )
+    rows = max(1, CHUNK_ELEMENTS // forked.vocab)
+    for part in _chunks(forked, head_in_ND.shape[0]):
+        logits_CV = forked.logits(head_in_ND[part]).float()
+        lse_C = logsumexp64(logits_CV) if compact else logits_CV.logsumexp(dim=-1)
+        first, last = int(bounds[part.start]), int(bounds[min(part.stop, len(bounds) - 1)])
+        for start in range(first, last, rows):
+            tok = order_M[start : min(start + rows, last)]  # the tokens reading this chunk
+            row = index_M[tok] - part.start
+            z_target = logits_CV[row, targets_M[tok]]
+            ce_M[tok] = (lse_C[row] - z_target).float()
+            if clean is None:
+                continue
+            if compact:
+                assert clean.u_MD is not None and clean.k_M is not None
+                dot = _dot(clean.u_MD[tok], head_in_ND[part][row])
+                kl_M[tok] = (clean.k_M[tok].double() - dot + lse_C[row]).float()
+            else:
+                assert clean.head_in_MD is not None
+                clean_logp_CV = forked.logits(clean.head_in_MD[tok]).float().log_softmax(dim=-1)
+                logp_CV = logits_CV[row] - lse_C[row, None]
+                kl_M[tok] = (clean_logp_CV.exp() * (clean_logp_CV - logp_CV)).sum(dim=-1)
+    return ce_M, kl_M
+
+
+def logsumexp64(logits_CV: Tensor) -> Tensor:
+    """`logits.logsumexp(-1)` as float64: the exponentials (of float32 logits less their row
+    maximum) in float32, within about 1e-7 of their float64 values, summed in float64."""
+    max_C1 = logits_CV.amax(dim=-1, keepdim=True)
+    total_C = (logits_CV - max_C1).exp_().sum(dim=-1, dtype=torch.float64)
+    return max_C1.squeeze(1).double() + total_C.log()
 
 
 def _dot(a_CD: Tensor, b_CD: Tensor) -> Tensor:
