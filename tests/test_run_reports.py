@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import time
 
 import pytest
 
@@ -61,7 +63,7 @@ def test_sweep_run_writes_its_table_frontier_and_curves(tiny_model_dir, tmp_path
     result = train(cfg)
     run = tmp_path / "run"
     err = capsys.readouterr().err
-    for phase in ("loading model", "filling the shuffle buffer (2,048 tokens)", "final evaluation",
+    for phase in ("loading model", "computing the first 1,024 training tokens' activations", "final evaluation",
                   "plotting"):  # fmt: skip
         assert f"saekit: {phase}" in err, phase
     for name in ("training_curves.png", "feature_density.png", "sweep_summary.png"):
@@ -106,3 +108,21 @@ def test_a_resumed_run_reports_its_session_and_the_total(tiny_model_dir, tmp_pat
     resumed = train(cfg, resume=True).summary.splitlines()[0]
     assert ": 1,024 tokens in " in resumed and "resumed: 3,072 tokens trained in all" in resumed
     assert "rounded down" not in resumed
+
+
+def test_the_training_time_counts_the_first_fill_and_the_initialisation(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import saekit.training.run as run_module
+
+    initialize = run_module.initialize_unit
+
+    def slow(*args, **kwargs):  # as if the first activations took 2.5 s
+        time.sleep(2.5)
+        return initialize(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "initialize_unit", slow)
+    cfg = small_train_config(tiny_model_dir, tmp_path / "run", tokens=1024, eval_tokens=0)
+    summary = run_module.train(cfg).summary
+    seconds = int(re.search(r"1,024 tokens in (\d+) s", summary).group(1))
+    assert seconds >= 2  # 2.5 s of it before the first step (rounded half to even)

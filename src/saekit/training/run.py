@@ -184,6 +184,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
 
+    # The training time counts the first fill too: its rows are trained on (as SAELens counts
+    # its buffer's fill), and the initialisation reads them.
+    started = time.perf_counter()
     if resume:
         folder = latest_checkpoint(run_dir)
         if folder is None:
@@ -196,8 +199,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     else:
         if main:
             log.path.unlink(missing_ok=True)
-        filled = max(cfg.init_tokens, cfg.buffer_tokens)  # what `peek` computes first
-        with phase(f"filling the shuffle buffer ({filled:,} tokens) and initialising", talk):
+        first = f"computing the first {cfg.init_tokens:,} training tokens' activations"
+        with phase(f"{first} and initialising", talk):  # `peek` reads that many rows
             sample = buffer.peek(cfg.init_tokens)
             for unit in units:
                 init = initialize_clt if isinstance(unit, CLTUnit) else initialize_unit
@@ -246,7 +249,6 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         on_checkpoint=checkpoint,
         on_progress=bar.update,
     )
-    started = time.perf_counter()
     tokens_before = trainer.step * cfg.batch_tokens
     try:
         trainer.fit(iter(buffer))
