@@ -305,7 +305,8 @@ def ablated_losses(
         head_in_UTD = forked.suffix(streams_UTD, input_ids_BT[first_U])
         T = input_ids_BT.shape[1]
         slot_BT = row_B[:, None] * T + torch.arange(T, device=row_B.device)
-        used_N, index_M = torch.unique(slot_BT[positions_BT.to(slot_BT.device)], return_inverse=True)
+        slot_M = slot_BT[positions_BT.to(slot_BT.device)]
+        used_N, index_M = torch.unique(slot_M, return_inverse=True)  # the rows tokens read
         head_in_ND = head_in_UTD.flatten(0, 1)[used_N]
         ce_M, kl_M = token_losses(forked, head_in_ND, targets_M, clean, index_M)
     return ce_M, (kl_M if kl_M is not None else ce_M.new_zeros(0))

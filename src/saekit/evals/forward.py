@@ -136,7 +136,6 @@ class ForkedModel:
                 cache[settings] = False
         return cache[settings]
 
-
     def starts_at(self, hook: str) -> bool:
         """Whether `hook` reads the residual stream every suffix starts from."""
         if self.fork is None:
