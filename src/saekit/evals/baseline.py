@@ -290,8 +290,8 @@ def ablated_losses(
 
     When `hook` is the stream the suffix starts from (and the suffix reads nothing else), an
     ablated window differs from another only at the positions it keeps clean (BOS, separators),
-    so windows whose ablated streams are identical run the suffix and the unembedding once: a
-    deduplication, not an approximation.
+    so windows whose ablated streams are identical (bit for bit) run the suffix and the
+    unembedding once: the same numbers up to the rounding of a smaller batch.
     """
     positions_BT = loss_positions(keep_BT)
     targets_M = next_token_targets(input_ids_BT, positions_BT)
@@ -331,7 +331,8 @@ def _distinct_ablated(
     keep_BT1 = keep_BT.to(resid_BTD.device).unsqueeze(-1)
     fill = resid_BTD.new_zeros(()) if value_D is None else value_D.to(resid_BTD)
     streams_BTD = torch.where(keep_BT1, fill, resid_BTD)
-    key_BK = torch.cat([streams_BTD.flatten(1).float(), keep_BT1.flatten(1).float()], dim=1)
+    bits_BK = streams_BTD.flatten(1).contiguous().view(_SAME_WIDTH_INT[streams_BTD.element_size()])
+    key_BK = torch.cat([bits_BK, keep_BT1.flatten(1).to(bits_BK.dtype)], dim=1)  # bit for bit
     _, row_B = torch.unique(key_BK, dim=0, return_inverse=True)
     count = int(row_B.max()) + 1
     batch_B = torch.arange(row_B.shape[0], device=row_B.device)
@@ -340,6 +341,7 @@ def _distinct_ablated(
     return streams_BTD[first_U], first_U, row_B
 
 
+_SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # by element size
 _CLEAN_FIELDS = {"clean_in": "head_in_MD", "clean_u": "u_MD", "clean_k": "k_M"}
 
 

@@ -4,7 +4,8 @@ Every forward of an evaluation (clean, SAE spliced, zero- and mean-ablated) agre
 before the earliest hook it touches, so `ForkedModel` runs those once (`prefix`) and starts
 each variant from the saved residual stream (`suffix`), which stops at the unembedding's input.
 The unembedding itself (`logits`) runs only at the counted positions, a chunk of tokens at a
-time (`token_losses`), so a full `[tokens, vocab]` log-softmax is never held in memory.
+time (`token_losses`; tokens that share an input share its row), so a full `[tokens, vocab]`
+log-softmax is never held in memory.
 
 - HF models: the suffix is HF's own forward with the decoder-layer list cut to the layers from
   the fork on and the fork layer's input replaced by the saved residual stream.
@@ -152,11 +153,15 @@ class ForkedModel:
         settings = ("resid only", self.fork, self.head, tuple(input_ids_BT.shape[1:]))
         if settings not in cache:
             ids_1T = input_ids_BT[:1].to(self.lm.device)
-            others_1T = (ids_1T + 1) % self.vocab
-            resid_1TD = self.prefix(ids_1T)
-            cache[settings] = resid_1TD is not None and torch.equal(
-                self.suffix(resid_1TD, ids_1T), self.suffix(resid_1TD, others_1T)
-            )
+            embeddings = getattr(self.lm.model, "get_input_embeddings", None)
+            vocab = embeddings().num_embeddings if embeddings is not None else self.vocab
+            try:
+                resid_1TD = self.prefix(ids_1T)
+                cache[settings] = resid_1TD is not None and torch.equal(
+                    self.suffix(resid_1TD, ids_1T), self.suffix(resid_1TD, (ids_1T + 1) % vocab)
+                )
+            except _FAILURES:
+                cache[settings] = False
         return cache[settings]
 
 
@@ -233,8 +238,9 @@ class CleanDistribution:
     Either the unembedding input `head_in_MD` (p is recomputed at each use), or, for an affine
     unembedding z = W h + b, `u_MD = W^T p` and `k_M = u.h - logsumexp(z)`: then
     KL(p || softmax(z')) = k - u.h' + logsumexp(z') for z' = W h' + b (the bias cancels), one
-    matmul fewer per use. Both dot products and the logsumexps (`logsumexp64`) are float64, so
-    the difference carries only the rounding of `u` times h - h', no worse than the direct sum.
+    matmul fewer per use. Both dot products and the logsumexps are float64 (`logsumexp64`: the
+    exponentials in float32, within about 1e-7, summed in float64), so the difference carries
+    the rounding of `u` times h - h' and about 1e-7 from the exponentials.
     """
 
     head_in_MD: Tensor | None = None
@@ -276,18 +282,24 @@ def token_losses(
     given the clean distribution, KL(clean || these) `[M]`; both float32, computed a chunk of
     rows at a time. Token m reads row `index_M[m]` of `head_in_ND` (default: row m), so tokens
     that share an input (identical rows of a deduplicated forward) are unembedded once."""
+    rows_in = head_in_ND.shape[0]
     if index_M is None:
-        index_M = torch.arange(targets_M.shape[0], device=targets_M.device)
+        if rows_in != targets_M.shape[0]:
+            raise ValueError(f"{rows_in} unembedding inputs for {targets_M.shape[0]} targets")
+        index_M = torch.arange(rows_in, device=targets_M.device)
     index_M = index_M.to(targets_M.device)
+    if index_M.shape != targets_M.shape or (
+        index_M.numel() and not 0 <= int(index_M.min()) <= int(index_M.max()) < rows_in
+    ):
+        raise ValueError(f"index_M must give each of the {targets_M.shape[0]} targets one of "
+                         f"the {rows_in} input rows")  # fmt: skip
     compact = clean is not None and clean.u_MD is not None
     ce_M = torch.empty(targets_M.shape, dtype=torch.float32, device=head_in_ND.device)
     kl_M = None if clean is None else torch.empty_like(ce_M)
     order_M = torch.argsort(index_M, stable=True)  # tokens grouped by the row they read
-    bounds = torch.searchsorted(
-        index_M[order_M], torch.arange(head_in_ND.shape[0] + 1, device=index_M.device)
-    )
+    bounds = torch.searchsorted(index_M[order_M], torch.arange(rows_in + 1, device=index_M.device))
     rows = max(1, CHUNK_ELEMENTS // forked.vocab)
-    for part in _chunks(forked, head_in_ND.shape[0]):
+    for part in _chunks(forked, rows_in):
         logits_CV = forked.logits(head_in_ND[part]).float()
         lse_C = logsumexp64(logits_CV) if compact else logits_CV.logsumexp(dim=-1)
         first, last = int(bounds[part.start]), int(bounds[min(part.stop, len(bounds) - 1)])

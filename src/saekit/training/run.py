@@ -184,10 +184,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
     trainer.generator.manual_seed(cfg.seed)
     log = MetricsLog(run_dir / "metrics.jsonl")
 
-    # The training time counts the first fill too: its rows are trained on (as SAELens counts
-    # its buffer's fill), and the initialisation reads them.
-    started = time.perf_counter()
-    if resume:
+    first_fill_s = 0.0  # counted in the training time: its rows are trained on (SAELens counts
+    if resume:  # its buffer's fill too)
         folder = latest_checkpoint(run_dir)
         if folder is None:
             raise FileNotFoundError(f"nothing to resume: {run_dir}/checkpoints holds no checkpoint")
@@ -201,10 +199,12 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
             log.path.unlink(missing_ok=True)
         first = f"computing the first {cfg.init_tokens:,} training tokens' activations"
         with phase(f"{first} and initialising", talk):  # `peek` reads that many rows
+            filling = time.perf_counter()
             sample = buffer.peek(cfg.init_tokens)
             for unit in units:
                 init = initialize_clt if isinstance(unit, CLTUnit) else initialize_unit
                 init(unit, sample, cfg.normalize_activations, cfg.b_dec_init)
+            first_fill_s = time.perf_counter() - filling
         if main:  # the run config records the provenance (a cache's, when training from one)
             recorded = cfg.replace(**{k: v for k, v in dataclasses.asdict(prov).items() if k != "hooks"})
             atomic_write_text(config_file, json.dumps(recorded.to_dict(), indent=2) + "\n")
@@ -249,12 +249,13 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> TrainResult:
         on_checkpoint=checkpoint,
         on_progress=bar.update,
     )
+    started = time.perf_counter()
     tokens_before = trainer.step * cfg.batch_tokens
     try:
         trainer.fit(iter(buffer))
     finally:
         bar.close()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + first_fill_s
     trainer.check_weights_finite()
     # Replicated SAEs: every rank evaluates a share of the held-back text; else rank 0 alone.
     spread = distributed.rank_and_world()[1] > 1 and cfg.sae_placement == "replicate"
