@@ -153,9 +153,9 @@ def test_logsumexp64_matches_float64_on_wide_logits():
     torch.testing.assert_close(forward_module.logsumexp64(logits), want, atol=2e-7, rtol=0)
 
 
-def test_identical_ablated_windows_run_the_suffix_once(setup, monkeypatch):
-    lm, sae, batches, windows = setup
-    rows_in = []
+def suffix_rows(monkeypatch) -> list[int]:
+    """The number of windows of every `ForkedModel.suffix` call from now on."""
+    rows_in: list[int] = []
     suffix = ForkedModel.suffix
 
     def counted(self, resid, ids):
@@ -163,6 +163,12 @@ def test_identical_ablated_windows_run_the_suffix_once(setup, monkeypatch):
         return suffix(self, resid, ids)
 
     monkeypatch.setattr(ForkedModel, "suffix", counted)
+    return rows_in
+
+
+def test_identical_ablated_windows_run_the_suffix_once(setup, monkeypatch):
+    lm, sae, batches, windows = setup
+    rows_in = suffix_rows(monkeypatch)
     result = evaluate_sae(sae, lm, batches)
     for key, value in hand_metrics(windows).items():
         assert result[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -200,14 +206,7 @@ def test_deduplicated_ablations_in_other_dtypes(tiny_model_dir, monkeypatch, dty
     lm = load_model(str(tiny_model_dir), dtype=dtype)
     batches = [make_tokens(len(lm.tokenizer), seed=s) for s in (4, 5)]
     sae = make_sae()
-    rows_in = []
-    suffix = ForkedModel.suffix
-
-    def counted(self, resid, ids):
-        rows_in.append(ids.shape[0])
-        return suffix(self, resid, ids)
-
-    monkeypatch.setattr(ForkedModel, "suffix", counted)
+    rows_in = suffix_rows(monkeypatch)
     deduplicated = evaluate_sae(sae, lm, batches)
     assert [n for n in rows_in if n > 1] == [6, 3, 3, 6]  # besides the one-window checks
     monkeypatch.setattr(ForkedModel, "suffix_reads_only_resid", lambda self, ids: False)
