@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.evals.forward import CleanDistribution, ForkedModel, clean_losses, token_losses
-from saekit.evals.spliced import ablated, loss_positions, next_token_targets
+from saekit.evals.spliced import ablated, ablated_stream, loss_positions, next_token_targets
 from saekit.fileio import atomic_write
 from saekit.paths import cache_root
 
@@ -295,50 +295,33 @@ def ablated_losses(
     """
     positions_BT = loss_positions(keep_BT)
     targets_M = next_token_targets(input_ids_BT, positions_BT)
-    distinct = _distinct_ablated(forked, resid_BTD, input_ids_BT, keep_BT, hook, value_D)
-    if distinct is None:
-        with ablated(forked.lm, hook, value_D, keep_BT):
-            head_in_MD = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
-        ce_M, kl_M = token_losses(forked, head_in_MD, targets_M, clean)
-    else:
-        streams_UTD, first_U, row_B = distinct
-        head_in_UTD = forked.suffix(streams_UTD, input_ids_BT[first_U])
+    shared = resid_BTD is not None and forked.starts_at(hook)
+    if shared and forked.suffix_reads_only_resid(input_ids_BT):
+        streams_BTD = ablated_stream(resid_BTD, value_D, keep_BT)  # the suffix's whole input
+        first_U, row_B = _distinct_rows(streams_BTD, keep_BT)
+        head_in_UTD = forked.suffix(streams_BTD[first_U], input_ids_BT[first_U])
         T = input_ids_BT.shape[1]
         slot_BT = row_B[:, None] * T + torch.arange(T, device=row_B.device)
         slot_M = slot_BT[positions_BT.to(slot_BT.device)]
         used_N, index_M = torch.unique(slot_M, return_inverse=True)  # the rows tokens read
         head_in_ND = head_in_UTD.flatten(0, 1)[used_N]
-        ce_M, kl_M = token_losses(forked, head_in_ND, targets_M, clean, index_M)
+    else:
+        with ablated(forked.lm, hook, value_D, keep_BT):
+            head_in_ND = forked.suffix(resid_BTD, input_ids_BT)[positions_BT]
+        index_M = None
+    ce_M, kl_M = token_losses(forked, head_in_ND, targets_M, clean, index_M)
     return ce_M, (kl_M if kl_M is not None else ce_M.new_zeros(0))
 
 
-def _distinct_ablated(
-    forked: ForkedModel,
-    resid_BTD: Tensor | None,
-    input_ids_BT: Tensor,
-    keep_BT: Tensor,
-    hook: str,
-    value_D: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """The distinct ablated streams at the fork `[U, T, D]` (with their keep masks: windows
-    that differ only in what they keep stay apart), the first window of each `[U]`, and each
-    window's distinct stream `[B]`; None unless `hook` is where the suffix starts and the
-    suffix reads the stream alone."""
-    if resid_BTD is None or not forked.starts_at(hook):
-        return None
-    if not forked.suffix_reads_only_resid(input_ids_BT):
-        return None
-    keep_BT1 = keep_BT.to(resid_BTD.device).unsqueeze(-1)
-    fill = resid_BTD.new_zeros(()) if value_D is None else value_D.to(resid_BTD)
-    streams_BTD = torch.where(keep_BT1, fill, resid_BTD)
+def _distinct_rows(streams_BTD: Tensor, keep_BT: Tensor) -> tuple[Tensor, Tensor]:
+    """The first window of each distinct (stream, keep mask) pair, bit for bit, `[U]`, and each
+    window's pair `[B]` (windows that differ only in what they keep stay apart)."""
     bits_BK = streams_BTD.flatten(1).contiguous().view(_SAME_WIDTH_INT[streams_BTD.element_size()])
-    key_BK = torch.cat([bits_BK, keep_BT1.flatten(1).to(bits_BK.dtype)], dim=1)  # bit for bit
-    _, row_B = torch.unique(key_BK, dim=0, return_inverse=True)
-    count = int(row_B.max()) + 1
+    keep_BK = keep_BT.to(bits_BK.device).flatten(1).to(bits_BK.dtype)
+    _, row_B = torch.unique(torch.cat([bits_BK, keep_BK], dim=1), dim=0, return_inverse=True)
     batch_B = torch.arange(row_B.shape[0], device=row_B.device)
-    first_U = torch.full((count,), row_B.shape[0], device=row_B.device, dtype=torch.long)
-    first_U = first_U.scatter_reduce(0, row_B, batch_B, reduce="amin")
-    return streams_BTD[first_U], first_U, row_B
+    first_U = torch.full((int(row_B.max()) + 1,), row_B.shape[0], device=row_B.device)
+    return first_U.scatter_reduce(0, row_B, batch_B, reduce="amin"), row_B
 
 
 _SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # by element size

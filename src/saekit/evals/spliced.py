@@ -152,15 +152,18 @@ def reconstruction_spliced(
         yield
 
 
+def ablated_stream(
+    act_BTD: Tensor, value_D: Tensor | None, keep_mask_BT: Tensor | None = None
+) -> Tensor:
+    """`act_BTD` with `value_D` (zeros when None) at the kept positions (all without a mask)."""
+    new_BTD = torch.zeros_like(act_BTD) if value_D is None else value_D.expand_as(act_BTD)
+    return _where_kept(keep_mask_BT, new_BTD, act_BTD)
+
+
 @contextmanager
 def ablated(lm, hook: str, value_D: Tensor | None, keep_mask_BT: Tensor | None = None):
     """Inside the block, the activation at `hook` is `value_D` (zeros when None) at kept positions."""
-
-    def replace(act_BTD: Tensor) -> Tensor:
-        new_BTD = torch.zeros_like(act_BTD) if value_D is None else value_D.expand_as(act_BTD)
-        return _where_kept(keep_mask_BT, new_BTD, act_BTD)
-
-    with lm.splice(hook, replace):
+    with lm.splice(hook, lambda act_BTD: ablated_stream(act_BTD, value_D, keep_mask_BT)):
         yield
 
 
